@@ -1,7 +1,7 @@
 """Registry and builders for the non-module task utilities (anchors, coders, assigners, samplers)."""
 from mmengine.registry import Registry
 
-TASK_UTILS = Registry("task utils")
+TASK_UTILS = Registry("task utils", scope="qdrop_det")
 PRIOR_GENERATORS = ANCHOR_GENERATORS = BBOX_CODERS = BBOX_ASSIGNERS = BBOX_SAMPLERS = TASK_UTILS
 
 

@@ -3,7 +3,7 @@ from typing import Optional
 
 from mmengine.registry import Registry
 
-MODELS = Registry("models")
+MODELS = Registry("models", scope="qdrop_det")
 # mmdetection 2.x had one registry per kind; they share one here, the builder names stay.
 BACKBONES = NECKS = HEADS = ROI_EXTRACTORS = SHARED_HEADS = LOSSES = DETECTORS = MODELS
 
