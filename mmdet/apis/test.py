@@ -1,0 +1,57 @@
+"""Run a detector over a test loader: one process, or every rank on its shard with results gathered to rank 0."""
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from mmdet.datasets.samplers import interleave_shards
+from mmdet.utils import get_dist_info, to_device
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _run(model: nn.Module, data_loader, progress: Optional[tqdm], step: int) -> list:
+    model.eval()
+    device = _model_device(model)
+    results = []
+    for batch in data_loader:
+        with torch.no_grad():
+            batch_results = model(return_loss=False, rescale=True, **to_device(batch, device))
+        results.extend(batch_results)
+        if progress is not None:
+            progress.update(len(batch_results) * step)
+    return results
+
+
+def single_gpu_test(model: nn.Module, data_loader, show_progress: bool = True) -> list:
+    """Per-image results (lists of per-class (k, 5) arrays) in loader order, with `rescale=True`."""
+    progress = tqdm(total=len(data_loader.dataset), desc="test") if show_progress else None
+    try:
+        return _run(model, data_loader, progress, step=1)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def multi_gpu_test(model: nn.Module, data_loader, show_progress: bool = True) -> Optional[List]:
+    """Every rank runs its shard (the loader's DistributedTestSampler); rank 0 gets all results in dataset
+    order (shards re-interleaved, padding dropped), the other ranks get None. Without a process group this
+    is `single_gpu_test`."""
+    rank, world_size = get_dist_info()
+    if world_size == 1:
+        return single_gpu_test(model, data_loader, show_progress)
+    size = len(data_loader.dataset)
+    progress = tqdm(total=size, desc="test") if show_progress and rank == 0 else None
+    try:
+        results = _run(model, data_loader, progress, step=world_size)
+    finally:
+        if progress is not None:
+            progress.close()
+    shards = [None] * world_size
+    dist.all_gather_object(shards, results)
+    return interleave_shards(shards, size) if rank == 0 else None

@@ -1,0 +1,3 @@
+from .nms import batched_nms, multiclass_nms
+
+__all__ = ["batched_nms", "multiclass_nms"]

@@ -1,0 +1,12 @@
+from .builder import DATASETS, PIPELINES, build_dataloader, build_dataset
+from .coco import COCO_CLASSES, CocoDataset
+from .collate import collate
+from .pipelines import Compose
+from .samplers import (DistributedGroupSampler, DistributedTestSampler, GroupSampler, interleave_shards,
+                       interleaved_indices)
+
+__all__ = [
+    "DATASETS", "PIPELINES", "build_dataloader", "build_dataset", "COCO_CLASSES", "CocoDataset", "collate",
+    "Compose", "DistributedGroupSampler", "DistributedTestSampler", "GroupSampler", "interleave_shards",
+    "interleaved_indices",
+]

@@ -1,0 +1,3 @@
+from .resnet import BasicBlock, Bottleneck, ResLayer, ResNet
+
+__all__ = ["BasicBlock", "Bottleneck", "ResLayer", "ResNet"]

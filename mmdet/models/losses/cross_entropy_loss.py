@@ -1,0 +1,63 @@
+"""Softmax cross-entropy (RoI head) and sigmoid binary cross-entropy (RPN)."""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..builder import MODELS
+from .utils import check_reduction, weight_reduce_loss
+
+
+def cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                  reduction: str = "mean", avg_factor: Optional[float] = None,
+                  class_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax cross-entropy over the last dimension of `pred (N, C)` with integer labels `(N,)`."""
+    loss = F.cross_entropy(pred, label, weight=class_weight, reduction="none")
+    if weight is not None:
+        weight = weight.float()
+    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def binary_cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                         reduction: str = "mean", avg_factor: Optional[float] = None,
+                         class_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sigmoid BCE on logits `(N, C)`.
+
+    Integer labels `(N,)` are turned into one-hot targets: label `c < C` sets column `c`; label `C` (background)
+    is all zeros. Per-sample weights `(N,)` are broadcast over the C columns.
+    """
+    if pred.dim() != label.dim():
+        num_classes = pred.size(-1)
+        in_range = (label >= 0) & (label < num_classes)
+        target = pred.new_zeros(pred.shape)
+        target[in_range, label[in_range]] = 1
+        label = target
+        if weight is not None:
+            weight = weight.reshape(-1, 1).expand(-1, num_classes)
+    loss = F.binary_cross_entropy_with_logits(pred, label.float(), pos_weight=class_weight, reduction="none")
+    if weight is not None:
+        weight = weight.float()
+    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+@MODELS.register_module()
+class CrossEntropyLoss(nn.Module):
+    def __init__(self, use_sigmoid: bool = False, use_mask: bool = False, reduction: str = "mean",
+                 class_weight: Optional[Sequence[float]] = None, loss_weight: float = 1.0):
+        super().__init__()
+        if use_mask:
+            raise ValueError("CrossEntropyLoss: use_mask=True (mask heads) is not supported")
+        self.use_sigmoid = use_sigmoid
+        self.reduction = check_reduction(reduction, "CrossEntropyLoss")
+        self.class_weight = class_weight
+        self.loss_weight = loss_weight
+        self.criterion = binary_cross_entropy if use_sigmoid else cross_entropy
+
+    def forward(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                avg_factor: Optional[float] = None, reduction_override: Optional[str] = None) -> torch.Tensor:
+        reduction = check_reduction(reduction_override or self.reduction, "CrossEntropyLoss")
+        class_weight = None if self.class_weight is None else cls_score.new_tensor(self.class_weight)
+        loss = self.criterion(cls_score, label, weight, reduction=reduction, avg_factor=avg_factor,
+                              class_weight=class_weight)
+        return self.loss_weight * loss

@@ -1,0 +1,4 @@
+from .conv_module import ConvModule
+from .norm import build_activation_layer, build_norm_layer, is_norm
+
+__all__ = ["ConvModule", "build_activation_layer", "build_norm_layer", "is_norm"]

@@ -1,0 +1,87 @@
+"""Saving and reloading a quantized detector.
+
+A quantized checkpoint is an mmdetection-style file {'state_dict', 'meta'} whose meta holds the `q_config`: loading
+re-folds BatchNorm, re-wraps the float detector with that q_config and loads the state (hard-rounded weights,
+activation scales and zero points), so activation quantization is kept, not only the weights.
+"""
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from mmdet.utils import fuse_conv_bn
+from qdrop.model.quantize import quantize_detector
+
+QUANTIZED_FORMAT = "qdrop-quantized-v1"
+
+
+def quantized_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    return OrderedDict((key, value.detach().cpu()) for key, value in model.state_dict().items())
+
+
+def load_quantized_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                         finished_units: Sequence[str] = ()) -> None:
+    """Load a state saved by `quantized_state_dict` into a freshly wrapped model (strict: every key must match)."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"quantized state does not fit the quantized model: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]} (another model or q_config?)")
+
+
+def save_quantized_checkpoint(model: nn.Module, filename: str, q_config: Mapping,
+                              meta: Optional[Dict] = None) -> None:
+    """Write {'state_dict', 'meta'} atomically; meta carries the q_config needed to rebuild the quantized model."""
+    meta = dict(meta or {})
+    meta.update(format=QUANTIZED_FORMAT, q_config=_plain(q_config), time=time.asctime())
+    classes = getattr(model, "CLASSES", None)
+    if classes is not None:
+        meta.setdefault("CLASSES", tuple(classes))
+    folder = os.path.dirname(os.path.abspath(filename))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"state_dict": quantized_state_dict(model), "meta": meta}, f)
+        os.replace(tmp_path, filename)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def is_quantized_checkpoint(checkpoint: Mapping) -> bool:
+    return isinstance(checkpoint.get("meta"), Mapping) and checkpoint["meta"].get("format") == QUANTIZED_FORMAT
+
+
+def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu") -> dict:
+    """Turn a float detector built from the same config (BatchNorm not yet folded) into the saved quantized one.
+
+    Returns the checkpoint dict; sets `model.CLASSES` from its meta when present.
+    """
+    checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or not is_quantized_checkpoint(checkpoint):
+        raise ValueError(f"{filename} is not a quantized checkpoint written by qdrop (meta.format != "
+                         f"{QUANTIZED_FORMAT!r}); load float checkpoints with mmdet.utils.load_checkpoint")
+    meta = checkpoint["meta"]
+    fuse_conv_bn(model)
+    quantize_detector(model, meta["q_config"])
+    try:
+        load_quantized_state(model, checkpoint["state_dict"], meta.get("finished_units", ()))
+    except ValueError as err:
+        raise ValueError(f"{filename}: {err}") from err
+    if "CLASSES" in meta:
+        model.CLASSES = tuple(meta["CLASSES"])
+    return checkpoint
+
+
+def _plain(value):
+    """Mappings and sequences as plain dicts and lists (checkpoints are read back with weights_only=True)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,38 @@
+"""The placement table: where every quantizer sits, what it quantizes and how."""
+from dataclasses import dataclass
+from typing import List
+
+from torch import nn
+
+from qdrop.model.quantize import iter_quantizers
+
+
+@dataclass(frozen=True)
+class Placement:
+    quantizer: str  # qualified module name of the quantizer
+    tensor: str  # 'weight' or 'activation'
+    bits: int
+    granularity: str  # 'per-tensor' or 'per-channel (axis k)'
+    quantizer_class: str
+    observer_class: str
+
+
+def placement_table(model: nn.Module) -> List[Placement]:
+    rows = []
+    for name, kind, _, cfg in iter_quantizers(model):
+        ch_axis = int(cfg["ch_axis"])
+        granularity = "per-tensor" if ch_axis == -1 else f"per-channel (axis {ch_axis})"
+        rows.append(Placement(name, kind, int(cfg["bit"]), granularity, str(cfg["quantizer"]), str(cfg["observer"])))
+    return rows
+
+
+def format_placement_table(rows: List[Placement]) -> str:
+    header = ("quantizer", "tensor", "bits", "granularity", "quantizer class", "observer")
+    cells = [header] + [(r.quantizer, r.tensor, str(r.bits), r.granularity, r.quantizer_class, r.observer_class)
+                        for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    n_weight = sum(r.tensor == "weight" for r in rows)
+    lines.append(f"{len(rows)} quantizers: {n_weight} weight, {len(rows) - n_weight} activation")
+    return "\n".join(lines)

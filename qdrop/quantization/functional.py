@@ -1,0 +1,73 @@
+"""Fake-quantization ops written as plain differentiable torch expressions (any device, no custom kernels).
+
+All ops compute ``(clamp(round(x / s) + z, qmin, qmax) - z) * s``. ``scale``/``zero_point`` are either
+one-element tensors (per tensor) or 1-D tensors with one entry per channel along ``ch_axis``.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round to nearest; the gradient passes straight through."""
+    return (x.round() - x).detach() + x
+
+
+def grad_scale(x: Tensor, factor: float) -> Tensor:
+    """Identity in the forward pass; multiplies the gradient by ``factor``."""
+    scaled = x * factor
+    return (x - scaled).detach() + scaled
+
+
+def broadcast_qparam(param: Tensor, x: Tensor, ch_axis: int) -> Tensor:
+    """Shape a per-tensor or per-channel parameter so it broadcasts against ``x``."""
+    if ch_axis < 0 or param.numel() == 1:
+        return param.reshape(())
+    if ch_axis >= x.dim():
+        raise ValueError(f"ch_axis={ch_axis} is out of range for a {x.dim()}-d input")
+    if param.numel() != x.shape[ch_axis]:
+        raise ValueError(f"{param.numel()} quantization parameters for {x.shape[ch_axis]} channels on axis {ch_axis}")
+    shape = [1] * x.dim()
+    shape[ch_axis] = -1
+    return param.reshape(shape)
+
+
+def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
+                  ch_axis: int = -1) -> Tensor:
+    """Fake quantization with fixed ``scale``/``zero_point`` and straight-through rounding."""
+    s = broadcast_qparam(scale, x, ch_axis)
+    z = broadcast_qparam(zero_point, x, ch_axis)
+    return (torch.clamp(round_ste(x / s) + z, quant_min, quant_max) - z) * s
+
+
+def lsq_grad_factor(x: Tensor, quant_max: int, ch_axis: int = -1) -> float:
+    """LSQ gradient factor 1 / sqrt(elements per scale * qmax)."""
+    per_scale = x.numel() if ch_axis < 0 else x.numel() / x.shape[ch_axis]
+    return 1.0 / (per_scale * quant_max) ** 0.5
+
+
+def fake_quantize_lsq(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
+                      ch_axis: int = -1) -> Tensor:
+    """LSQ: learnable ``scale`` whose gradient is scaled by :func:`lsq_grad_factor`; ``zero_point`` is fixed."""
+    factor = lsq_grad_factor(x, quant_max, ch_axis)
+    s = broadcast_qparam(grad_scale(scale, factor), x, ch_axis)
+    z = broadcast_qparam(zero_point.detach(), x, ch_axis)
+    return (torch.clamp(round_ste(x / s) + z, quant_min, quant_max) - z) * s
+
+
+def fake_quantize_lsq_plus(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
+                           ch_axis: int = -1) -> Tensor:
+    """LSQ+: learnable ``scale`` and ``zero_point``; the zero point is rounded straight-through and
+    both gradients are scaled by :func:`lsq_grad_factor`."""
+    factor = lsq_grad_factor(x, quant_max, ch_axis)
+    s = broadcast_qparam(grad_scale(scale, factor), x, ch_axis)
+    z = broadcast_qparam(grad_scale(round_ste(zero_point), factor), x, ch_axis)
+    return (torch.clamp(round_ste(x / s) + z, quant_min, quant_max) - z) * s
+
+
+def quant_range(bit: int, symmetric: bool) -> Tuple[int, int]:
+    """Integer range: asymmetric [0, 2^b - 1], symmetric [-2^(b-1), 2^(b-1) - 1]."""
+    if symmetric:
+        return -(2 ** (bit - 1)), 2 ** (bit - 1) - 1
+    return 0, 2 ** bit - 1

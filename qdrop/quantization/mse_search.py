@@ -1,0 +1,334 @@
+"""Exact-result fast searches for the MSE observers.
+
+The objective of a candidate quantizer (scale ``s``, zero point ``z``) on a group of values (a tensor, or one
+channel) is ``mean |q(x) - x| ** p`` with ``q(x) = (clamp(round(x / s) + z, qmin, qmax) - z) * s``.
+
+Speed comes from bounding the objective instead of evaluating it: the values of a group are summarised in
+histograms (count, mean, smallest and largest value of every bin) at several resolutions. Inside a bin that
+lies in one rounding cell, ``|q(x) - x| ** p`` is a convex function of ``x``, so Jensen's inequality (at the bin
+mean) and the chord through the bin's extreme values bound the bin's total error from below and above. A
+candidate whose lower bound exceeds another candidate's upper bound can never be the minimiser; the few
+candidates that remain after the finest histogram are evaluated exactly on every value, with the same function
+the plain search uses. The picked candidate is therefore the one the plain search picks (ties go to the earlier
+candidate, as in a loop that keeps the first strict improvement).
+
+``grid_search`` serves the 100-range grid (x zero points for two-sided data); ``golden_search`` the bounded
+scalar minimisation. Golden-section search only compares objective values, so comparing bounds (refined lazily,
+down to an exact evaluation when they overlap) reproduces the plain search's path exactly.
+"""
+import math
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+LP_NORM = 2.4
+NUM_RANGES = 100
+# Relative slack between bounds (float64 over histogram summaries) and exact float32 evaluations.
+_RTOL = 1e-5
+_MAX_CHUNK = 1 << 21  # elements per temporary while evaluating many candidates at once
+_COARSEST_BINS = 16
+_BIN_FACTOR = 4
+
+QParamsFn = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
+
+
+def lp_error(x2d: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int) -> Tensor:
+    """Exact objective of one candidate per row: ``x2d`` (G, n), ``scale``/``zero_point`` (G,); float64 (G,)."""
+    s = scale.reshape(-1, 1).to(x2d.dtype)
+    z = zero_point.reshape(-1, 1).to(x2d.dtype)
+    x_q = (torch.clamp(torch.round(x2d / s) + z, quant_min, quant_max) - z) * s
+    return (x_q - x2d).abs().pow(LP_NORM).sum(dim=1, dtype=torch.float64) / x2d.shape[1]
+
+
+def grid_candidates(x2d: Tensor, quant_min: int, quant_max: int, two_sided: bool,
+                    one_side: str) -> Tuple[Tensor, Tensor]:
+    """Candidate ranges (G, C) of the published grid search, in its loop order.
+
+    Two-sided data: for i in 1..100 the range spans i/100 of the data's extent and every integer zero point is
+    tried. Otherwise: i/100 of the largest magnitude, on the data's side(s) only.
+    """
+    x_min, x_max = x2d.amin(dim=1), x2d.amax(dim=1)
+    steps = torch.arange(1, NUM_RANGES + 1, device=x2d.device, dtype=x2d.dtype)
+    if two_sided:
+        x_min = torch.minimum(x_min, torch.zeros_like(x_min))
+        x_max = torch.maximum(x_max, torch.zeros_like(x_max))
+        extent = (x_max - x_min).unsqueeze(1) / NUM_RANGES * steps  # (G, 100)
+        delta = extent / float(quant_max - quant_min)
+        zps = torch.arange(quant_min, quant_max + 1, device=x2d.device, dtype=x2d.dtype)
+        cand_min = -(zps.view(1, 1, -1) * delta.unsqueeze(2))
+        cand_max = extent.unsqueeze(2) - zps.view(1, 1, -1) * delta.unsqueeze(2)
+        return cand_min.flatten(1), cand_max.flatten(1)
+    magnitude = torch.maximum(x_min.abs(), x_max).unsqueeze(1) / NUM_RANGES * steps
+    zeros = torch.zeros_like(magnitude)
+    cand_min = zeros if one_side == 'pos' else -magnitude
+    cand_max = zeros if one_side == 'neg' else magnitude
+    return cand_min, cand_max
+
+
+class BinnedGroups:
+    """Histogram summaries of every row of ``x2d`` at resolutions 16, 64, ... up to about n / 8 bins."""
+
+    def __init__(self, x2d: Tensor, max_bins: int = 1 << 20):
+        groups, n = x2d.shape
+        finest = _COARSEST_BINS
+        while finest * _BIN_FACTOR <= min(max_bins, n // 8):
+            finest *= _BIN_FACTOR
+        lo = x2d.amin(dim=1, keepdim=True)
+        width = x2d.amax(dim=1, keepdim=True) - lo
+        per_bin = torch.where(width > 0, finest / width, torch.zeros_like(width))
+        index = ((x2d - lo) * per_bin).long().clamp_(0, finest - 1)
+        index += torch.arange(groups, device=x2d.device).unsqueeze(1) * finest
+        index = index.flatten()
+        values = x2d.flatten()
+        count = torch.bincount(index, minlength=groups * finest).to(torch.float64)
+        total = torch.bincount(index, weights=values.to(torch.float64), minlength=groups * finest)
+        smallest = torch.full((groups * finest,), math.inf, dtype=x2d.dtype, device=x2d.device)
+        smallest.scatter_reduce_(0, index, values, reduce='amin')
+        largest = torch.full_like(smallest, -math.inf)
+        largest.scatter_reduce_(0, index, values, reduce='amax')
+        count, total = count.view(groups, finest), total.view(groups, finest)
+        smallest, largest = smallest.view(groups, finest).double(), largest.view(groups, finest).double()
+        self.levels: List[Tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        while True:
+            self.levels.append(self._summary(count, total, smallest, largest))
+            bins = count.shape[1]
+            if bins <= _COARSEST_BINS:
+                break
+            shape = (groups, bins // _BIN_FACTOR, _BIN_FACTOR)
+            count, total = count.view(shape).sum(2), total.view(shape).sum(2)
+            smallest, largest = smallest.view(shape).amin(2), largest.view(shape).amax(2)
+        self.levels.reverse()  # coarsest first
+        self.num_values = n
+
+    @staticmethod
+    def _summary(count: Tensor, total: Tensor, smallest: Tensor, largest: Tensor):
+        filled = count > 0
+        mean = torch.where(filled, total / count.clamp_min(1), torch.zeros_like(total))
+        return (count, mean, torch.where(filled, smallest, mean), torch.where(filled, largest, mean))
+
+    def bounds(self, level: int, groups: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
+               quant_max: int) -> Tuple[Tensor, Tensor]:
+        """Lower and upper bounds (float64) of the objective for candidates (``groups[k]``, ``scale[k]``, ...)."""
+        count, mean, low, high = (t[groups] for t in self.levels[level])
+        s = scale.double().unsqueeze(1)
+        z = zero_point.double().unsqueeze(1)
+
+        def quantize(v: Tensor) -> Tensor:
+            return (torch.clamp(torch.round(v / s) + z, quant_min, quant_max) - z) * s
+
+        q_low, q_high = quantize(low), quantize(high)
+        e_low = (low - q_low).abs().pow(LP_NORM)
+        e_high = (high - q_high).abs().pow(LP_NORM)
+        one_cell = q_low == q_high
+        width = high - low
+        chord = torch.where(width > 0, ((high - mean) * e_low + (mean - low) * e_high) / width.clamp_min(1e-300),
+                            e_low)
+        jensen = (mean - q_low).abs().pow(LP_NORM)
+        # A bin across one rounding boundary but holding no grid level: the error peaks inside, so its minimum is
+        # at an end.
+        across_one = (q_high - q_low <= s * (1 + 1e-9)) & (low >= q_low) & (high <= q_high)
+        lower = torch.where(one_cell, jensen, torch.where(across_one, torch.minimum(e_low, e_high), 0.0))
+        widest = torch.maximum((high - q_low).abs(), (q_high - low).abs()).pow(LP_NORM)
+        upper = torch.where(one_cell, chord, widest)
+        return (count * lower).sum(1) / self.num_values, (count * upper).sum(1) / self.num_values
+
+
+def _chunk_size(columns: int) -> int:
+    return max(1, _MAX_CHUNK // max(columns, 1))
+
+
+def _exact_errors(x2d: Tensor, groups: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
+                  quant_max: int) -> Tensor:
+    errors = []
+    step = _chunk_size(x2d.shape[1])
+    for start in range(0, groups.numel(), step):
+        g = groups[start:start + step]
+        rows = x2d[int(g[0]):int(g[0]) + 1] if g.numel() == 1 else x2d[g]
+        errors.append(lp_error(rows, scale[start:start + step], zero_point[start:start + step], quant_min, quant_max))
+    return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64, device=x2d.device)
+
+
+def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qparams: QParamsFn,
+                quant_min: int, quant_max: int) -> Tuple[Tensor, Tensor]:
+    """The per-row candidate (from ``cand_min``/``cand_max``, (G, C)) of least objective, as (min, max) (G,)."""
+    groups, candidates = cand_min.shape
+    scale, zero_point = calculate_qparams(cand_min, cand_max)
+    scale, zero_point = scale.expand(groups, candidates), zero_point.expand(groups, candidates)
+    binned = BinnedGroups(x2d)
+    g_idx = torch.arange(groups, device=x2d.device).repeat_interleave(candidates)
+    c_idx = torch.arange(candidates, device=x2d.device).repeat(groups)
+    for level in range(len(binned.levels)):
+        bins = binned.levels[level][0].shape[1]
+        step = _chunk_size(bins * 12)
+        lower, upper = [], []
+        for start in range(0, g_idx.numel(), step):
+            g, c = g_idx[start:start + step], c_idx[start:start + step]
+            lo, hi = binned.bounds(level, g, scale[g, c], zero_point[g, c], quant_min, quant_max)
+            lower.append(lo)
+            upper.append(hi)
+        lower, upper = torch.cat(lower), torch.cat(upper)
+        best_upper = torch.full((groups,), math.inf, dtype=torch.float64, device=x2d.device)
+        best_upper.scatter_reduce_(0, g_idx, upper, reduce='amin')
+        keep = lower <= best_upper[g_idx] * (1 + _RTOL) + 1e-300
+        g_idx, c_idx = g_idx[keep], c_idx[keep]
+    errors = _exact_errors(x2d, g_idx, scale[g_idx, c_idx], zero_point[g_idx, c_idx], quant_min, quant_max)
+    # Per group: least error, then earliest candidate.
+    order = torch.argsort(c_idx, stable=True)
+    g_idx, c_idx, errors = g_idx[order], c_idx[order], errors[order]
+    order = torch.argsort(errors, stable=True)
+    g_idx, c_idx = g_idx[order], c_idx[order]
+    order = torch.argsort(g_idx, stable=True)
+    g_idx, c_idx = g_idx[order], c_idx[order]
+    first = torch.ones_like(g_idx, dtype=torch.bool)
+    first[1:] = g_idx[1:] != g_idx[:-1]
+    best = torch.empty(groups, dtype=torch.long, device=x2d.device)
+    best[g_idx[first]] = c_idx[first]
+    rows = torch.arange(groups, device=x2d.device)
+    return cand_min[rows, best], cand_max[rows, best]
+
+
+def plain_grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qparams: QParamsFn,
+                      quant_min: int, quant_max: int, columns: Optional[range] = None) -> Tuple[Tensor, Tensor]:
+    """Reference: loop over the candidates, evaluate each on every value, keep the first strict improvement.
+
+    ``columns`` restricts the loop to some candidates (benchmarks time a subset of a very slow loop).
+    """
+    best_score = torch.full((x2d.shape[0],), 1e10, dtype=torch.float64, device=x2d.device)
+    best_min, best_max = x2d.amin(dim=1), x2d.amax(dim=1)
+    for column in columns if columns is not None else range(cand_min.shape[1]):
+        new_min, new_max = cand_min[:, column], cand_max[:, column]
+        scale, zero_point = calculate_qparams(new_min, new_max)
+        score = lp_error(x2d, scale.expand_as(new_min), zero_point.expand_as(new_min), quant_min, quant_max)
+        better = score < best_score
+        best_min = torch.where(better, new_min, best_min)
+        best_max = torch.where(better, new_max, best_max)
+        best_score = torch.minimum(best_score, score)
+    return best_min, best_max
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bounded scalar minimisation (golden-section search over the range, and over the zero-point shift)
+
+_INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+class Probe:
+    """One evaluated candidate: its range (``qrange``) and the objective state shared by equal quantizers."""
+
+    __slots__ = ('qrange', 'state')
+
+    def __init__(self, qrange: Tuple[float, float], state: list):
+        self.qrange = qrange
+        self.state = state  # [lower bound, upper bound, resolution level, candidate]
+
+
+class ExactObjective:
+    """Plain evaluation: every probe evaluates the objective on all values of its group."""
+
+    def __init__(self, x2d: Tensor, calculate_qparams: QParamsFn, quant_min: int, quant_max: int):
+        self.x2d, self.qparams, self.quant_min, self.quant_max = x2d, calculate_qparams, quant_min, quant_max
+        self.evaluations = 0
+
+    def _candidate(self, new_min: float, new_max: float):
+        ref = self.x2d.new_tensor([new_min, new_max])
+        scale, zero_point = self.qparams(ref[:1], ref[1:])
+        return scale, zero_point
+
+    def probe(self, group: int, new_min: float, new_max: float) -> Probe:
+        scale, zero_point = self._candidate(new_min, new_max)
+        self.evaluations += 1
+        value = float(lp_error(self.x2d[group:group + 1], scale, zero_point, self.quant_min, self.quant_max))
+        return Probe((new_min, new_max), [value, value, None, None])
+
+    def less(self, a: Probe, b: Probe) -> bool:
+        return a.state[0] < b.state[0]
+
+
+class BoundedObjective(ExactObjective):
+    """Same comparisons as :class:`ExactObjective`, decided from histogram bounds where they suffice."""
+
+    def __init__(self, x2d: Tensor, calculate_qparams: QParamsFn, quant_min: int, quant_max: int):
+        super().__init__(x2d, calculate_qparams, quant_min, quant_max)
+        self.binned = BinnedGroups(x2d)
+        self._states: Dict[tuple, list] = {}
+
+    def probe(self, group: int, new_min: float, new_max: float) -> Probe:
+        scale, zero_point = self._candidate(new_min, new_max)
+        key = (group, float(scale), float(zero_point))
+        state = self._states.get(key)
+        if state is None:
+            state = [0.0, math.inf, -1, (group, scale, zero_point)]
+            self._refine(state)
+            self._states[key] = state
+        return Probe((new_min, new_max), state)
+
+    def _refine(self, state: list) -> None:
+        """Next finer histogram bound; after the finest, the exact value (level ``len(levels)``)."""
+        group, scale, zero_point = state[3]
+        level = state[2] + 1
+        if level < len(self.binned.levels):
+            groups = torch.tensor([group], device=self.x2d.device)
+            lo, hi = self.binned.bounds(level, groups, scale, zero_point, self.quant_min, self.quant_max)
+            state[0], state[1] = float(lo) * (1 - _RTOL), float(hi) * (1 + _RTOL)
+        else:
+            self.evaluations += 1
+            state[0] = state[1] = float(lp_error(self.x2d[group:group + 1], scale, zero_point,
+                                                 self.quant_min, self.quant_max))
+        state[2] = level
+
+    def less(self, a: Probe, b: Probe) -> bool:
+        sa, sb = a.state, b.state
+        if sa is sb:
+            return False
+        exact = len(self.binned.levels)
+        while True:
+            a_exact, b_exact = sa[2] == exact, sb[2] == exact
+            if a_exact and b_exact:
+                return sa[0] < sb[0]
+            if sa[1] < sb[0]:
+                return True
+            if sa[0] > sb[1]:
+                return False
+            if a_exact or (not b_exact and sb[1] - sb[0] > sa[1] - sa[0]):
+                self._refine(sb)
+            else:
+                self._refine(sa)
+
+
+def _golden(value_at: Callable[[float], Probe], lo: float, hi: float, iterations: int,
+            less: Callable[[Probe, Probe], bool]) -> Probe:
+    c, d = hi - _INV_PHI * (hi - lo), lo + _INV_PHI * (hi - lo)
+    fc, fd = value_at(c), value_at(d)
+    for _ in range(iterations):
+        if less(fc, fd):
+            hi, d, fd = d, c, fc
+            c = hi - _INV_PHI * (hi - lo)
+            fc = value_at(c)
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + _INV_PHI * (hi - lo)
+            fd = value_at(d)
+    return fc if less(fc, fd) else fd
+
+
+def golden_search(objective: ExactObjective, group: int, x_min: float, x_max: float, two_sided: bool,
+                  one_side: str, quant_min: int, quant_max: int, range_iterations: int = 14) -> Tuple[float, float]:
+    """Golden-section search over the range in [1/100, 1] of the data's extent; for two-sided data each range is
+    scored by a nested golden-section search over the zero-point shift. Returns the best (min, max)."""
+    levels = quant_max - quant_min
+    shift_iterations = math.ceil(math.log(2.0 * (levels + 1)) / -math.log(_INV_PHI))
+    if two_sided:
+        extent = max(x_max, 0.0) - min(x_min, 0.0)
+
+        def range_value(span: float) -> Probe:
+            delta = span / levels
+            return _golden(lambda shift: objective.probe(group, -shift, span - shift),
+                           quant_min * delta, quant_max * delta, shift_iterations, objective.less)
+    else:
+        extent = max(abs(x_min), x_max)
+
+        def range_value(span: float) -> Probe:
+            return objective.probe(group, 0.0 if one_side == 'pos' else -span, 0.0 if one_side == 'neg' else span)
+    best = _golden(range_value, extent / NUM_RANGES, extent, range_iterations, objective.less)
+    return best.qrange

@@ -1,0 +1,71 @@
+"""Calibration: observers set every quantizer's initial range from the float model's behaviour.
+
+Activation observers watch the float forward (fake quantization off) over this process's calibration images; their
+ranges are then averaged over ranks, so that every rank starts reconstruction from the same scales. Weight observers
+see each weight once.
+"""
+from typing import Iterable, List
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from qdrop.model.quantize import iter_quantizers
+from qdrop.solver.distributed import all_reduce_mean_, rank_and_world
+
+
+def _observer(quantizer: nn.Module) -> nn.Module:
+    return quantizer.activation_post_process
+
+
+def set_qparams_from_observer(quantizer: nn.Module) -> None:
+    """Copy the observer's current range into the quantizer's scale and zero point."""
+    observer = _observer(quantizer)
+    scale, zero_point = observer.calculate_qparams(observer.min_val, observer.max_val)
+    quantizer._set(scale, zero_point)
+
+
+def _average_observer_ranges(quantizers: List[nn.Module]) -> None:
+    for quantizer in quantizers:
+        observer = _observer(quantizer)
+        if not torch.isfinite(observer.min_val).all() or not torch.isfinite(observer.max_val).all():
+            raise RuntimeError(f"{type(observer).__name__} saw no data during calibration")
+        all_reduce_mean_([observer.min_val, observer.max_val])
+        set_qparams_from_observer(quantizer)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[dict], device: torch.device, run_heads: bool = False,
+              show_progress: bool = True) -> None:
+    """Set the ranges of every quantizer of `model`; afterwards observers are off and fake quantization is on.
+
+    `batches` hold `img` (and `img_metas` for `run_heads`). The observers watch `extract_feat`, or the whole test
+    forward with `run_heads` (needed when the heads are quantized).
+    """
+    quantizers = list(iter_quantizers(model))
+    activations = [q for _, kind, q, _ in quantizers if kind == "activation"]
+    for _, _, quantizer, _ in quantizers:
+        quantizer.disable_fake_quant()
+        quantizer.disable_observer()
+    for quantizer in activations:
+        quantizer.enable_observer()
+    rank, _ = rank_and_world()
+    for batch in tqdm(batches, desc="calibrate", disable=not show_progress or rank != 0, dynamic_ncols=True):
+        img = batch["img"].to(device)
+        if run_heads:
+            model.simple_test(img, batch["img_metas"])
+        else:
+            model.extract_feat(img)
+    _average_observer_ranges(activations)
+    for name, kind, quantizer, _ in quantizers:
+        quantizer.disable_observer()
+        if kind == "weight":
+            _observe_weight(model, name, quantizer)
+        quantizer.enable_fake_quant()
+
+
+def _observe_weight(model: nn.Module, quantizer_name: str, quantizer: nn.Module) -> None:
+    layer = model.get_submodule(quantizer_name.rsplit(".", 1)[0])
+    quantizer.enable_observer()
+    quantizer(layer.module.weight)
+    quantizer.disable_observer()

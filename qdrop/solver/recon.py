@@ -1,0 +1,225 @@
+"""Block reconstruction (BRECQ, with QDrop's random dropping of activation quantization).
+
+Each QuantizedLayer / QuantizedBlock is reconstructed in forward order against the float model: AdaRound's
+rounding variables (Adam, lr 1e-3) and the LSQ activation scales (Adam at `scale_lr`, cosine schedule to 0) minimise
+the output error plus AdaRound's rounding regulariser. With `drop_prob` p < 1 the unit's input and every activation
+quantizer inside it keep the quantized value with probability p, element-wise, else the float one.
+"""
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from qdrop.model.quantize import activation_quantizers, quantization_units, weight_quantizers
+from qdrop.quantization import AdaRoundFakeQuantize
+from qdrop.solver.cache import CACHE_DTYPES, ReconCache
+from qdrop.solver.capture import capture_input, capture_input_output, forward_order
+from qdrop.solver.distributed import all_reduce_mean_, rank_and_world
+
+ROUNDING_LR = 1e-3  # Adam's default, as in BRECQ and QDrop
+ERROR_BATCH_SIZE = 8  # images per forward when measuring a unit's output error
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """The q_config's `recon` section."""
+    batch_size: int
+    scale_lr: float
+    warm_up: float
+    weight: float
+    iters: int
+    b_range: Tuple[float, float]
+    keep_gpu: bool
+    round_mode: str
+    drop_prob: float
+    cache_dtype: str = "float32"
+
+    @classmethod
+    def from_mapping(cls, recon: Mapping) -> "ReconConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(recon) - known
+        if unknown:
+            raise KeyError(f"recon has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        values = dict(recon)
+        values["b_range"] = tuple(float(b) for b in values["b_range"])
+        if values.get("cache_dtype", "float32") not in CACHE_DTYPES:
+            raise ValueError(f"recon.cache_dtype={values['cache_dtype']!r}; allowed: {sorted(CACHE_DTYPES)}")
+        return cls(**values)
+
+
+class TemperatureDecay:
+    """The regulariser's exponent b: b_range[0] during warm-up, then falling linearly to b_range[1]."""
+
+    def __init__(self, iters: int, warm_up: float, b_range: Tuple[float, float]):
+        self.iters = iters
+        self.start = warm_up * iters
+        self.b_start, self.b_end = b_range
+
+    def __call__(self, step: int) -> float:
+        if step < self.start:
+            return self.b_start
+        progress = (step - self.start) / max(self.iters - self.start, 1)
+        return self.b_end + (self.b_start - self.b_end) * max(0.0, 1.0 - progress)
+
+
+def rounding_regulariser(quantizers: Sequence[nn.Module], b: float) -> torch.Tensor:
+    """sum(1 - |2h - 1|^b) over every rounding variable: pushes h(alpha) to 0 or 1."""
+    return sum((1 - (2 * q.rectified_sigmoid() - 1).abs().pow(b)).sum() for q in quantizers)
+
+
+def output_error_sum(output: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """Sum over channels of the squared error, summed over the other dims, and the number of those positions."""
+    per_position = (output - target).pow(2).sum(1)
+    return per_position.sum(), per_position.numel()
+
+
+def unit_seed(seed: int, unit_index: int, rank: int) -> int:
+    """A fixed seed per (run seed, unit, rank), so a resumed run draws what an uninterrupted one draws."""
+    return (seed * 1_000_003 + unit_index * 10_007 + rank) % (2 ** 63)
+
+
+def build_cache(q_model: nn.Module, fp_model: nn.Module, q_unit: nn.Module, fp_unit: nn.Module,
+                images: Sequence[torch.Tensor], cfg: ReconConfig, device: torch.device) -> ReconCache:
+    cache = ReconCache(device, keep_on_device=cfg.keep_gpu, dtype=CACHE_DTYPES[cfg.cache_dtype],
+                       keep_fp_input=cfg.drop_prob < 1.0)
+    for img in images:
+        img = img.to(device)
+        quant_input = capture_input(q_model, q_unit, img)
+        fp_input, fp_output = capture_input_output(fp_model, fp_unit, img)
+        cache.add(quant_input, fp_input, fp_output)
+    return cache
+
+
+@torch.no_grad()
+def unit_output_error(unit: nn.Module, cache: ReconCache) -> float:
+    """Mean over positions (and ranks) of the channel-summed squared error of the unit on its quantized input."""
+    total = torch.zeros(2, dtype=torch.float64, device=cache.device)  # on the device: NCCL reduces no host tensors
+    for groups in cache.all_batches(ERROR_BATCH_SIZE):
+        for group in groups:
+            error, positions = output_error_sum(unit(group.quant_input), group.fp_output)
+            total[0] += error.double()
+            total[1] += positions
+    all_reduce_mean_([total])
+    return (total[0] / total[1]).item()
+
+
+def _set_drop_prob(unit: nn.Module, drop_prob: float) -> None:
+    for quantizer in activation_quantizers(unit):
+        quantizer.drop_prob = drop_prob
+
+
+def _adaround_quantizers(unit: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
+    return [(layer, q) for layer, q in weight_quantizers(unit) if isinstance(q, AdaRoundFakeQuantize)]
+
+
+def harden_weights(unit: nn.Module) -> None:
+    """End AdaRound for the unit: weights take their hard-rounded values and the quantizers round to nearest
+    (which leaves those values unchanged)."""
+    for layer, quantizer in _adaround_quantizers(unit):
+        if quantizer.adaround:
+            layer.module.weight.data = quantizer.get_hard_value(layer.module.weight.data)
+            quantizer.adaround = False
+
+
+def _mix(quant: torch.Tensor, fp: Optional[torch.Tensor], drop_prob: float) -> torch.Tensor:
+    if drop_prob >= 1.0:
+        return quant
+    return torch.where(torch.rand_like(quant) < drop_prob, quant, fp)
+
+
+def _average_gradients(params: Sequence[torch.Tensor]) -> None:
+    grads = []
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        grads.append(param.grad)
+    all_reduce_mean_(grads)
+
+
+def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed: int,
+                     show_progress: bool = True, desc: str = "") -> float:
+    """Learn the unit's rounding and activation scales on the cache; returns the last step's loss."""
+    rank, _ = rank_and_world()
+    torch.manual_seed(seed)
+    sampler = torch.Generator().manual_seed(seed)
+    for param in unit.parameters():
+        param.requires_grad_(False)
+    adaround = _adaround_quantizers(unit)
+    for layer, quantizer in adaround:
+        quantizer.init(layer.module.weight.data, cfg.round_mode)
+    rounding_params = [q.alpha for _, q in adaround]
+    adaround_ids = {id(q) for _, q in adaround}
+    scale_params = [p for q in activation_quantizers(unit) for p in q.parameters()]
+    scale_params += [p for _, q in weight_quantizers(unit) if id(q) not in adaround_ids for p in q.parameters()]
+    for param in rounding_params + scale_params:
+        param.requires_grad_(True)
+    optimizers, scheduler = [], None
+    if rounding_params:
+        optimizers.append(torch.optim.Adam(rounding_params, lr=ROUNDING_LR))
+    if scale_params:
+        scale_optimizer = torch.optim.Adam(scale_params, lr=cfg.scale_lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(scale_optimizer, T_max=cfg.iters, eta_min=0.0)
+        optimizers.append(scale_optimizer)
+    _set_drop_prob(unit, cfg.drop_prob)
+    temperature = TemperatureDecay(cfg.iters, cfg.warm_up, cfg.b_range)
+    adaround_quantizers = [q for _, q in adaround]
+    loss_value = math.nan
+    bar = tqdm(range(cfg.iters), desc=desc, disable=not show_progress or rank != 0, leave=False, dynamic_ncols=True)
+    for step in bar:
+        images = torch.randperm(len(cache), generator=sampler)[:cfg.batch_size]
+        error, positions = 0.0, 0
+        for group in cache.gather(images.tolist()):
+            group_error, group_positions = output_error_sum(
+                unit(_mix(group.quant_input, group.fp_input, cfg.drop_prob)), group.fp_output)
+            error, positions = error + group_error, positions + group_positions
+        loss = error / positions
+        if step >= temperature.start and adaround_quantizers:
+            loss = loss + cfg.weight * rounding_regulariser(adaround_quantizers, temperature(step))
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        _average_gradients(rounding_params + scale_params)
+        for optimizer in optimizers:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if step % 50 == 0 or step == cfg.iters - 1:
+            loss_value = loss.item()
+            bar.set_postfix(loss=f"{loss_value:.4g}")
+    bar.close()
+    harden_weights(unit)
+    _set_drop_prob(unit, 1.0)
+    for param in unit.parameters():
+        param.requires_grad_(False)
+    return loss_value
+
+
+def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.Tensor], cfg: ReconConfig, *,
+                device: torch.device, seed: int, logger: Optional[logging.Logger] = None, start_unit: int = 0,
+                on_unit_done: Optional[Callable[[int, List[str]], None]] = None, show_progress: bool = True) -> List[str]:
+    """Reconstruct every unit that extract_feat runs, from `start_unit` on (units before it are already done);
+    `on_unit_done(next_unit, finished unit names)` is called after each (to save progress). Returns the unit names in forward order."""
+    if cfg.iters <= 0:
+        raise ValueError(f"recon.iters={cfg.iters}: reconstruction needs at least one iteration")
+    rank, _ = rank_and_world()
+    fp_units = dict(fp_model.named_modules())
+    units = forward_order(q_model, quantization_units(q_model), images[0].to(device))
+    log = logger.info if logger is not None else (lambda message: None)
+    for index, (name, q_unit) in enumerate(units):
+        if index < start_unit:
+            continue
+        cache = build_cache(q_model, fp_model, q_unit, fp_units[name], images, cfg, device)
+        error_before = unit_output_error(q_unit, cache)
+        loss = reconstruct_unit(q_unit, cache, cfg, seed=unit_seed(seed, index, rank), show_progress=show_progress,
+                                desc=f"recon {index + 1}/{len(units)} {name}")
+        error_after = unit_output_error(q_unit, cache)
+        log(f"unit {index + 1}/{len(units)} {name}: output error {error_before:.6g} -> {error_after:.6g} "
+            f"(last loss {loss:.6g}, cache {cache.nbytes() / 2 ** 20:.1f} MiB)")
+        del cache
+        if on_unit_done is not None:
+            on_unit_done(index + 1, [unit_name for unit_name, _ in units[:index + 1]])
+    return [name for name, _ in units]

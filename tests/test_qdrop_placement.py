@@ -1,0 +1,128 @@
+"""Which modules of a detector get which quantizers (qdrop.model.quantize_detector)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qdrop.model import (QuantizedBasicBlock, QuantizedBottleneck, QuantizedLayer, format_placement_table,
+                         placement_table, quantization_units, quantize_detector)
+from test_qdrop_support import faster_rcnn_cfg, fused_detector, q_config, retinanet_cfg
+
+
+def _rows_by_name(model):
+    return {row.quantizer: row for row in placement_table(model)}
+
+
+@pytest.mark.parametrize("depth, block_cls", [(18, QuantizedBasicBlock), (50, QuantizedBottleneck)])
+def test_backbone_blocks_and_stem(depth, block_cls):
+    model = quantize_detector(fused_detector(faster_rcnn_cfg(depth)), q_config(w_bit=2, a_bit=4))
+    backbone = model.backbone
+    blocks = [m for layer in ("layer1", "layer2", "layer3", "layer4") for m in getattr(backbone, layer)]
+    assert blocks and all(isinstance(block, block_cls) for block in blocks)
+    # stem: conv + folded ReLU, 8-bit weights, 4-bit output; maxpool stays
+    assert isinstance(backbone.conv1, QuantizedLayer) and backbone.conv1.relu
+    assert isinstance(backbone.maxpool, nn.MaxPool2d)
+    rows = _rows_by_name(model)
+    assert rows["backbone.conv1.weight_quantizer"].bits == 8
+    assert rows["backbone.conv1.output_quantizer"].bits == 4
+    assert rows["backbone.layer1.0.conv1.weight_quantizer"].bits == 2
+    assert rows["backbone.layer1.0.conv1.weight_quantizer"].granularity == "per-channel (axis 0)"
+    assert rows["backbone.layer1.0.output_quantizer"].granularity == "per-tensor"
+    first = blocks[0]
+    # inner layers: conv1 (+ReLU) quantized output; last conv and downsample without output quantizer
+    assert first.conv1.relu and first.conv1.output_quantizer is not None
+    last_conv = first.conv3 if depth == 50 else first.conv2
+    assert last_conv.output_quantizer is None and not last_conv.relu
+    if depth == 50:
+        assert first.conv2.relu and first.conv2.output_quantizer is not None
+        assert first.downsample is not None and first.downsample.output_quantizer is None
+    else:
+        assert first.downsample is None  # BasicBlock ResNets keep 8 channels in layer1
+        assert backbone.layer2[0].downsample.output_quantizer is None
+
+
+@pytest.mark.parametrize("model_cfg", [faster_rcnn_cfg(50), retinanet_cfg(18)], ids=["faster_r50", "retina_r18"])
+def test_fpn_outputs_unquantized_laterals_quantized(model_cfg):
+    model = quantize_detector(fused_detector(model_cfg), q_config())
+    neck = model.neck
+    assert all(isinstance(m, QuantizedLayer) and m.output_quantizer is not None for m in neck.lateral_convs)
+    # every output conv, RetinaNet's two extra convs included, has no output quantizer
+    assert len(neck.fpn_convs) == (4 if model_cfg["type"] == "FasterRCNN" else 5)
+    assert all(isinstance(m, QuantizedLayer) and m.output_quantizer is None for m in neck.fpn_convs)
+    # the FPN forward (top-down adds, interpolation, extra levels) still works on the wrapped modules
+    feats = model.extract_feat(torch.randn(1, 3, 64, 96))
+    assert len(feats) == 5 and all(f.shape[1] == 16 for f in feats)
+
+
+def test_heads_stay_float_by_default():
+    model = quantize_detector(fused_detector(faster_rcnn_cfg(50)), q_config())
+    for head in (model.rpn_head, model.roi_head):
+        assert not any(isinstance(m, QuantizedLayer) for m in head.modules())
+    assert all(not name.startswith(("rpn_head", "roi_head")) for name in _rows_by_name(model))
+
+
+def test_quant_head_faster_rcnn():
+    model = quantize_detector(fused_detector(faster_rcnn_cfg(50)), q_config(quant_head=True))
+    rpn, bbox_head = model.rpn_head, model.roi_head.bbox_head
+    assert rpn.rpn_conv.relu and rpn.rpn_conv.output_quantizer is not None
+    for final in (rpn.rpn_cls, rpn.rpn_reg, bbox_head.fc_cls, bbox_head.fc_reg):
+        assert isinstance(final, QuantizedLayer) and final.output_quantizer is None
+    assert all(fc.relu and fc.output_quantizer is not None for fc in bbox_head.shared_fcs)
+    meta = dict(img_shape=(64, 96, 3), ori_shape=(64, 96, 3), pad_shape=(64, 96, 3),
+                scale_factor=np.ones(4, dtype=np.float32), flip=False, batch_input_shape=(64, 96))
+    assert len(model.simple_test(torch.randn(1, 3, 64, 96), [meta])) == 1
+
+
+def test_quant_head_retinanet():
+    model = quantize_detector(fused_detector(retinanet_cfg(18)), q_config(quant_head=True))
+    head = model.bbox_head
+    assert all(m.relu and m.output_quantizer is not None for m in list(head.cls_convs) + list(head.reg_convs))
+    assert head.retina_cls.output_quantizer is None and head.retina_reg.output_quantizer is None
+
+
+class _ToyNeck(nn.Module):
+    """A ReLU before any conv, then lateral/output convs, then a sibling registered after `fpn_convs`."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU()
+        self.lateral_convs = nn.ModuleList([nn.Conv2d(4, 4, 1)])
+        self.fpn_convs = nn.ModuleList([nn.Conv2d(4, 4, 3, padding=1)])
+        self.after = nn.Conv2d(4, 4, 1)
+        self.after_relu = nn.ReLU()
+
+
+class _ToyDetector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Identity(), nn.ReLU())
+        self.neck = _ToyNeck()
+
+
+def test_output_flag_does_not_leak_and_lone_relu_is_kept():
+    model = quantize_detector(_ToyDetector(), q_config())
+    neck = model.neck
+    assert isinstance(neck.relu, nn.ReLU)  # no conv before it: left alone, no crash
+    assert neck.lateral_convs[0].output_quantizer is not None
+    assert neck.fpn_convs[0].output_quantizer is None
+    assert neck.after.output_quantizer is not None  # a sibling after fpn_convs keeps its output quantizer
+    assert neck.after.relu  # the ReLU registered after it folds into it
+    assert model.backbone[0].relu  # ReLU after a (folded-BN) Identity folds into the conv
+    assert model.backbone[0].w_qconfig["bit"] == 8
+
+
+def test_unfused_batchnorm_is_an_error():
+    from mmdet.models import build_detector
+    model = build_detector(retinanet_cfg(18)).eval()
+    with pytest.raises(ValueError, match="fuse"):
+        quantize_detector(model, q_config())
+
+
+def test_units_and_table():
+    model = quantize_detector(fused_detector(retinanet_cfg(18)), q_config())
+    names = [name for name, _ in quantization_units(model)]
+    assert names[0] == "backbone.conv1" and "backbone.layer1.0" in names and "neck.fpn_convs.4" in names
+    assert not any(name.startswith("backbone.layer1.0.") for name in names)  # inner layers belong to their block
+    table = format_placement_table(placement_table(model))
+    assert "backbone.conv1.weight_quantizer" in table and "AdaRoundFakeQuantize" in table
+    assert "neck.fpn_convs.0.output_quantizer" not in table
