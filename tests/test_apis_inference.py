@@ -1,6 +1,11 @@
 """init_detector / inference_detector and tools/test.py end to end on a tiny RetinaNet (CPU, seconds)."""
 import importlib.util
 import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -59,6 +64,12 @@ def tiny_setup(tmp_path):
     return tmp_path, config
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _check_result(result, num_classes=3):
     assert isinstance(result, list) and len(result) == num_classes
     for dets in result:
@@ -98,10 +109,23 @@ def test_checkpoint_meta_classes_and_tools_test(tiny_setup):
     spec.loader.exec_module(tools_test)
     work_dir = root / "work"
     metric = tools_test.main([str(config), str(checkpoint), "--eval", "bbox", "--work-dir", str(work_dir),
-                              "--out", str(root / "results.pkl"), "--cfg-options", "model.test_cfg.max_per_img=5"])
+                              "--out", str(root / "results.pkl"), "--fuse-conv-bn",
+                              "--cfg-options", "model.test_cfg.max_per_img=5"])
     assert set(metric) >= {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_copypaste"}
     eval_files = list(work_dir.glob("eval_*.json"))
     assert len(eval_files) == 1 and len(list(work_dir.glob("*.log"))) == 1
     dumped = json.loads(eval_files[0].read_text())
     assert dumped["config"] == str(config) and dumped["metric"] == metric
-    assert (root / "results.pkl").is_file()
+    with open(root / "results.pkl", "rb") as f:
+        results = pickle.load(f)
+    assert len(results) == 2 and all(len(np.concatenate(r)) <= 5 for r in results)
+
+    # The torchrun wrapper: one process, the 'pytorch' launcher, the same metrics.
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()))
+    run = subprocess.run(["bash", "tools/dist_test.sh", str(config), str(checkpoint), "1", "--eval", "bbox",
+                          "--fuse-conv-bn", "--work-dir", str(root / "dist"),
+                          "--cfg-options", "model.test_cfg.max_per_img=5"],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    dist_metric = json.loads(next((root / "dist").glob("eval_*.json")).read_text())["metric"]
+    assert dist_metric == metric

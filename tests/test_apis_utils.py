@@ -5,10 +5,11 @@ import socket
 import stat
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from mmdet.utils import barrier, get_dist_info, get_root_logger, init_dist, is_main_process, load_config
-from mmdet.utils.dist_utils import slurm_master_addr
+from mmdet.utils.dist_utils import resolve_backend, slurm_master_addr
 
 
 @pytest.fixture
@@ -49,6 +50,13 @@ def test_dist_helpers_without_process_group():
     barrier()  # no-op
     with pytest.raises(ValueError, match="launcher"):
         init_dist("mpi")
+
+
+def test_nccl_without_cuda_falls_back_to_gloo(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="gloo"):
+        assert resolve_backend("nccl") == "gloo"
+    assert resolve_backend(None) == "gloo"
 
 
 def test_pytorch_launcher_names_missing_env(monkeypatch):

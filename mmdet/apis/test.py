@@ -6,7 +6,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from mmdet.datasets.samplers import interleave_shards
+from mmdet.datasets.samplers import DistributedTestSampler, interleave_shards
 from mmdet.utils import get_dist_info, to_device
 
 
@@ -45,6 +45,9 @@ def multi_gpu_test(model: nn.Module, data_loader, show_progress: bool = True) ->
     rank, world_size = get_dist_info()
     if world_size == 1:
         return single_gpu_test(model, data_loader, show_progress)
+    if not isinstance(data_loader.sampler, DistributedTestSampler):
+        raise ValueError("multi_gpu_test needs a loader built with build_dataloader(..., dist=True, shuffle=False) "
+                         f"(a DistributedTestSampler), got sampler {type(data_loader.sampler).__name__}")
     size = len(data_loader.dataset)
     progress = tqdm(total=size, desc="test") if show_progress and rank == 0 else None
     try:

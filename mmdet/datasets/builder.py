@@ -8,6 +8,8 @@ import torch
 from mmengine.registry import Registry
 from torch.utils.data import DataLoader, Dataset
 
+from mmdet.utils.dist_utils import get_dist_info
+
 from .collate import collate
 from .samplers import DistributedGroupSampler, DistributedTestSampler, GroupSampler
 
@@ -23,7 +25,12 @@ def build_dataset(cfg: dict, default_args: Optional[dict] = None) -> Dataset:
     return DATASETS.build(dict(cfg), default_args=default_args)
 
 
-def _seed_worker(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
+def _seed_worker(worker_id: int, num_workers: int, rank: int, seed: Optional[int]) -> None:
+    """Distinct, reproducible RNG streams per worker. Without a seed numpy still gets a per-worker seed
+    (from torch's, which DataLoader varies per worker); otherwise every forked worker would draw the same flips."""
+    if seed is None:
+        np.random.seed(torch.initial_seed() % 2**32)
+        return
     worker_seed = num_workers * rank + worker_id + seed
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -47,8 +54,6 @@ def build_dataloader(
     In one process the batch is `num_gpus * samples_per_gpu`; distributed, each rank loads `samples_per_gpu`.
     `workers_per_gpu=0` loads in the calling process. Extra keyword arguments go to `torch.utils.data.DataLoader`.
     """
-    from mmdet.utils.dist_utils import get_dist_info
-
     rank, world_size = get_dist_info()
     if dist:
         batch_size, num_workers = samples_per_gpu, workers_per_gpu
@@ -60,9 +65,7 @@ def build_dataloader(
         batch_size, num_workers = num_gpus * samples_per_gpu, num_gpus * workers_per_gpu
         sampler = GroupSampler(dataset, batch_size, seed=seed) if shuffle else None
 
-    init_fn = None
-    if seed is not None and num_workers > 0:
-        init_fn = partial(_seed_worker, num_workers=num_workers, rank=rank, seed=seed)
+    init_fn = partial(_seed_worker, num_workers=num_workers, rank=rank, seed=seed) if num_workers > 0 else None
     kwargs.setdefault("pin_memory", False)
     return DataLoader(
         dataset,

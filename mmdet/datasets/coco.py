@@ -267,7 +267,7 @@ class CocoDataset(Dataset):
         for i, result in enumerate(results):
             if not (isinstance(result, (list, tuple)) and len(result) == len(self.cat_ids)):
                 raise ValueError(f"result {i} must be a list of {len(self.cat_ids)} per-class (k, 5) arrays, "
-                                 f"got {type(result).__name__} of length {len(result) if hasattr(result, '__len__') else '?'}")
+                                 f"got {type(result).__name__} {result!r:.80}")
 
     def _det2json(self, results: list) -> List[dict]:
         json_results = []

@@ -28,7 +28,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _read(filename: str, map_location) -> dict:
     if filename.startswith(("http://", "https://")):
-        return torch.hub.load_state_dict_from_url(filename, map_location=map_location, progress=False)
+        return torch.hub.load_state_dict_from_url(
+            filename, map_location=map_location, progress=False, weights_only=True
+        )
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"checkpoint file {filename!r} does not exist")
     checkpoint = torch.load(filename, map_location=map_location, weights_only=True)

@@ -1,6 +1,7 @@
 """Process-group helpers that also work in a plain single process (no process group)."""
 import os
 import subprocess
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -19,8 +20,15 @@ def _env_int(name: str) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from err
 
 
-def _default_backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def resolve_backend(backend: Optional[str]) -> str:
+    """None -> nccl with CUDA, else gloo. nccl asked for without CUDA (e.g. a config's dist_params on a CPU
+    machine) falls back to gloo with a warning instead of failing inside torch."""
+    if backend is None:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and not torch.cuda.is_available():
+        warnings.warn("backend 'nccl' needs CUDA, which is not available: using 'gloo'")
+        return "gloo"
+    return backend
 
 
 def _select_cuda_device(local_rank: int) -> None:
@@ -75,7 +83,7 @@ def init_dist(launcher: str, backend: Optional[str] = None) -> None:
 
     backend defaults to nccl when CUDA is available, else gloo; with CUDA the current device becomes the
     local rank's GPU."""
-    backend = backend or _default_backend()
+    backend = resolve_backend(backend)
     if launcher == "pytorch":
         _init_pytorch(backend)
     elif launcher == "slurm":

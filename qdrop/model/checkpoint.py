@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mmdet.utils import fuse_conv_bn
-from qdrop.model.quantize import quantize_detector
+from qdrop.model.quantize import iter_quantizers, quantize_detector
 
 QUANTIZED_FORMAT = "qdrop-quantized-v1"
 
@@ -23,13 +23,19 @@ def quantized_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict((key, value.detach().cpu()) for key, value in model.state_dict().items())
 
 
-def load_quantized_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                         finished_units: Sequence[str] = ()) -> None:
-    """Load a state saved by `quantized_state_dict` into a freshly wrapped model (strict: every key must match)."""
+def load_quantized_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a state saved by `quantized_state_dict` (after calibration) into a freshly wrapped model.
+
+    Every key must match. AdaRound quantizers whose `alpha` is in the state come back in hard mode, as after
+    reconstruction; observers end up off and fake quantization on, as after calibration.
+    """
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise ValueError(f"quantized state does not fit the quantized model: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]} (another model or q_config?)")
+    for _, _, quantizer, _ in iter_quantizers(model):
+        quantizer.disable_observer()
+        quantizer.enable_fake_quant()
 
 
 def save_quantized_checkpoint(model: nn.Module, filename: str, q_config: Mapping,
@@ -70,7 +76,7 @@ def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu
     fuse_conv_bn(model)
     quantize_detector(model, meta["q_config"])
     try:
-        load_quantized_state(model, checkpoint["state_dict"], meta.get("finished_units", ()))
+        load_quantized_state(model, checkpoint["state_dict"])
     except ValueError as err:
         raise ValueError(f"{filename}: {err}") from err
     if "CLASSES" in meta:

@@ -10,14 +10,14 @@ from torch import Tensor
 
 
 def round_ste(x: Tensor) -> Tensor:
-    """Round to nearest; the gradient passes straight through."""
-    return (x.round() - x).detach() + x
+    """Round to nearest; the gradient passes straight through. The forward value is exactly ``round(x)``."""
+    return x.round().detach() + (x - x.detach())
 
 
 def grad_scale(x: Tensor, factor: float) -> Tensor:
-    """Identity in the forward pass; multiplies the gradient by ``factor``."""
+    """Identity in the forward pass (exactly); multiplies the gradient by ``factor``."""
     scaled = x * factor
-    return (x - scaled).detach() + scaled
+    return x.detach() + (scaled - scaled.detach())
 
 
 def broadcast_qparam(param: Tensor, x: Tensor, ch_axis: int) -> Tensor:

@@ -67,12 +67,13 @@ def grid_candidates(x2d: Tensor, quant_min: int, quant_max: int, two_sided: bool
 
 
 class BinnedGroups:
-    """Histogram summaries of every row of ``x2d`` at resolutions 16, 64, ... up to about n / 8 bins."""
+    """Histogram summaries of every row of ``x2d`` at resolutions 16, 64, ... down to about 32 values per bin
+    (a finer bin costs more to bound than evaluating its values exactly)."""
 
     def __init__(self, x2d: Tensor, max_bins: int = 1 << 20):
         groups, n = x2d.shape
         finest = _COARSEST_BINS
-        while finest * _BIN_FACTOR <= min(max_bins, n // 8):
+        while finest * _BIN_FACTOR <= min(max_bins, n // 32):
             finest *= _BIN_FACTOR
         lo = x2d.amin(dim=1, keepdim=True)
         width = x2d.amax(dim=1, keepdim=True) - lo
@@ -88,7 +89,7 @@ class BinnedGroups:
         largest = torch.full_like(smallest, -math.inf)
         largest.scatter_reduce_(0, index, values, reduce='amax')
         count, total = count.view(groups, finest), total.view(groups, finest)
-        smallest, largest = smallest.view(groups, finest).double(), largest.view(groups, finest).double()
+        smallest, largest = smallest.view(groups, finest), largest.view(groups, finest)
         self.levels: List[Tuple[Tensor, Tensor, Tensor, Tensor]] = []
         while True:
             self.levels.append(self._summary(count, total, smallest, largest))
@@ -103,35 +104,39 @@ class BinnedGroups:
 
     @staticmethod
     def _summary(count: Tensor, total: Tensor, smallest: Tensor, largest: Tensor):
+        """(count, mean, smallest, largest) in the values' dtype; empty bins hold zeros."""
         filled = count > 0
-        mean = torch.where(filled, total / count.clamp_min(1), torch.zeros_like(total))
-        return (count, mean, torch.where(filled, smallest, mean), torch.where(filled, largest, mean))
+        mean = torch.where(filled, total / count.clamp_min(1), torch.zeros_like(total)).to(smallest.dtype)
+        return (count.to(smallest.dtype), mean, torch.where(filled, smallest, mean),
+                torch.where(filled, largest, mean))
 
     def bounds(self, level: int, groups: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
                quant_max: int) -> Tuple[Tensor, Tensor]:
         """Lower and upper bounds (float64) of the objective for candidates (``groups[k]``, ``scale[k]``, ...)."""
         count, mean, low, high = (t[groups] for t in self.levels[level])
-        s = scale.double().unsqueeze(1)
-        z = zero_point.double().unsqueeze(1)
+        # Full-size operands keep the element-wise kernels on their fast contiguous path.
+        s = scale.to(low.dtype).unsqueeze(1).expand_as(low).contiguous()
+        z = zero_point.to(low.dtype).unsqueeze(1).expand_as(low).contiguous()
 
         def quantize(v: Tensor) -> Tensor:
             return (torch.clamp(torch.round(v / s) + z, quant_min, quant_max) - z) * s
 
         q_low, q_high = quantize(low), quantize(high)
-        e_low = (low - q_low).abs().pow(LP_NORM)
-        e_high = (high - q_high).abs().pow(LP_NORM)
+        e_low = (low - q_low).abs_().pow_(LP_NORM)
+        e_high = (high - q_high).abs_().pow_(LP_NORM)
         one_cell = q_low == q_high
         width = high - low
-        chord = torch.where(width > 0, ((high - mean) * e_low + (mean - low) * e_high) / width.clamp_min(1e-300),
-                            e_low)
-        jensen = (mean - q_low).abs().pow(LP_NORM)
+        chord = ((high - mean) * e_low + (mean - low) * e_high) / width
+        chord = torch.where(width > 0, chord, e_low)
+        jensen = (mean - q_low).abs_().pow_(LP_NORM)
         # A bin across one rounding boundary but holding no grid level: the error peaks inside, so its minimum is
         # at an end.
-        across_one = (q_high - q_low <= s * (1 + 1e-9)) & (low >= q_low) & (high <= q_high)
+        across_one = (q_high - q_low <= s * (1 + 1e-6)) & (low >= q_low) & (high <= q_high)
         lower = torch.where(one_cell, jensen, torch.where(across_one, torch.minimum(e_low, e_high), 0.0))
-        widest = torch.maximum((high - q_low).abs(), (q_high - low).abs()).pow(LP_NORM)
+        widest = torch.maximum((high - q_low).abs_(), (q_high - low).abs_()).pow_(LP_NORM)
         upper = torch.where(one_cell, chord, widest)
-        return (count * lower).sum(1) / self.num_values, (count * upper).sum(1) / self.num_values
+        n = self.num_values
+        return ((count * lower).sum(1, dtype=torch.float64) / n, (count * upper).sum(1, dtype=torch.float64) / n)
 
 
 def _chunk_size(columns: int) -> int:
@@ -313,7 +318,7 @@ def _golden(value_at: Callable[[float], Probe], lo: float, hi: float, iterations
 
 
 def golden_search(objective: ExactObjective, group: int, x_min: float, x_max: float, two_sided: bool,
-                  one_side: str, quant_min: int, quant_max: int, range_iterations: int = 14) -> Tuple[float, float]:
+                  one_side: str, quant_min: int, quant_max: int, range_iterations: int = 12) -> Tuple[float, float]:
     """Golden-section search over the range in [1/100, 1] of the data's extent; for two-sided data each range is
     scored by a nested golden-section search over the zero-point shift. Returns the best (min, max)."""
     levels = quant_max - quant_min

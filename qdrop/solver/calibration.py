@@ -19,10 +19,17 @@ def _observer(quantizer: nn.Module) -> nn.Module:
 
 
 def set_qparams_from_observer(quantizer: nn.Module) -> None:
-    """Copy the observer's current range into the quantizer's scale and zero point."""
+    """Copy the observer's current range into the quantizer's scale and zero point (shapes follow the observer)."""
     observer = _observer(quantizer)
-    scale, zero_point = observer.calculate_qparams(observer.min_val, observer.max_val)
-    quantizer._set(scale, zero_point)
+    qparams = observer.calculate_qparams(observer.min_val, observer.max_val)
+    with torch.no_grad():
+        for name, value in zip(("scale", "zero_point"), qparams):
+            current = getattr(quantizer, name)
+            value = value.reshape(-1).to(device=current.device, dtype=current.dtype)
+            if current.shape == value.shape:
+                current.copy_(value)
+            else:
+                current.data = value.clone()
 
 
 def _average_observer_ranges(quantizers: List[nn.Module]) -> None:

@@ -60,7 +60,7 @@ class ReconProgress:
                                if saved.get("fingerprint", {}).get(key) != self.fingerprint.get(key))
             raise ValueError(f"{self.path} holds the progress of another run (it differs in: {', '.join(differing)}); "
                              "use another --work-dir or delete that file to start over")
-        load_quantized_state(model, saved["state_dict"], finished_units=saved["finished_units"])
+        load_quantized_state(model, saved["state_dict"])
         return int(saved["next_unit"])
 
     def save(self, model: nn.Module, next_unit: int, finished_units: list) -> None:

@@ -61,6 +61,7 @@ def _shared_timestamp() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> Optional[dict]:
+    """Run the seven steps; returns the metrics on rank 0 (None elsewhere)."""
     args = parse_args(argv)
     q_config = load_q_config(args.q_config)
     recon_cfg = ReconConfig.from_mapping(q_config["recon"])

@@ -20,7 +20,7 @@ from qdrop.solver.cache import CACHE_DTYPES, ReconCache
 from qdrop.solver.capture import capture_input, capture_input_output, forward_order
 from qdrop.solver.distributed import all_reduce_mean_, rank_and_world
 
-ROUNDING_LR = 1e-3  # Adam's default, as in BRECQ and QDrop
+ROUNDING_LR = 1e-3  # Adam's default, as in BRECQ and QDrop (recon.round_lr overrides it)
 ERROR_BATCH_SIZE = 8  # images per forward when measuring a unit's output error
 
 
@@ -37,6 +37,7 @@ class ReconConfig:
     round_mode: str
     drop_prob: float
     cache_dtype: str = "float32"
+    round_lr: float = ROUNDING_LR  # Adam's lr for AdaRound's alpha; short schedules (the demo) need a larger one
 
     @classmethod
     def from_mapping(cls, recon: Mapping) -> "ReconConfig":
@@ -68,7 +69,7 @@ class TemperatureDecay:
 
 def rounding_regulariser(quantizers: Sequence[nn.Module], b: float) -> torch.Tensor:
     """sum(1 - |2h - 1|^b) over every rounding variable: pushes h(alpha) to 0 or 1."""
-    return sum((1 - (2 * q.rectified_sigmoid() - 1).abs().pow(b)).sum() for q in quantizers)
+    return sum(q.round_loss(b) for q in quantizers)
 
 
 def output_error_sum(output: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, int]:
@@ -117,12 +118,10 @@ def _adaround_quantizers(unit: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
 
 
 def harden_weights(unit: nn.Module) -> None:
-    """End AdaRound for the unit: weights take their hard-rounded values and the quantizers round to nearest
-    (which leaves those values unchanged)."""
-    for layer, quantizer in _adaround_quantizers(unit):
+    """End AdaRound for the unit: its quantizers round with alpha >= 0 from now on (AdaRound's hard mode)."""
+    for _, quantizer in _adaround_quantizers(unit):
         if quantizer.adaround:
-            layer.module.weight.data = quantizer.get_hard_value(layer.module.weight.data)
-            quantizer.adaround = False
+            quantizer.soft_targets = False
 
 
 def _mix(quant: torch.Tensor, fp: Optional[torch.Tensor], drop_prob: float) -> torch.Tensor:
@@ -159,7 +158,7 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
         param.requires_grad_(True)
     optimizers, scheduler = [], None
     if rounding_params:
-        optimizers.append(torch.optim.Adam(rounding_params, lr=ROUNDING_LR))
+        optimizers.append(torch.optim.Adam(rounding_params, lr=cfg.round_lr))
     if scale_params:
         scale_optimizer = torch.optim.Adam(scale_params, lr=cfg.scale_lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(scale_optimizer, T_max=cfg.iters, eta_min=0.0)

@@ -3,6 +3,7 @@ from typing import Sequence
 
 from ..builder import PIPELINES
 from .compose import Compose
+from .transforms import as_scale_list
 
 
 @PIPELINES.register_module()
@@ -16,12 +17,12 @@ class MultiScaleFlipAug:
 
     def __init__(self, transforms: Sequence[dict], img_scale=None, flip: bool = False,
                  flip_direction: str = "horizontal"):
-        scales = [img_scale] if isinstance(img_scale, tuple) else list(img_scale or [])
+        scales = as_scale_list(img_scale)
         if len(scales) != 1:
             raise ValueError(f"MultiScaleFlipAug supports exactly one img_scale, got {img_scale!r}")
         if flip:
             raise ValueError("MultiScaleFlipAug: flip=True (test-time flip augmentation) is not supported")
-        self.img_scale = tuple(scales[0])
+        self.img_scale = scales[0]
         self.flip_direction = flip_direction
         self.transforms = Compose(transforms)
 

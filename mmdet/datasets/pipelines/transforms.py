@@ -24,13 +24,17 @@ def rescale_size(width: int, height: int, scale: Tuple[int, int]) -> Tuple[int, 
     return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
-def _as_scale_list(img_scale) -> list:
+def _is_scale(value) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value)
+
+
+def as_scale_list(img_scale) -> list:
+    """None -> []; one (long, short) pair (tuple or list) -> [pair]; a list of pairs -> the pairs as tuples."""
     if img_scale is None:
         return []
-    scales = [img_scale] if isinstance(img_scale, tuple) else list(img_scale)
-    for scale in scales:
-        if not (isinstance(scale, (tuple, list)) and len(scale) == 2 and all(isinstance(v, int) for v in scale)):
-            raise ValueError(f"img_scale entries must be (long, short) integer pairs, got {img_scale!r}")
+    scales = [img_scale] if _is_scale(img_scale) else list(img_scale)
+    if not scales or not all(_is_scale(scale) for scale in scales):
+        raise ValueError(f"img_scale must be a (long, short) integer pair or a list of them, got {img_scale!r}")
     return [tuple(scale) for scale in scales]
 
 
@@ -59,7 +63,7 @@ class Resize:
             raise ValueError(f"only the 'cv2' resize backend is available, got '{backend}'")
         if interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got '{interpolation}'")
-        self.img_scale = _as_scale_list(img_scale)
+        self.img_scale = as_scale_list(img_scale)
         if multiscale_mode == "range" and len(self.img_scale) > 2:
             raise ValueError(f"multiscale_mode='range' needs two scales (the bounds), got {len(self.img_scale)}")
         self.multiscale_mode = multiscale_mode

@@ -21,7 +21,10 @@ def _conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs; the first carries the stride. Children: conv1, bn1, conv2, bn2, relu, downsample."""
+    """Two 3x3 convs; the first carries the stride. Children: conv1, bn1, conv2, bn2, relu, downsample.
+
+    ``style`` is accepted for a signature shared with Bottleneck; both styles build the same BasicBlock.
+    """
 
     expansion = 1
 
@@ -298,7 +301,7 @@ def _read_pretrained(source: str, allow_download: bool) -> Optional[dict]:
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
         if not os.path.exists(cached) and not allow_download:
             return None
-        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False)
+        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, weights_only=True)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"pretrained checkpoint {source!r} (ResNet init_cfg) does not exist")
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)

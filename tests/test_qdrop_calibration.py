@@ -1,0 +1,67 @@
+"""Calibration: observers see the float forward; ranges are averaged over ranks; weights observed once."""
+import copy
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from qdrop.model import iter_quantizers, quantize_detector
+from qdrop.solver.calibration import calibrate
+from test_qdrop_support import fused_detector, q_config, random_batches, retinanet_cfg
+
+CPU = torch.device("cpu")
+
+
+def _ranges(model) -> dict:
+    return {name: (q.activation_post_process.min_val.clone(), q.activation_post_process.max_val.clone(),
+                   q.scale.detach().clone())
+            for name, kind, q, _ in iter_quantizers(model) if kind == "activation"}
+
+
+def _calibrate_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    model = quantize_detector(fused_detector(retinanet_cfg(18)), q_config())
+    batches = random_batches(1, seed=rank)  # every rank sees other images
+    alone = copy.deepcopy(model)
+    calibrate(alone, batches, CPU, show_progress=False)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        calibrate(model, batches, CPU, show_progress=False)
+    finally:
+        dist.destroy_process_group()
+    torch.save({"alone": _ranges(alone), "together": _ranges(model)}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_two_process_calibration_averages_ranges(tmp_path):
+    mp.spawn(_calibrate_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["alone"].keys() == ranks[0]["together"].keys()
+    differ = 0
+    for name, (min0, max0, _) in ranks[0]["alone"].items():
+        min1, max1, _ = ranks[1]["alone"][name]
+        differ += int(not torch.equal(min0, min1))
+        for rank in ranks:
+            got_min, got_max, _ = rank["together"][name]
+            assert torch.allclose(got_min, (min0 + min1) / 2, atol=1e-6), name
+            assert torch.allclose(got_max, (max0 + max1) / 2, atol=1e-6), name
+        assert torch.equal(ranks[0]["together"][name][2], ranks[1]["together"][name][2])  # same scale everywhere
+    assert differ > 0  # the ranks really saw different data
+
+
+def test_observers_watch_float_model_and_weights_once():
+    model = quantize_detector(fused_detector(retinanet_cfg(18)), q_config(w_bit=2))
+    batches = random_batches(2)
+    calibrate(model, batches, CPU, show_progress=False)
+    stem = model.backbone.conv1
+    # weight observers saw the weights: one range per output channel
+    weight_observer = stem.weight_quantizer.activation_post_process
+    assert weight_observer.min_val.shape == (stem.module.weight.shape[0],)
+    for _, _, quantizer, _ in iter_quantizers(model):
+        assert not bool(quantizer.observer_enabled) and bool(quantizer.fake_quant_enabled)
+    # quantization is on afterwards: the output is on the 4-bit grid of its quantizer
+    out = model.backbone.conv1(batches[0]["img"])
+    scale = stem.output_quantizer.scale.detach()
+    zero_point = stem.output_quantizer.zero_point.detach()
+    levels = torch.unique(torch.round(out / scale + zero_point))
+    assert len(levels) <= 16

@@ -1,0 +1,135 @@
+"""qdrop/solver/quant_coco.py end to end on a tiny RetinaNet and a tiny synthetic data set."""
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmdet.apis import single_gpu_test
+from mmdet.datasets.synthetic import make_synthetic_coco
+from mmdet.models import build_detector
+from mmdet.utils import CheckpointMismatchError, load_config, save_checkpoint
+from qdrop.model import is_quantized_checkpoint, load_quantized_checkpoint
+from qdrop.solver import quant_coco
+from qdrop.solver.pipeline import build_test_loader
+from test_qdrop_support import faster_rcnn_cfg, q_config, retinanet_cfg, write_tiny_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """(config path, float checkpoint path, q_config path, folder) for a tiny RetinaNet on 8 + 4 images."""
+    root = tmp_path_factory.mktemp("qdrop_cli")
+    make_synthetic_coco(root / "data", num_train=8, num_val=4, seed=0)
+    config = write_tiny_config(root / "retinanet_tiny.py", root / "data")
+    torch.manual_seed(0)
+    model = build_detector(retinanet_cfg(18))
+    checkpoint = root / "retinanet_tiny.pth"
+    save_checkpoint(model, str(checkpoint))
+    q_path = root / "q.yaml"
+    q_path.write_text(yaml.safe_dump(q_config(w_bit=4, a_bit=4, iters=2)))
+    return config, checkpoint, q_path, root
+
+
+def _argv(config, checkpoint, q_path, work_dir, launcher="none"):
+    return [str(config), str(checkpoint), "--launcher", launcher, "--work-dir", str(work_dir), "--fuse-conv-bn",
+            "--eval", "bbox", "--q_config", str(q_path)]
+
+
+def _eval_json(work_dir: Path) -> dict:
+    files = glob.glob(str(work_dir / "eval_*.json"))
+    assert len(files) == 1, files
+    return json.loads(Path(files[0]).read_text())
+
+
+def test_single_process_run_then_rerun_resumes(tiny_setup):
+    config, checkpoint, q_path, root = tiny_setup
+    work_dir = root / "run_none"
+    metric = quant_coco.main(_argv(config, checkpoint, q_path, work_dir))
+    assert "bbox_mAP" in metric
+    record = _eval_json(work_dir)
+    assert record["config"] == str(config) and record["metric"]["bbox_mAP"] == metric["bbox_mAP"]
+    placement = (work_dir / "placement.txt").read_text()
+    assert "backbone.conv1.weight_quantizer" in placement and "neck.fpn_convs.0.output_quantizer" not in placement
+    log = "".join(Path(p).read_text() for p in glob.glob(str(work_dir / "*.log")))
+    assert "neck.fpn_convs.4: output error" in log
+    assert (work_dir / "retinanet_tiny.py").is_file() and (work_dir / "q_config.yaml").is_file()
+
+    # the saved checkpoint rebuilds the same quantized model (activation quantizers included)
+    saved = torch.load(work_dir / "quantized.pth", map_location="cpu", weights_only=True)
+    assert is_quantized_checkpoint(saved)
+    cfg = load_config(str(config))
+    model = build_detector(cfg.model)
+    load_quantized_checkpoint(model, str(work_dir / "quantized.pth"))
+    assert any(k.endswith("output_quantizer.scale") for k in model.state_dict())
+    dataset, loader = build_test_loader(cfg)
+    again = dataset.evaluate(single_gpu_test(model.eval(), loader, show_progress=False), metric="bbox")
+    assert again["bbox_mAP"] == metric["bbox_mAP"]
+
+    # the same command again resumes after the last unit and gives the same result
+    rerun = quant_coco.main(_argv(config, checkpoint, q_path, work_dir))
+    assert rerun["bbox_mAP"] == metric["bbox_mAP"]
+    log = "".join(Path(p).read_text() for p in glob.glob(str(work_dir / "*.log")))
+    assert "resuming" in log
+
+
+def test_bad_q_config_fails_before_any_work(tiny_setup, tmp_path):
+    config, checkpoint, _, _ = tiny_setup
+    bad = q_config()
+    bad["a_qconfig"]["observer"] = "NoSuchObserver"
+    q_path = tmp_path / "bad.yaml"
+    q_path.write_text(yaml.safe_dump(bad))
+    work_dir = tmp_path / "wd"
+    with pytest.raises((ValueError, KeyError), match="observer"):
+        quant_coco.main(_argv(config, checkpoint, q_path, work_dir))
+    assert not work_dir.exists()
+
+
+def test_checkpoint_of_another_model_fails_before_calibration(tiny_setup, tmp_path):
+    config, _, q_path, _ = tiny_setup
+    other = tmp_path / "faster.pth"
+    save_checkpoint(build_detector(faster_rcnn_cfg(50)), str(other))
+    work_dir = tmp_path / "wd"
+    with pytest.raises(CheckpointMismatchError):
+        quant_coco.main(_argv(config, other, q_path, work_dir))
+    assert not (work_dir / "recon_progress.pth").exists() and not glob.glob(str(work_dir / "eval_*.json"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_two_processes_writes_metrics(tiny_setup):
+    config, checkpoint, q_path, root = tiny_setup
+    work_dir = root / "run_torchrun"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
+               *_argv(config, checkpoint, q_path, work_dir, launcher="pytorch")]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = _eval_json(work_dir)
+    assert set(record["metric"]) >= {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m",
+                                     "bbox_mAP_l"}
+    assert (work_dir / "quantized.pth").is_file()
+    log = "".join(Path(p).read_text() for p in glob.glob(str(work_dir / "*.log")))
+    assert "2 process(es)" in log
+
+
+def test_exp_configs_load():
+    from qdrop.solver.q_config import load_q_config
+    w2a4 = load_q_config(str(REPO_ROOT / "exp/config.yaml"))
+    assert w2a4["w_qconfig"]["bit"] == 2 and w2a4["a_qconfig"]["bit"] == 4 and w2a4["calibrate"] == 256
+    assert w2a4["recon"]["iters"] == 20000 and w2a4["recon"]["drop_prob"] == 0.5
+    w4a4 = load_q_config(str(REPO_ROOT / "exp/w4a4.yaml"))
+    assert w4a4["w_qconfig"]["bit"] == 4 and w4a4["w_qconfig"]["quantizer"] == "AdaRoundFakeQuantize"
+    assert w4a4["recon"] == w2a4["recon"]

@@ -1,0 +1,143 @@
+"""Observers: accumulation over batches, degenerate inputs, state_dict round trips, MSE search exactness."""
+import pytest
+import torch
+
+from qdrop.quantization import (AvgMinMaxObserver, AvgMSEFastObserver, AvgMSEObserver, MinMaxObserver,
+                                MSEFastObserver, MSEObserver)
+from qdrop.quantization.mse_search import (ExactObjective, golden_search, grid_candidates, lp_error,
+                                           plain_grid_search)
+
+ALL_OBSERVERS = [MinMaxObserver, AvgMinMaxObserver, MSEObserver, AvgMSEObserver, MSEFastObserver,
+                 AvgMSEFastObserver]
+
+
+def test_minmax_running_extremes_over_batches():
+    observer = MinMaxObserver(bit=8)
+    for batch in (torch.tensor([-1.0, 2.0]), torch.tensor([-3.0, 1.0]), torch.tensor([0.5, 4.0])):
+        observer(batch)
+    assert float(observer.min_val) == -3.0 and float(observer.max_val) == 4.0
+
+
+def test_avg_minmax_averages_batches_per_channel():
+    observer = AvgMinMaxObserver(bit=8, ch_axis=1)
+    a = torch.tensor([[-1.0, 2.0], [1.0, 4.0]])  # channel 0: [-1, 1], channel 1: [2, 4]
+    b = torch.tensor([[-3.0, 0.0], [3.0, 6.0]])  # channel 0: [-3, 3], channel 1: [0, 6]
+    observer(a)
+    observer(b)
+    torch.testing.assert_close(observer.min_val, torch.tensor([-2.0, 1.0]))
+    torch.testing.assert_close(observer.max_val, torch.tensor([2.0, 5.0]))
+
+
+def test_per_channel_axis0_shape():
+    observer = MinMaxObserver(bit=4, ch_axis=0)
+    w = torch.randn(5, 3, 2, 2)
+    observer(w)
+    torch.testing.assert_close(observer.min_val, w.flatten(1).amin(1))
+    scale, zero_point = observer.calculate_qparams(observer.min_val, observer.max_val)
+    assert scale.shape == (5,) and zero_point.shape == (5,)
+
+
+@pytest.mark.parametrize('observer_cls', [MSEObserver, MSEFastObserver])
+def test_mse_accumulates_like_minmax_and_avg_averages(observer_cls):
+    batches = [torch.randn(200) * (i + 1) for i in range(3)]
+    running, averaged = observer_cls(bit=4), {MSEObserver: AvgMSEObserver, MSEFastObserver: AvgMSEFastObserver}[
+        observer_cls](bit=4)
+    singles = []
+    for batch in batches:
+        running(batch)
+        averaged(batch)
+        single = observer_cls(bit=4)
+        single(batch)
+        singles.append((float(single.min_val), float(single.max_val)))
+    assert float(running.min_val) == pytest.approx(min(s[0] for s in singles))
+    assert float(running.max_val) == pytest.approx(max(s[1] for s in singles))
+    assert float(averaged.min_val) == pytest.approx(sum(s[0] for s in singles) / 3, rel=1e-6)
+    assert float(averaged.max_val) == pytest.approx(sum(s[1] for s in singles) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize('observer_cls', ALL_OBSERVERS)
+@pytest.mark.parametrize('values', [torch.zeros(64), torch.full((64,), 0.7), torch.full((64,), -2.0),
+                                    torch.rand(64) * 1e-7, torch.rand(64) + 1.0],
+                         ids=['zeros', 'constant', 'negative-constant', 'tiny-range', 'one-sided'])
+@pytest.mark.parametrize('symmetric', [False, True])
+def test_degenerate_inputs_give_finite_qparams(observer_cls, values, symmetric):
+    observer = observer_cls(bit=4, symmetric=symmetric)
+    observer(values)
+    observer(values)
+    scale, zero_point = observer.calculate_qparams(observer.min_val, observer.max_val)
+    assert torch.isfinite(scale).all() and (scale >= 1e-8).all()
+    assert torch.isfinite(zero_point).all()
+    assert observer.quant_min <= float(zero_point) <= observer.quant_max
+
+
+@pytest.mark.parametrize('observer_cls', ALL_OBSERVERS)
+def test_state_dict_round_trip_per_channel(observer_cls):
+    observer = observer_cls(bit=4, ch_axis=0)
+    observer(torch.randn(6, 40))
+    fresh = observer_cls(bit=4, ch_axis=0)
+    fresh.load_state_dict(observer.state_dict())
+    assert fresh.min_val.shape == (6,)
+    assert torch.equal(fresh.min_val, observer.min_val) and torch.equal(fresh.max_val, observer.max_val)
+
+
+def _data(kind: str, per_channel: bool) -> torch.Tensor:
+    g = torch.Generator().manual_seed(len(kind) + per_channel)
+    x = torch.randn(8 if per_channel else 1, 1500, generator=g) * torch.rand(8 if per_channel else 1, 1, generator=g)
+    if kind == 'one-sided':
+        x = x.abs()
+    elif kind == 'skewed':
+        x = torch.where(x > 0, x * 3, x)
+    return x
+
+
+@pytest.mark.parametrize('kind', ['one-sided', 'two-sided', 'skewed'])
+@pytest.mark.parametrize('per_channel', [False, True])
+@pytest.mark.parametrize('symmetric', [False, True])
+def test_mse_grid_observer_never_worse_than_plain_loop(kind, per_channel, symmetric):
+    x = _data(kind, per_channel)
+    observer = MSEObserver(bit=3, symmetric=symmetric, ch_axis=0 if per_channel else -1)
+    observer(x)
+    rows = x
+    two_sided = observer.one_side_dist == 'no' and not symmetric
+    cand_min, cand_max = grid_candidates(rows, observer.quant_min, observer.quant_max, two_sided,
+                                         observer.one_side_dist)
+    ref_min, ref_max = plain_grid_search(rows, cand_min, cand_max, observer.calculate_qparams, observer.quant_min,
+                                         observer.quant_max)
+
+    def error(lo, hi):
+        s, z = observer.calculate_qparams(lo.reshape(-1), hi.reshape(-1))
+        return lp_error(rows, s, z, observer.quant_min, observer.quant_max)
+
+    ours, plain = error(observer.min_val, observer.max_val), error(ref_min, ref_max)
+    assert (ours <= plain * (1 + 1e-6)).all()
+    torch.testing.assert_close(observer.min_val.reshape(-1), ref_min)
+    torch.testing.assert_close(observer.max_val.reshape(-1), ref_max)
+
+
+@pytest.mark.parametrize('kind', ['one-sided', 'two-sided', 'skewed'])
+@pytest.mark.parametrize('symmetric', [False, True])
+def test_mse_fast_observer_matches_plain_golden_search(kind, symmetric):
+    x = _data(kind, False) * 3
+    observer = MSEFastObserver(bit=4, symmetric=symmetric)
+    observer(x)
+    plain = ExactObjective(x, observer.calculate_qparams, observer.quant_min, observer.quant_max)
+    two_sided = observer.one_side_dist == 'no' and not symmetric
+    ref = golden_search(plain, 0, float(x.min()), float(x.max()), two_sided, observer.one_side_dist,
+                        observer.quant_min, observer.quant_max)
+    assert float(observer.min_val) == pytest.approx(ref[0], rel=1e-6, abs=1e-7)
+    assert float(observer.max_val) == pytest.approx(ref[1], rel=1e-6, abs=1e-7)
+
+
+def test_mse_search_prefers_clipping_for_heavy_tails():
+    x = torch.randn(4000)
+    x[0] = 8.0  # one outlier: the best 4-bit range clips it
+    observer = MSEObserver(bit=4)
+    observer(x)
+    assert float(observer.max_val) < 6.0
+
+
+@pytest.mark.parametrize('observer_cls', [MinMaxObserver, MSEObserver])
+def test_observer_follows_module_dtype(observer_cls):
+    observer = observer_cls(bit=8).double()
+    observer(torch.randn(100))
+    assert observer.min_val.dtype == torch.float64
