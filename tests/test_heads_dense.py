@@ -67,7 +67,8 @@ def test_full_size_parameter_names_shapes_and_init():
 
 def test_rpn_proposals_filter_empty_boxes_and_nms_per_level():
     head = rpn_head(anchor_generator=dict(type="AnchorGenerator", scales=[1], ratios=[1.0], strides=[16, 32]))
-    # Level 0: 2x2 anchors of side 16 centred at (0,0), (16,0), (0,16), (16,16); level 1: one anchor of side 32 at (0,0).
+    # Level 0: 2x2 anchors of side 16 centred at (0,0), (16,0), (0,16), (16,16);
+    # level 1: one anchor of side 32 centred at (0,0).
     scores = [torch.tensor([5.0, 1.0, 2.0, 3.0]).view(1, 1, 2, 2), torch.tensor([4.0]).view(1, 1, 1, 1)]
     deltas0 = torch.zeros(4, 4)
     deltas0[0] = torch.tensor([-3.0, 0, 0, 0])   # moves fully left of the image: width 0 after clipping -> removed
@@ -140,7 +141,8 @@ def test_retina_targets_ignore_invalid_and_avg_factor():
                                       reduction="none").sum() / (2 + EPS)
     torch.testing.assert_close(losses["loss_cls"][0], expected_cls)
     flat_pred = bbox_pred.permute(0, 2, 3, 1).reshape(-1, 4)
-    expected_bbox = ((flat_pred - bbox_targets[0].reshape(-1, 4)).abs() * bbox_weights[0].reshape(-1, 4)).sum() / (2 + EPS)
+    l1 = (flat_pred - bbox_targets[0].reshape(-1, 4)).abs() * bbox_weights[0].reshape(-1, 4)
+    expected_bbox = l1.sum() / (2 + EPS)
     torch.testing.assert_close(losses["loss_bbox"][0], expected_bbox)
 
 

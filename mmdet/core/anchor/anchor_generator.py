@@ -99,8 +99,6 @@ class AnchorGenerator:
         return [self.single_level_grid_priors(tuple(size), level, dtype, device)
                 for level, size in enumerate(featmap_sizes)]
 
-    grid_anchors = grid_priors
-
     def valid_flags(self, featmap_sizes: Sequence[Tuple[int, int]], pad_shape: Sequence[int],
                     device='cpu') -> List[torch.Tensor]:
         """Per level, True for anchors whose cell lies inside the image's own padded shape (not the batch padding)."""

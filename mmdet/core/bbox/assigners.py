@@ -79,11 +79,11 @@ class MaxIoUAssigner:
             gt_max_overlaps, gt_argmax_overlaps = overlaps.max(dim=1)
             eligible = gt_max_overlaps >= self.min_pos_iou
             if self.gt_max_assign_all:
-                # Every candidate tying a gt's best IoU goes to that gt; the highest gt index wins (later gts overwrite).
+                # Every candidate tying a gt's best IoU goes to that gt; the highest gt index wins
+                # (later gts overwrite earlier ones).
                 ties = (overlaps == gt_max_overlaps[:, None]) & eligible[:, None]
-                one_based = torch.arange(1, num_gts + 1, device=overlaps.device)[:, None]
-                last_gt = (ties.long() * one_based).max(dim=0).values
-                gt_inds = torch.where(last_gt > 0, last_gt, gt_inds)
+                last_gt = num_gts - 1 - ties.flip(0).to(torch.uint8).argmax(dim=0)
+                gt_inds = torch.where(ties.any(dim=0), last_gt + 1, gt_inds)
             else:
                 for gt_index in torch.nonzero(eligible).flatten().tolist():
                     gt_inds[gt_argmax_overlaps[gt_index]] = gt_index + 1

@@ -61,10 +61,14 @@ class RandomSampler:
 
     @staticmethod
     def random_choice(gallery: torch.Tensor, num: int) -> torch.Tensor:
-        """`num` distinct elements of `gallery`, uniformly at random."""
+        """`num` distinct elements of `gallery`, uniformly at random.
+
+        The permutation is drawn from the CPU generator whatever the device, so a seed gives the same samples on
+        CPU and GPU.
+        """
         if num > gallery.numel():
             raise ValueError(f"RandomSampler: cannot draw {num} of {gallery.numel()} elements")
-        perm = torch.randperm(gallery.numel(), device=gallery.device)[:num]
+        perm = torch.randperm(gallery.numel())[:num].to(gallery.device)
         return gallery[perm]
 
     def _sample(self, candidates: torch.Tensor, num_expected: int) -> torch.Tensor:

@@ -44,7 +44,8 @@ class AnchorHead(nn.Module):
         if reg_decoded_bbox:
             raise ValueError(f"{type(self).__name__}: reg_decoded_bbox=True is not supported")
         if anchor_generator is None or bbox_coder is None or loss_cls is None or loss_bbox is None:
-            raise ValueError(f"{type(self).__name__}: anchor_generator, bbox_coder, loss_cls and loss_bbox are required")
+            raise ValueError(f"{type(self).__name__}: anchor_generator, bbox_coder, loss_cls and loss_bbox "
+                             "are required")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.feat_channels = feat_channels
@@ -162,9 +163,9 @@ class AnchorHead(nn.Module):
         labels, label_weights, bbox_targets, bbox_weights, num_pos, num_neg = zip(*per_image)
         num_total_pos = sum(max(n, 1) for n in num_pos)
         num_total_neg = sum(max(n, 1) for n in num_neg)
-        return (images_to_levels(list(labels), num_per_level), images_to_levels(list(label_weights), num_per_level),
-                images_to_levels(list(bbox_targets), num_per_level), images_to_levels(list(bbox_weights), num_per_level),
-                num_total_pos, num_total_neg)
+        per_level = [images_to_levels(list(targets), num_per_level)
+                     for targets in (labels, label_weights, bbox_targets, bbox_weights)]
+        return (*per_level, num_total_pos, num_total_neg)
 
     # ----------------------------------------------------------------------------------------------- losses
     def loss_single(self, cls_score: torch.Tensor, bbox_pred: torch.Tensor, labels: torch.Tensor,

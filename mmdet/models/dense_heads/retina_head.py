@@ -91,12 +91,14 @@ class RetinaHead(AnchorHead):
         for cls_score, bbox_pred, level_anchors in zip(cls_scores, bbox_preds, anchors):
             scores = cls_score.permute(1, 2, 0).reshape(-1, self.cls_out_channels).sigmoid()
             deltas = bbox_pred.permute(1, 2, 0).reshape(-1, 4)
-            # Threshold first, then top-k over the surviving (anchor, class) pairs.
-            candidates = torch.nonzero(scores > score_thr, as_tuple=False)
-            pair_scores = scores[candidates[:, 0], candidates[:, 1]]
-            if 0 < nms_pre < pair_scores.numel():
-                pair_scores, top = pair_scores.topk(nms_pre)
-                candidates = candidates[top]
+            # Threshold first, then the best `nms_pre` of the surviving (anchor, class) pairs. A full sort (not topk)
+            # orders equal scores the way mmdetection does, which NMS can depend on.
+            above = scores > score_thr
+            candidates = torch.nonzero(above, as_tuple=False)
+            pair_scores, order = scores[above].sort(descending=True)
+            if nms_pre > 0:
+                pair_scores, order = pair_scores[:nms_pre], order[:nms_pre]
+            candidates = candidates[order]
             all_scores.append(pair_scores)
             all_labels.append(candidates[:, 1])
             all_anchors.append(level_anchors[candidates[:, 0]])

@@ -80,7 +80,9 @@ class RPNHead(AnchorHead):
             score = score.sigmoid() if self.use_sigmoid_cls else score.view(-1, 2).softmax(dim=1)[:, 0]
             delta = bbox_pred.permute(1, 2, 0).reshape(-1, 4)
             if 0 < nms_pre < score.numel():
-                score, top = score.topk(nms_pre)
+                # A full sort (not topk) orders equal scores the way mmdetection does, which NMS can depend on.
+                score, order = score.sort(descending=True)
+                score, top = score[:nms_pre], order[:nms_pre]
                 delta, level_anchor = delta[top], level_anchor[top]
             scores.append(score)
             deltas.append(delta)

@@ -1,5 +1,5 @@
 """Shared2FCBBoxHead: two shared fully connected layers, then softmax classes (background last) and per-class deltas."""
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
