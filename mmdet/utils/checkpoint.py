@@ -1,6 +1,7 @@
 """Reading and writing mmdetection-style checkpoints ({'state_dict', 'meta'}) with architecture checks."""
 import logging
 import os
+import pickle
 import tempfile
 import time
 from collections import OrderedDict
@@ -33,7 +34,14 @@ def _read(filename: str, map_location) -> dict:
         )
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"checkpoint file {filename!r} does not exist")
-    checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # Older checkpoints may keep non-plain Python objects in their meta; load them fully, but say so.
+        logging.getLogger("mmdet").warning(
+            "checkpoint %r is not loadable with weights_only=True (%s); loading it with full unpickling", filename, error
+        )
+        checkpoint = torch.load(filename, map_location=map_location, weights_only=False)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {filename!r} holds a {type(checkpoint).__name__}; expected a dict")
     return checkpoint
