@@ -4,12 +4,12 @@ Only the work after the head's convolutions/FCs is timed (anchors, decoding, top
 - RPN: our `RPNHead.get_bboxes` vs torchvision's anchor generation + decode + `filter_proposals` (1000 per level, NMS 0.7).
 - RetinaNet: our `RetinaHead.get_bboxes` vs torchvision's anchor generation + `postprocess_detections`.
 - RoI head: our `Shared2FCBBoxHead.get_bboxes` (1000 RoIs, 80 classes) vs torchvision's `postprocess_detections`.
-Input 800 x 1216 (P2..P7 sizes of that image). Runs alternate between the two sides so machine load hits both.
+Input 800 x 1216 (P2..P7 sizes of that image). Runs alternate between the two sides so machine load hits both;
+the fastest run of each side is reported (the least disturbed by other processes on a shared machine).
 
     python benchmarks/heads_postprocess.py --threads 2 --repeats 5
 """
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -78,10 +78,11 @@ def retina_case() -> Dict[str, Callable]:
         anchor_generator=TvAnchorGenerator(sizes_tv, ((0.5, 1.0, 2.0),) * 5)).eval()
     images = ImageList(torch.zeros(1, 3, HEIGHT, WIDTH), [(HEIGHT, WIDTH)])
     features = [torch.zeros(1, 1, h, w) for h, w in sizes]
-    flat_cls = [s.permute(0, 2, 3, 1).reshape(1, -1, 80) for s in scores]
-    flat_reg = [d.permute(0, 2, 3, 1).reshape(1, -1, 4) for d in deltas]
 
     def theirs():
+        # torchvision's head returns (N, H*W*A, K): its forward's permute/reshape is part of the work compared.
+        flat_cls = [s.view(1, 9, 80, *s.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(1, -1, 80) for s in scores]
+        flat_reg = [d.view(1, 9, 4, *d.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(1, -1, 4) for d in deltas]
         anchors = tv.anchor_generator(images, features)
         counts = [c.size(1) for c in flat_cls]
         split_anchors = [list(a.split(counts)) for a in anchors]
@@ -112,6 +113,7 @@ def roi_case() -> Dict[str, Callable]:
 
 
 def time_interleaved(runs: Dict[str, Callable], warmup: int, repeats: int) -> Dict[str, float]:
+    """Fastest seconds per call of each runner, alternating runners every call."""
     times: Dict[str, List[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         for _ in range(warmup):
@@ -122,7 +124,7 @@ def time_interleaved(runs: Dict[str, Callable], warmup: int, repeats: int) -> Di
                 start = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: min(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -133,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"input {HEIGHT}x{WIDTH}, CPU, {args.threads} threads, median of {args.repeats}, "
+    print(f"input {HEIGHT}x{WIDTH}, CPU, {args.threads} threads, best of {args.repeats}, "
           f"torch {torch.__version__}, torchvision {torchvision.__version__}")
     print(f"{'post-processing':<16} {'ours ms':>9} {'torchvision ms':>15} {'ratio':>7}")
     for label, make in (("RPN", rpn_case), ("RetinaNet", retina_case), ("RoI head", roi_case)):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from mmdet.core import batched_nms, bbox2result, bbox2roi, multiclass_nms
+from mmdet.core import batched_nms, bbox2result, bbox2roi, multiclass_nms, sorted_topk
 
 NMS = dict(type="nms", iou_threshold=0.5)
 
@@ -33,6 +33,18 @@ def test_batched_nms_matches_one_nms_call_on_offset_boxes():
     assert torch.equal(keep, nms(offset_boxes, scores, 0.5))
     assert bool((dets[1:, 4] <= dets[:-1, 4]).all())
     torch.testing.assert_close(dets[:, :4], boxes[keep])  # un-offset boxes are returned
+
+
+@pytest.mark.parametrize("num_boxes, num_groups", [(3000, 5), (3000, 80)])
+def test_large_batched_nms_equals_one_call_on_offset_boxes_including_ties(num_boxes, num_groups):
+    xy = torch.rand(num_boxes, 2) * 500
+    boxes = torch.cat([xy, xy + 10 + torch.rand(num_boxes, 2) * 150], dim=1)
+    scores = (torch.rand(num_boxes) * 10).floor() / 10  # many exactly equal scores
+    groups = torch.randint(0, num_groups, (num_boxes,))
+    dets, keep = batched_nms(boxes, scores, groups, NMS)
+    offset_boxes = boxes + (groups.float() * (boxes.max() + 1))[:, None]
+    assert torch.equal(keep, nms(offset_boxes, scores, 0.5))
+    torch.testing.assert_close(dets[:, 4], scores[keep])
 
 
 def test_batched_nms_empty_and_bad_config():
@@ -66,6 +78,14 @@ def test_multiclass_nms_class_specific_boxes():
         multiclass_nms(torch.zeros(1, 8), torch.zeros(1, 4), 0.05, NMS)
     dets, labels = multiclass_nms(boxes, torch.tensor([[0.01, 0.01, 0.98]]), 0.05, NMS)
     assert dets.shape == (0, 5) and labels.shape == (0,)
+
+
+@pytest.mark.parametrize("k", [1, 7, 50, 200, 300])
+def test_sorted_topk_is_the_head_of_a_stable_descending_sort(k):
+    scores = (torch.rand(300) * 20).floor() / 20  # many ties, also across the k-th value
+    values, indices = sorted_topk(scores, k)
+    ref_values, ref_indices = scores.sort(descending=True, stable=True)
+    assert torch.equal(values, ref_values[:k]) and torch.equal(indices, ref_indices[:k])
 
 
 def test_bbox2roi_and_bbox2result():

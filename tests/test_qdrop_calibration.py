@@ -6,7 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from qdrop.model import iter_quantizers, quantize_detector
+from qdrop.model import quantize_detector
+from qdrop.quantization import fake_quantizers
 from qdrop.solver.calibration import calibrate
 from test_qdrop_support import fused_detector, q_config, random_batches, retinanet_cfg
 
@@ -16,7 +17,7 @@ CPU = torch.device("cpu")
 def _ranges(model) -> dict:
     return {name: (q.activation_post_process.min_val.clone(), q.activation_post_process.max_val.clone(),
                    q.scale.detach().clone())
-            for name, kind, q, _ in iter_quantizers(model) if kind == "activation"}
+            for name, q in fake_quantizers(model, "activation")}
 
 
 def _calibrate_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -55,13 +56,13 @@ def test_observers_watch_float_model_and_weights_once():
     calibrate(model, batches, CPU, show_progress=False)
     stem = model.backbone.conv1
     # weight observers saw the weights: one range per output channel
-    weight_observer = stem.weight_quantizer.activation_post_process
+    weight_observer = stem.module.weight_fake_quant.activation_post_process
     assert weight_observer.min_val.shape == (stem.module.weight.shape[0],)
-    for _, _, quantizer, _ in iter_quantizers(model):
+    for _, quantizer in fake_quantizers(model):
         assert not bool(quantizer.observer_enabled) and bool(quantizer.fake_quant_enabled)
     # quantization is on afterwards: the output is on the 4-bit grid of its quantizer
     out = model.backbone.conv1(batches[0]["img"])
-    scale = stem.output_quantizer.scale.detach()
-    zero_point = stem.output_quantizer.zero_point.detach()
+    scale = stem.block_post_act_fake_quantize.scale.detach()
+    zero_point = stem.block_post_act_fake_quantize.zero_point.detach()
     levels = torch.unique(torch.round(out / scale + zero_point))
     assert len(levels) <= 16

@@ -57,7 +57,8 @@ def test_single_process_run_then_rerun_resumes(tiny_setup):
     record = _eval_json(work_dir)
     assert record["config"] == str(config) and record["metric"]["bbox_mAP"] == metric["bbox_mAP"]
     placement = (work_dir / "placement.txt").read_text()
-    assert "backbone.conv1.weight_quantizer" in placement and "neck.fpn_convs.0.output_quantizer" not in placement
+    assert "backbone.conv1.module.weight_fake_quant" in placement
+    assert "neck.fpn_convs.0.block_post_act_fake_quantize" not in placement
     log = "".join(Path(p).read_text() for p in glob.glob(str(work_dir / "*.log")))
     assert "neck.fpn_convs.4: output error" in log
     assert (work_dir / "retinanet_tiny.py").is_file() and (work_dir / "q_config.yaml").is_file()
@@ -68,7 +69,7 @@ def test_single_process_run_then_rerun_resumes(tiny_setup):
     cfg = load_config(str(config))
     model = build_detector(cfg.model)
     load_quantized_checkpoint(model, str(work_dir / "quantized.pth"))
-    assert any(k.endswith("output_quantizer.scale") for k in model.state_dict())
+    assert any(k.endswith("block_post_act_fake_quantize.scale") for k in model.state_dict())
     dataset, loader = build_test_loader(cfg)
     again = dataset.evaluate(single_gpu_test(model.eval(), loader, show_progress=False), metric="bbox")
     assert again["bbox_mAP"] == metric["bbox_mAP"]

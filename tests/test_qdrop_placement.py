@@ -4,9 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from qdrop.model import (QuantizedBasicBlock, QuantizedBottleneck, QuantizedLayer, format_placement_table,
-                         placement_table, quantization_units, quantize_detector)
+from qdrop.model import (QuantizedBasicBlock, QuantizedBottleneck, format_placement_table, placement_table,
+                         quantization_units, quantize_detector)
+from qdrop.quantization import QuantizedLayer
 from test_qdrop_support import faster_rcnn_cfg, fused_detector, q_config, retinanet_cfg
+
+
+def _relu(layer) -> bool:
+    return isinstance(layer.activation, nn.ReLU)
 
 
 def _rows_by_name(model):
@@ -20,35 +25,35 @@ def test_backbone_blocks_and_stem(depth, block_cls):
     blocks = [m for layer in ("layer1", "layer2", "layer3", "layer4") for m in getattr(backbone, layer)]
     assert blocks and all(isinstance(block, block_cls) for block in blocks)
     # stem: conv + folded ReLU, 8-bit weights, 4-bit output; maxpool stays
-    assert isinstance(backbone.conv1, QuantizedLayer) and backbone.conv1.relu
+    assert isinstance(backbone.conv1, QuantizedLayer) and _relu(backbone.conv1)
     assert isinstance(backbone.maxpool, nn.MaxPool2d)
     rows = _rows_by_name(model)
-    assert rows["backbone.conv1.weight_quantizer"].bits == 8
-    assert rows["backbone.conv1.output_quantizer"].bits == 4
-    assert rows["backbone.layer1.0.conv1.weight_quantizer"].bits == 2
-    assert rows["backbone.layer1.0.conv1.weight_quantizer"].granularity == "per-channel (axis 0)"
-    assert rows["backbone.layer1.0.output_quantizer"].granularity == "per-tensor"
+    assert rows["backbone.conv1.module.weight_fake_quant"].bits == 8
+    assert rows["backbone.conv1.block_post_act_fake_quantize"].bits == 4
+    assert rows["backbone.layer1.0.conv1.module.weight_fake_quant"].bits == 2
+    assert rows["backbone.layer1.0.conv1.module.weight_fake_quant"].granularity == "per-channel (axis 0)"
+    assert rows["backbone.layer1.0.block_post_act_fake_quantize"].granularity == "per-tensor"
     first = blocks[0]
     # inner layers: conv1 (+ReLU) quantized output; last conv and downsample without output quantizer
-    assert first.conv1.relu and first.conv1.output_quantizer is not None
+    assert _relu(first.conv1) and first.conv1.qoutput
     last_conv = first.conv3 if depth == 50 else first.conv2
-    assert last_conv.output_quantizer is None and not last_conv.relu
+    assert not last_conv.qoutput and not _relu(last_conv)
     if depth == 50:
-        assert first.conv2.relu and first.conv2.output_quantizer is not None
-        assert first.downsample is not None and first.downsample.output_quantizer is None
+        assert _relu(first.conv2) and first.conv2.qoutput
+        assert first.downsample is not None and not first.downsample.qoutput
     else:
         assert first.downsample is None  # BasicBlock ResNets keep 8 channels in layer1
-        assert backbone.layer2[0].downsample.output_quantizer is None
+        assert not backbone.layer2[0].downsample.qoutput
 
 
 @pytest.mark.parametrize("model_cfg", [faster_rcnn_cfg(50), retinanet_cfg(18)], ids=["faster_r50", "retina_r18"])
 def test_fpn_outputs_unquantized_laterals_quantized(model_cfg):
     model = quantize_detector(fused_detector(model_cfg), q_config())
     neck = model.neck
-    assert all(isinstance(m, QuantizedLayer) and m.output_quantizer is not None for m in neck.lateral_convs)
+    assert all(isinstance(m, QuantizedLayer) and m.qoutput for m in neck.lateral_convs)
     # every output conv, RetinaNet's two extra convs included, has no output quantizer
     assert len(neck.fpn_convs) == (4 if model_cfg["type"] == "FasterRCNN" else 5)
-    assert all(isinstance(m, QuantizedLayer) and m.output_quantizer is None for m in neck.fpn_convs)
+    assert all(isinstance(m, QuantizedLayer) and not m.qoutput for m in neck.fpn_convs)
     # the FPN forward (top-down adds, interpolation, extra levels) still works on the wrapped modules
     feats = model.extract_feat(torch.randn(1, 3, 64, 96))
     assert len(feats) == 5 and all(f.shape[1] == 16 for f in feats)
@@ -64,10 +69,10 @@ def test_heads_stay_float_by_default():
 def test_quant_head_faster_rcnn():
     model = quantize_detector(fused_detector(faster_rcnn_cfg(50)), q_config(quant_head=True))
     rpn, bbox_head = model.rpn_head, model.roi_head.bbox_head
-    assert rpn.rpn_conv.relu and rpn.rpn_conv.output_quantizer is not None
+    assert _relu(rpn.rpn_conv) and rpn.rpn_conv.qoutput
     for final in (rpn.rpn_cls, rpn.rpn_reg, bbox_head.fc_cls, bbox_head.fc_reg):
-        assert isinstance(final, QuantizedLayer) and final.output_quantizer is None
-    assert all(fc.relu and fc.output_quantizer is not None for fc in bbox_head.shared_fcs)
+        assert isinstance(final, QuantizedLayer) and not final.qoutput
+    assert all(_relu(fc) and fc.qoutput for fc in bbox_head.shared_fcs)
     meta = dict(img_shape=(64, 96, 3), ori_shape=(64, 96, 3), pad_shape=(64, 96, 3),
                 scale_factor=np.ones(4, dtype=np.float32), flip=False, batch_input_shape=(64, 96))
     assert len(model.simple_test(torch.randn(1, 3, 64, 96), [meta])) == 1
@@ -76,8 +81,8 @@ def test_quant_head_faster_rcnn():
 def test_quant_head_retinanet():
     model = quantize_detector(fused_detector(retinanet_cfg(18)), q_config(quant_head=True))
     head = model.bbox_head
-    assert all(m.relu and m.output_quantizer is not None for m in list(head.cls_convs) + list(head.reg_convs))
-    assert head.retina_cls.output_quantizer is None and head.retina_reg.output_quantizer is None
+    assert all(_relu(m) and m.qoutput for m in list(head.cls_convs) + list(head.reg_convs))
+    assert not head.retina_cls.qoutput and not head.retina_reg.qoutput
 
 
 class _ToyNeck(nn.Module):
@@ -103,12 +108,12 @@ def test_output_flag_does_not_leak_and_lone_relu_is_kept():
     model = quantize_detector(_ToyDetector(), q_config())
     neck = model.neck
     assert isinstance(neck.relu, nn.ReLU)  # no conv before it: left alone, no crash
-    assert neck.lateral_convs[0].output_quantizer is not None
-    assert neck.fpn_convs[0].output_quantizer is None
-    assert neck.after.output_quantizer is not None  # a sibling after fpn_convs keeps its output quantizer
-    assert neck.after.relu  # the ReLU registered after it folds into it
-    assert model.backbone[0].relu  # ReLU after a (folded-BN) Identity folds into the conv
-    assert model.backbone[0].w_qconfig["bit"] == 8
+    assert neck.lateral_convs[0].qoutput
+    assert not neck.fpn_convs[0].qoutput
+    assert neck.after.qoutput  # a sibling after fpn_convs keeps its output quantizer
+    assert _relu(neck.after)  # the ReLU registered after it folds into it
+    assert _relu(model.backbone[0])  # ReLU after a (folded-BN) Identity folds into the conv
+    assert model.backbone[0].module.weight_fake_quant.bit == 8
 
 
 def test_unfused_batchnorm_is_an_error():
@@ -124,5 +129,5 @@ def test_units_and_table():
     assert names[0] == "backbone.conv1" and "backbone.layer1.0" in names and "neck.fpn_convs.4" in names
     assert not any(name.startswith("backbone.layer1.0.") for name in names)  # inner layers belong to their block
     table = format_placement_table(placement_table(model))
-    assert "backbone.conv1.weight_quantizer" in table and "AdaRoundFakeQuantize" in table
-    assert "neck.fpn_convs.0.output_quantizer" not in table
+    assert "backbone.conv1.module.weight_fake_quant" in table and "AdaRoundFakeQuantize" in table
+    assert "neck.fpn_convs.0.block_post_act_fake_quantize" not in table

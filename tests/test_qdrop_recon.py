@@ -39,9 +39,10 @@ def test_reconstruction_lowers_block_error_against_round_to_nearest():
     reconstruct_unit(_unit(model, name), cache, cfg, seed=0, show_progress=False)
     assert unit_output_error(_unit(model, name), cache) < 0.9 * nearest_error
     # afterwards: weights hard-rounded (alpha >= 0), dropping off
-    layer = _unit(model, name).conv1
-    quantizer = layer.weight_quantizer
-    assert torch.equal(quantizer(layer.module.weight), quantizer.get_hard_value(layer.module.weight))
+    layer = _unit(model, name).conv1.module
+    quantizer = layer.weight_fake_quant
+    assert not quantizer.soft_targets
+    assert torch.equal(quantizer(layer.weight), quantizer.get_hard_value(layer.weight))
     assert all(q.drop_prob == 1.0 for q in activation_quantizers(_unit(model, name)))
 
 
@@ -56,7 +57,7 @@ def test_drop_prob_mixes_block_input_and_inner_activations():
     cached = cache.gather([0, 1])[0]
     seen_inputs, inner = [], []
     unit.register_forward_pre_hook(lambda module, args: seen_inputs.append(args[0].detach().clone()))
-    inner_quantizer = unit.conv1.output_quantizer
+    inner_quantizer = unit.conv1.block_post_act_fake_quantize
 
     def record_inner(module, args, output):
         x = args[0].detach()

@@ -86,10 +86,11 @@ def fused_detector(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
 
 
 def q_config(w_bit: int = 4, a_bit: int = 4, quant_head: bool = False, **recon) -> dict:
+    """The seed's quantizers with min/max observers (the MSE searches cost seconds on a busy CPU)."""
     config = dict(
-        a_qconfig=dict(quantizer="LSQFakeQuantize", observer="AvgMSEFastObserver", bit=a_bit, symmetric=False,
+        a_qconfig=dict(quantizer="LSQFakeQuantize", observer="AvgMinMaxObserver", bit=a_bit, symmetric=False,
                        ch_axis=-1),
-        w_qconfig=dict(quantizer="AdaRoundFakeQuantize", observer="MSEObserver", bit=w_bit, symmetric=False,
+        w_qconfig=dict(quantizer="AdaRoundFakeQuantize", observer="MinMaxObserver", bit=w_bit, symmetric=False,
                        ch_axis=0),
         calibrate=4,
         recon=dict(batch_size=2, scale_lr=4.0e-5, warm_up=0.2, weight=0.01, iters=20, b_range=[20, 2],

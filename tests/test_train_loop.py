@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmdet.apis.train import build_optimizer, parse_losses
+from mmdet.apis.train import build_optimizer, parse_losses, train_step
 from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.datasets.synthetic import SYNTHETIC_CLASSES, make_synthetic_coco
 from mmdet.models import build_detector
@@ -91,6 +91,19 @@ def test_parse_losses_rejects_bad_input(losses, error, match):
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
+def test_train_step_rejects_a_non_finite_loss():
+    weight = torch.nn.Parameter(torch.tensor(1.0))
+
+    class Diverged(torch.nn.Module):
+        def forward(self, return_loss=True, **batch):
+            return {"loss_x": weight * float("nan")}
+
+    model = Diverged()
+    model.register_parameter("weight", weight)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train_step(model, {}, torch.optim.SGD([weight], lr=0.1))
+
+
 def test_build_optimizer_from_config():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     model[1].weight.requires_grad_(False)
@@ -120,13 +133,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(config, tiny_data):
     dataset = build_dataset(cfg.data.train)
     batch = next(iter(build_dataloader(dataset, samples_per_gpu=2, workers_per_gpu=0, seed=0)))
     optimizer = build_optimizer(model, dict(cfg.optimizer, lr=0.02))
-    losses = []
-    for _ in range(8):
-        loss, _ = parse_losses(model(return_loss=True, **batch))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = [train_step(model, batch, optimizer, grad_clip=dict(max_norm=35))["loss"] for _ in range(8)]
     assert losses[-1] < 0.95 * losses[0], losses
 
 

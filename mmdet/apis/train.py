@@ -83,6 +83,22 @@ def build_optimizer(model: nn.Module, optimizer_cfg: dict) -> torch.optim.Optimi
     return optimizer_cls(params, **options)
 
 
+def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
+               grad_clip: Optional[dict] = None) -> Dict[str, float]:
+    """One SGD step on `batch` (already on the model's device); returns the logged values."""
+    loss, log_vars = parse_losses(model(return_loss=True, **batch))
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss: {log_vars}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if params:
+            log_vars["grad_norm"] = float(nn.utils.clip_grad_norm_(params, **grad_clip))
+    optimizer.step()
+    return log_vars
+
+
 def _grad_clip_options(cfg) -> Optional[dict]:
     optimizer_config = dict(cfg.get("optimizer_config") or {})
     hook_type = optimizer_config.pop("type", "OptimizerHook")
@@ -244,19 +260,7 @@ def train_detector(model: nn.Module, dataset, cfg, distributed: bool = False, va
         for inner, batch in enumerate(loader):
             data_time = time.perf_counter() - tick
             set_lr(optimizer, schedule.lr_at(epoch, iteration))
-            batch = to_device(batch, device)
-            losses = model(return_loss=True, **batch)
-            loss, log_vars = parse_losses(losses)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, iteration {inner + 1}: {log_vars}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-                if params:
-                    grad_norm = float(nn.utils.clip_grad_norm_(params, **grad_clip))
-                    log_vars["grad_norm"] = grad_norm
-            optimizer.step()
+            log_vars = train_step(model, to_device(batch, device), optimizer, grad_clip)
             iteration += 1
             log_vars.update(time=time.perf_counter() - tick, data_time=data_time)
             for name, value in log_vars.items():

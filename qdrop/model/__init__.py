@@ -4,11 +4,11 @@ from .checkpoint import (is_quantized_checkpoint, load_quantized_checkpoint, loa
 from .placement import Placement, format_placement_table, placement_table
 from .quantize import (activation_quantizers, iter_quantizers, quantization_units, quantize_detector,
                        weight_quantizers)
-from .quantized_modules import QuantizedBasicBlock, QuantizedBlock, QuantizedBottleneck, QuantizedLayer
+from .quantized_modules import QuantizedBasicBlock, QuantizedBottleneck
 
 __all__ = [
-    "QuantizedLayer", "QuantizedBlock", "QuantizedBasicBlock", "QuantizedBottleneck", "quantize_detector",
-    "quantization_units", "iter_quantizers", "weight_quantizers", "activation_quantizers", "Placement",
-    "placement_table", "format_placement_table", "quantized_state_dict", "load_quantized_state",
-    "save_quantized_checkpoint", "load_quantized_checkpoint", "is_quantized_checkpoint",
+    "QuantizedBasicBlock", "QuantizedBottleneck", "quantize_detector", "quantization_units", "iter_quantizers",
+    "weight_quantizers", "activation_quantizers", "Placement", "placement_table", "format_placement_table",
+    "quantized_state_dict", "load_quantized_state", "save_quantized_checkpoint", "load_quantized_checkpoint",
+    "is_quantized_checkpoint",
 ]

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from mmdet.utils import fuse_conv_bn
-from qdrop.model.quantize import iter_quantizers, quantize_detector
+from qdrop.model.quantize import quantize_detector
+from qdrop.quantization import enable_quantization
 
 QUANTIZED_FORMAT = "qdrop-quantized-v1"
 
@@ -33,9 +34,7 @@ def load_quantized_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     if missing or unexpected:
         raise ValueError(f"quantized state does not fit the quantized model: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]} (another model or q_config?)")
-    for _, _, quantizer, _ in iter_quantizers(model):
-        quantizer.disable_observer()
-        quantizer.enable_fake_quant()
+    enable_quantization(model)
 
 
 def save_quantized_checkpoint(model: nn.Module, filename: str, q_config: Mapping,

@@ -19,10 +19,10 @@ class Placement:
 
 def placement_table(model: nn.Module) -> List[Placement]:
     rows = []
-    for name, kind, _, cfg in iter_quantizers(model):
-        ch_axis = int(cfg["ch_axis"])
-        granularity = "per-tensor" if ch_axis == -1 else f"per-channel (axis {ch_axis})"
-        rows.append(Placement(name, kind, int(cfg["bit"]), granularity, str(cfg["quantizer"]), str(cfg["observer"])))
+    for name, kind, quantizer in iter_quantizers(model):
+        granularity = "per-tensor" if quantizer.ch_axis == -1 else f"per-channel (axis {quantizer.ch_axis})"
+        rows.append(Placement(name, kind, quantizer.bit, granularity, type(quantizer).__name__,
+                              type(quantizer.activation_post_process).__name__))
     return rows
 
 

@@ -1,68 +1,16 @@
-"""Quantized building blocks of a detector: one conv/linear layer, and the two ResNet residual blocks.
+"""The ResNet residual blocks as quantized blocks (one reconstruction unit each).
 
-A `QuantizedLayer` or `QuantizedBlock` is one unit of block reconstruction. Its output is quantized once, at the
-end (after the ReLU, when the unit has one), which is where the next unit's input is quantized in deployment.
+Inner layers are `QuantizedLayer`s (weight-quantized conv, folded ReLU, optional output quantizer); the block adds
+the shortcut, applies the final ReLU and quantizes its output once, where the next unit's input is quantized in
+deployment.
 """
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qdrop.quantization import ActivationQuantizer, WeightQuantizer
-
-
-class QuantizedLayer(nn.Module):
-    """A Conv2d or Linear whose weight is fake-quantized, with an optional ReLU and output quantizer.
-
-    `relu=True` folds a ReLU that follows the layer in the float model: the ReLU runs before the output quantizer so
-    the quantization range only covers non-negative values. The model's own ReLU may stay in place after this layer:
-    a ReLU of a quantized non-negative tensor changes nothing.
-    """
-
-    def __init__(self, module: nn.Module, w_qconfig: Mapping, a_qconfig: Mapping, relu: bool = False,
-                 quantize_output: bool = True):
-        super().__init__()
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
-            raise TypeError(f"QuantizedLayer wraps nn.Conv2d or nn.Linear, got {type(module).__name__}")
-        self.module = module
-        self.relu = relu
-        self.w_qconfig = dict(w_qconfig)
-        self.a_qconfig = dict(a_qconfig) if quantize_output else None
-        self.weight_quantizer = WeightQuantizer(self.w_qconfig)
-        self.output_quantizer: Optional[nn.Module] = ActivationQuantizer(self.a_qconfig) if quantize_output else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_quantizer(self.module.weight)
-        if isinstance(self.module, nn.Conv2d):
-            out = self.module._conv_forward(x, weight, self.module.bias)
-        else:
-            out = F.linear(x, weight, self.module.bias)
-        if self.relu:
-            out = F.relu(out)
-        if self.output_quantizer is not None:
-            out = self.output_quantizer(out)
-        return out
-
-    def extra_repr(self) -> str:
-        return f"relu={self.relu}, quantize_output={self.output_quantizer is not None}"
-
-
-class QuantizedBlock(nn.Module):
-    """Base of the residual blocks: inner layers, then `add`, ReLU and a single output quantizer."""
-
-    def __init__(self, a_qconfig: Mapping):
-        super().__init__()
-        self.a_qconfig = dict(a_qconfig)
-        self.output_quantizer = ActivationQuantizer(self.a_qconfig)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.residual(x) + identity)
-        return self.output_quantizer(out)
+from qdrop.quantization import QuantizedBlock, QuantizedLayer
 
 
 def _fused_conv(block: nn.Module, conv_name: str, bn_name: str) -> nn.Conv2d:
@@ -74,45 +22,52 @@ def _fused_conv(block: nn.Module, conv_name: str, bn_name: str) -> nn.Conv2d:
     return getattr(block, conv_name)
 
 
-def _downsample_conv(block: nn.Module) -> Optional[nn.Conv2d]:
-    downsample = block.downsample
-    if downsample is None:
+def _downsample(block: nn.Module, w_cfg: Mapping[str, Any]) -> Optional[QuantizedLayer]:
+    if block.downsample is None:
         return None
-    convs = [m for m in downsample if isinstance(m, nn.Conv2d)]
-    others = [m for m in downsample if not isinstance(m, (nn.Conv2d, nn.Identity))]
+    convs = [m for m in block.downsample if isinstance(m, nn.Conv2d)]
+    others = [m for m in block.downsample if not isinstance(m, (nn.Conv2d, nn.Identity))]
     if len(convs) != 1 or others:
-        raise ValueError(f"downsample branch {downsample} must be one conv with its BatchNorm folded "
+        raise ValueError(f"downsample branch {block.downsample} must be one conv with its BatchNorm folded "
                          "(mmdet.utils.fuse_conv_bn / --fuse-conv-bn)")
-    return convs[0]
+    return QuantizedLayer(convs[0], None, w_cfg, qoutput=False)
 
 
-class QuantizedBasicBlock(QuantizedBlock):
-    """ResNet BasicBlock: conv1+ReLU (quantized output), conv2, optional downsample conv, add, ReLU, output quantizer."""
+class _QuantizedResidual(QuantizedBlock):
+    downsample: Optional[QuantizedLayer]
 
-    def __init__(self, block: nn.Module, w_qconfig: Mapping, a_qconfig: Mapping):
-        super().__init__(a_qconfig)
-        self.conv1 = QuantizedLayer(_fused_conv(block, "conv1", "bn1"), w_qconfig, a_qconfig, relu=True)
-        self.conv2 = QuantizedLayer(_fused_conv(block, "conv2", "bn2"), w_qconfig, a_qconfig, quantize_output=False)
-        ds_conv = _downsample_conv(block)
-        self.downsample = None if ds_conv is None else QuantizedLayer(ds_conv, w_qconfig, a_qconfig,
-                                                                      quantize_output=False)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.quantize_output(F.relu(self.residual(x) + identity))
+
+
+class QuantizedBasicBlock(_QuantizedResidual):
+    """ResNet BasicBlock: conv1+ReLU (quantized output), conv2, optional downsample conv, add, ReLU, output
+    quantizer."""
+
+    def __init__(self, block: nn.Module, w_cfg: Mapping[str, Any], a_cfg: Mapping[str, Any]):
+        super().__init__(qoutput=True, a_cfg=a_cfg)
+        self.conv1 = QuantizedLayer(_fused_conv(block, "conv1", "bn1"), nn.ReLU(), w_cfg, a_cfg)
+        self.conv2 = QuantizedLayer(_fused_conv(block, "conv2", "bn2"), None, w_cfg, qoutput=False)
+        self.downsample = _downsample(block, w_cfg)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.conv1(x))
 
 
-class QuantizedBottleneck(QuantizedBlock):
+class QuantizedBottleneck(_QuantizedResidual):
     """ResNet Bottleneck: conv1+ReLU, conv2+ReLU (both quantized), conv3, optional downsample conv, add, ReLU,
     output quantizer."""
 
-    def __init__(self, block: nn.Module, w_qconfig: Mapping, a_qconfig: Mapping):
-        super().__init__(a_qconfig)
-        self.conv1 = QuantizedLayer(_fused_conv(block, "conv1", "bn1"), w_qconfig, a_qconfig, relu=True)
-        self.conv2 = QuantizedLayer(_fused_conv(block, "conv2", "bn2"), w_qconfig, a_qconfig, relu=True)
-        self.conv3 = QuantizedLayer(_fused_conv(block, "conv3", "bn3"), w_qconfig, a_qconfig, quantize_output=False)
-        ds_conv = _downsample_conv(block)
-        self.downsample = None if ds_conv is None else QuantizedLayer(ds_conv, w_qconfig, a_qconfig,
-                                                                      quantize_output=False)
+    def __init__(self, block: nn.Module, w_cfg: Mapping[str, Any], a_cfg: Mapping[str, Any]):
+        super().__init__(qoutput=True, a_cfg=a_cfg)
+        self.conv1 = QuantizedLayer(_fused_conv(block, "conv1", "bn1"), nn.ReLU(), w_cfg, a_cfg)
+        self.conv2 = QuantizedLayer(_fused_conv(block, "conv2", "bn2"), nn.ReLU(), w_cfg, a_cfg)
+        self.conv3 = QuantizedLayer(_fused_conv(block, "conv3", "bn3"), None, w_cfg, qoutput=False)
+        self.downsample = _downsample(block, w_cfg)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv3(self.conv2(self.conv1(x)))

@@ -20,6 +20,7 @@ import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 LP_NORM = 2.4
@@ -29,6 +30,7 @@ _RTOL = 1e-5
 _MAX_CHUNK = 1 << 21  # elements per temporary while evaluating many candidates at once
 _COARSEST_BINS = 16
 _BIN_FACTOR = 4
+_SMALL_GROUP_VALUES = 1 << 16  # smaller groups bound two-sided grids range by range, larger ones by histograms
 
 QParamsFn = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
 
@@ -154,29 +156,130 @@ def _exact_errors(x2d: Tensor, groups: Tensor, scale: Tensor, zero_point: Tensor
     return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64, device=x2d.device)
 
 
+def _prune(g_idx: Tensor, c_idx: Tensor, lower: Tensor, upper: Tensor, groups: int) -> Tuple[Tensor, Tensor]:
+    """Drop candidates whose lower bound exceeds the least upper bound of their group."""
+    best_upper = torch.full((groups,), math.inf, dtype=torch.float64, device=g_idx.device)
+    best_upper.scatter_reduce_(0, g_idx, upper, reduce='amin')
+    keep = lower <= best_upper[g_idx] * (1 + _RTOL) + 1e-300
+    return g_idx[keep], c_idx[keep]
+
+
+def _tail_bounds(count: Tensor, mean: Tensor, low: Tensor, high: Tensor, level: Tensor,
+                 below: bool) -> Tuple[Tensor, Tensor]:
+    """Bounds of sum (level - t)_+^p (``below``) or (t - level)_+^p over cells (count, mean, low, high) of sorted
+    values; the function is convex in t, so Jensen (at the mean) and the chord bound each cell."""
+    sign = 1.0 if below else -1.0
+    f_low = (sign * (level - low)).clamp_min(0).pow(LP_NORM)
+    f_high = (sign * (level - high)).clamp_min(0).pow(LP_NORM)
+    jensen = (sign * (level - mean)).clamp_min(0).pow(LP_NORM)
+    width = high - low
+    chord = torch.where(width > 0, ((high - mean) * f_low + (mean - low) * f_high) / width.clamp_min(1e-30), f_low)
+    return (count * jensen).sum(-1, dtype=torch.float64), (count * chord).sum(-1, dtype=torch.float64)
+
+
+def _range_bounds(x_sorted: Tensor, scale: Tensor, quant_min: int, quant_max: int) -> Tuple[Tensor, Tensor]:
+    """Bounds (rows, zero points) of the objective for one range of a two-sided grid: one pass over the values
+    serves every zero point.
+
+    In units of the range's scale (t = x / s), zero point z keeps [L, U] = [qmin - z, qmax - z]: values inside
+    cost |t - round(t)|^p (exact, from a cumulative sum over the sorted values), values outside cost their
+    distance to L or U to the power p (bounded per unit cell of t by convexity). The candidates of one range
+    share its scale up to float rounding, which the slack _RTOL covers.
+    """
+    n = x_sorted.shape[1]
+    s = scale.unsqueeze(1)
+    t = x_sorted / s
+    inside_cost = torch.cumsum(F.pad((t - torch.round(t)).abs().pow(LP_NORM), (1, 0)), dim=1, dtype=torch.float64)
+    t_sum = torch.cumsum(F.pad(t, (1, 0)), dim=1, dtype=torch.float64)
+    first, last = math.floor(float(t[:, 0].min())), math.ceil(float(t[:, -1].max()))
+    edges = torch.arange(first, last + 1, dtype=t.dtype, device=t.device)
+    at = torch.searchsorted(t, edges.expand(t.shape[0], -1).contiguous())  # first value >= each edge
+    count = (at[:, 1:] - at[:, :-1]).to(t.dtype)
+    total = t_sum.gather(1, at[:, 1:]) - t_sum.gather(1, at[:, :-1])
+    filled = count > 0
+    mean = torch.where(filled, (total / count.clamp_min(1)).to(t.dtype), edges[:-1])
+    low = torch.where(filled, t.gather(1, at[:, :-1].clamp_max(n - 1)), mean)
+    high = torch.where(filled, t.gather(1, (at[:, 1:] - 1).clamp_min(0)), mean)
+    zero_points = torch.arange(quant_min, quant_max + 1, dtype=t.dtype, device=t.device)
+    lo_level = (quant_min - zero_points).expand(t.shape[0], -1).contiguous()
+    hi_level = (quant_max - zero_points).expand(t.shape[0], -1).contiguous()
+    inside = (inside_cost.gather(1, torch.searchsorted(t, hi_level, side='right'))
+              - inside_cost.gather(1, torch.searchsorted(t, lo_level, side='left')))
+    # L <= 0 <= U for every zero point, so lower tails lie in cells left of 0 and upper tails right of it.
+    split = max(0, min(-first, edges.numel() - 1))
+    cell = edges[:-1].view(1, 1, -1)
+    stats = [v.unsqueeze(1) for v in (count, mean, low, high)]
+    left = [v[..., :split] for v in stats]
+    right = [v[..., split:] for v in stats]
+    low_lb, low_ub = _tail_bounds(left[0] * (cell[..., :split] + 1 <= lo_level.unsqueeze(2)), *left[1:],
+                                  lo_level.unsqueeze(2), True)
+    high_lb, high_ub = _tail_bounds(right[0] * (cell[..., split:] >= hi_level.unsqueeze(2)), *right[1:],
+                                    hi_level.unsqueeze(2), False)
+    scale_p = s.to(torch.float64) ** LP_NORM / n
+    return ((inside + low_lb + high_lb) * scale_p * (1 - _RTOL), (inside + low_ub + high_ub) * scale_p * (1 + _RTOL))
+
+
+def _clipping_lower_bound(x_sorted: Tensor, width: Tensor, pairs: int = 256) -> Tensor:
+    """A lower bound of the objective of any window of ``width`` (per row): the i-th smallest and i-th largest
+    values lie at least (their gap - width) outside it together, and t^p is convex."""
+    k = min(pairs, x_sorted.shape[1] // 2)
+    gap = x_sorted[:, x_sorted.shape[1] - k:].flip(1) - x_sorted[:, :k]
+    excess = (gap - width.unsqueeze(1)).clamp_min(0) / 2
+    return 2 * excess.pow(LP_NORM).sum(1, dtype=torch.float64) / x_sorted.shape[1] * (1 - _RTOL)
+
+
+def _grid_bounds_by_range(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_range: int, quant_min: int,
+                          quant_max: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Bounds of every two-sided grid candidate that can still win, widest range first; a row stops once even
+    its clipping bound exceeds its best upper bound (narrower ranges clip more)."""
+    groups, candidates = scale.shape
+    x_sorted = torch.sort(x2d, dim=1).values
+    best_upper = torch.full((groups,), math.inf, dtype=torch.float64, device=x2d.device)
+    alive = torch.ones(groups, dtype=torch.bool, device=x2d.device)
+    found = []
+    for r in reversed(range(candidates // per_range)):
+        column = r * per_range
+        width = scale[:, column] * (quant_max - quant_min)
+        alive &= _clipping_lower_bound(x_sorted, width) <= best_upper * (1 + _RTOL)
+        rows = alive.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        lower, upper = _range_bounds(x_sorted[rows], scale[rows, column], quant_min, quant_max)
+        columns = torch.arange(column, column + per_range, device=x2d.device)
+        slot = (zero_point[rows][:, columns].long() - quant_min)
+        lower, upper = lower.gather(1, slot), upper.gather(1, slot)
+        best_upper[rows] = torch.minimum(best_upper[rows], upper.min(1).values)
+        found.append((rows.repeat_interleave(per_range), columns.repeat(rows.numel()), lower.flatten(),
+                      upper.flatten()))
+    return tuple(torch.cat(parts) for parts in zip(*found))
+
+
 def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qparams: QParamsFn,
-                quant_min: int, quant_max: int) -> Tuple[Tensor, Tensor]:
-    """The per-row candidate (from ``cand_min``/``cand_max``, (G, C)) of least objective, as (min, max) (G,)."""
+                quant_min: int, quant_max: int, per_range: int = 1) -> Tuple[Tensor, Tensor]:
+    """The per-row candidate (from ``cand_min``/``cand_max``, (G, C)) of least objective, as (min, max) (G,).
+
+    ``per_range`` > 1 says consecutive blocks of that many candidates share a range (the zero points of a
+    two-sided grid); small groups then use one pass per range instead of histograms.
+    """
     groups, candidates = cand_min.shape
     scale, zero_point = calculate_qparams(cand_min, cand_max)
     scale, zero_point = scale.expand(groups, candidates), zero_point.expand(groups, candidates)
-    binned = BinnedGroups(x2d)
-    g_idx = torch.arange(groups, device=x2d.device).repeat_interleave(candidates)
-    c_idx = torch.arange(candidates, device=x2d.device).repeat(groups)
-    for level in range(len(binned.levels)):
-        bins = binned.levels[level][0].shape[1]
-        step = _chunk_size(bins * 12)
-        lower, upper = [], []
-        for start in range(0, g_idx.numel(), step):
-            g, c = g_idx[start:start + step], c_idx[start:start + step]
-            lo, hi = binned.bounds(level, g, scale[g, c], zero_point[g, c], quant_min, quant_max)
-            lower.append(lo)
-            upper.append(hi)
-        lower, upper = torch.cat(lower), torch.cat(upper)
-        best_upper = torch.full((groups,), math.inf, dtype=torch.float64, device=x2d.device)
-        best_upper.scatter_reduce_(0, g_idx, upper, reduce='amin')
-        keep = lower <= best_upper[g_idx] * (1 + _RTOL) + 1e-300
-        g_idx, c_idx = g_idx[keep], c_idx[keep]
+    if per_range > 1 and x2d.shape[1] < _SMALL_GROUP_VALUES:
+        g_idx, c_idx, lower, upper = _grid_bounds_by_range(x2d, scale, zero_point, per_range, quant_min, quant_max)
+        g_idx, c_idx = _prune(g_idx, c_idx, lower, upper, groups)
+    else:
+        binned = BinnedGroups(x2d)
+        g_idx = torch.arange(groups, device=x2d.device).repeat_interleave(candidates)
+        c_idx = torch.arange(candidates, device=x2d.device).repeat(groups)
+        for level in range(len(binned.levels)):
+            step = _chunk_size(binned.levels[level][0].shape[1] * 12)
+            lower, upper = [], []
+            for start in range(0, g_idx.numel(), step):
+                g, c = g_idx[start:start + step], c_idx[start:start + step]
+                lo, hi = binned.bounds(level, g, scale[g, c], zero_point[g, c], quant_min, quant_max)
+                lower.append(lo)
+                upper.append(hi)
+            g_idx, c_idx = _prune(g_idx, c_idx, torch.cat(lower), torch.cat(upper), groups)
     errors = _exact_errors(x2d, g_idx, scale[g_idx, c_idx], zero_point[g_idx, c_idx], quant_min, quant_max)
     # Per group: least error, then earliest candidate.
     order = torch.argsort(c_idx, stable=True)
@@ -328,8 +431,13 @@ def golden_search(objective: ExactObjective, group: int, x_min: float, x_max: fl
 
         def range_value(span: float) -> Probe:
             delta = span / levels
-            return _golden(lambda shift: objective.probe(group, -shift, span - shift),
-                           quant_min * delta, quant_max * delta, shift_iterations, objective.less)
+
+            def shift_value(shift: float) -> Probe:
+                # The quantizer only sees the shift through its integer zero point: snap to it, so shifts with
+                # the same zero point are one candidate rather than float-rounding variants of it.
+                zero_point = min(max(round(shift / delta), quant_min), quant_max)
+                return objective.probe(group, -zero_point * delta, span - zero_point * delta)
+            return _golden(shift_value, quant_min * delta, quant_max * delta, shift_iterations, objective.less)
     else:
         extent = max(abs(x_min), x_max)
 

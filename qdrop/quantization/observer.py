@@ -134,7 +134,9 @@ class MSEObserver(_MSEBase):
     def _range_of(self, rows: Tensor) -> Tuple[Tensor, Tensor]:
         two_sided = self._two_sided(rows)
         cand_min, cand_max = grid_candidates(rows, self.quant_min, self.quant_max, two_sided, self.one_side_dist)
-        return grid_search(rows, cand_min, cand_max, self.calculate_qparams, self.quant_min, self.quant_max)
+        per_range = self.quant_max - self.quant_min + 1 if two_sided else 1
+        return grid_search(rows, cand_min, cand_max, self.calculate_qparams, self.quant_min, self.quant_max,
+                           per_range)
 
 
 class AvgMSEObserver(_AveragingMixin, MSEObserver):

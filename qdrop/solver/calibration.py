@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from qdrop.model.quantize import iter_quantizers
+from qdrop.model.quantize import weight_quantizers
+from qdrop.quantization import enable_calibration, enable_quantization, fake_quantizers
 from qdrop.solver.distributed import all_reduce_mean_, rank_and_world
 
 
@@ -49,13 +50,8 @@ def calibrate(model: nn.Module, batches: Iterable[dict], device: torch.device, r
     `batches` hold `img` (and `img_metas` for `run_heads`). The observers watch `extract_feat`, or the whole test
     forward with `run_heads` (needed when the heads are quantized).
     """
-    quantizers = list(iter_quantizers(model))
-    activations = [q for _, kind, q, _ in quantizers if kind == "activation"]
-    for _, _, quantizer, _ in quantizers:
-        quantizer.disable_fake_quant()
-        quantizer.disable_observer()
-    for quantizer in activations:
-        quantizer.enable_observer()
+    enable_calibration(model, "activation")
+    activations = [q for _, q in fake_quantizers(model, "activation")]
     rank, _ = rank_and_world()
     for batch in tqdm(batches, desc="calibrate", disable=not show_progress or rank != 0, dynamic_ncols=True):
         img = batch["img"].to(device)
@@ -64,15 +60,29 @@ def calibrate(model: nn.Module, batches: Iterable[dict], device: torch.device, r
         else:
             model.extract_feat(img)
     _average_observer_ranges(activations)
-    for name, kind, quantizer, _ in quantizers:
-        quantizer.disable_observer()
-        if kind == "weight":
-            _observe_weight(model, name, quantizer)
-        quantizer.enable_fake_quant()
+    observe_weights(model)
 
 
-def _observe_weight(model: nn.Module, quantizer_name: str, quantizer: nn.Module) -> None:
-    layer = model.get_submodule(quantizer_name.rsplit(".", 1)[0])
-    quantizer.enable_observer()
-    quantizer(layer.module.weight)
-    quantizer.disable_observer()
+@torch.no_grad()
+def observe_weights(model: nn.Module) -> None:
+    """Weight observers see each weight once; then every quantizer quantizes and no observer runs."""
+    enable_calibration(model, "weight")
+    for layer, quantizer in weight_quantizers(model):
+        quantizer(layer.weight)
+    enable_quantization(model)
+
+
+def copy_activation_calibration(source: nn.Module, target: nn.Module) -> None:
+    """Give `target` the calibrated activation quantizers of `source`, a model wrapped from the same detector
+    with the same `a_qconfig` (activation observers watch the float model, so the weight bits do not matter)."""
+    source_quantizers = dict(fake_quantizers(source, "activation"))
+    for name, quantizer in fake_quantizers(target, "activation"):
+        source_quantizer = source_quantizers.get(name)
+        if source_quantizer is None or _describe(source_quantizer) != _describe(quantizer):
+            raise ValueError(f"activation quantizer {name} differs between the models: calibrate instead")
+        quantizer.load_state_dict(source_quantizer.state_dict())
+
+
+def _describe(quantizer: nn.Module) -> tuple:
+    return (type(quantizer), type(quantizer.activation_post_process), quantizer.bit, quantizer.symmetric,
+            quantizer.ch_axis)

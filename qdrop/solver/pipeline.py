@@ -12,7 +12,7 @@ from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.apis import multi_gpu_test
 from mmdet.models import build_detector
 from mmdet.utils import fuse_conv_bn, load_checkpoint
-from qdrop.model.quantize import iter_quantizers
+from qdrop.quantization import disable_all
 from qdrop.solver.distributed import rank_and_world
 
 CALIBRATION_BATCH_SIZE = 2  # images per calibration batch, as in the original
@@ -100,9 +100,7 @@ def float_reference(q_model: nn.Module) -> nn.Module:
     """A copy of the wrapped model with every quantizer passing its input through: the float target of
     reconstruction, whose module names match the quantized model's."""
     fp_model = copy.deepcopy(q_model)
-    for _, _, quantizer, _ in iter_quantizers(fp_model):
-        quantizer.disable_observer()
-        quantizer.disable_fake_quant()
+    disable_all(fp_model)
     for param in fp_model.parameters():
         param.requires_grad_(False)
     return fp_model

@@ -149,7 +149,7 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
         param.requires_grad_(False)
     adaround = _adaround_quantizers(unit)
     for layer, quantizer in adaround:
-        quantizer.init(layer.module.weight.data, cfg.round_mode)
+        quantizer.init(layer.weight.data, cfg.round_mode)
     rounding_params = [q.alpha for _, q in adaround]
     adaround_ids = {id(q) for _, q in adaround}
     scale_params = [p for q in activation_quantizers(unit) for p in q.parameters()]

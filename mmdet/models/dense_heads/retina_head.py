@@ -5,7 +5,7 @@ from typing import List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from mmdet.core import batched_nms
+from mmdet.core import batched_nms, sorted_topk
 from mmdet.core.utils import require
 
 from ..builder import MODELS
@@ -18,6 +18,15 @@ _DEFAULT_CODER = dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_
 _DEFAULT_LOSS_CLS = dict(type="FocalLoss", use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)
 _DEFAULT_LOSS_BBOX = dict(type="L1Loss", loss_weight=1.0)
 _PRIOR_PROB = 0.01
+
+
+def _logit_lower_bound(score_thr: float) -> float:
+    """A logit below which the sigmoid is surely <= score_thr (margin far above float32 rounding)."""
+    if score_thr <= 0:
+        return -math.inf
+    if score_thr >= 1:
+        return math.inf
+    return math.log(score_thr / (1 - score_thr)) - 1e-3
 
 
 @MODELS.register_module()
@@ -78,6 +87,34 @@ class RetinaHead(AnchorHead):
                                         anchors, img_metas[i], cfg, rescale)
                 for i in range(len(img_metas))]
 
+    def _level_candidates(self, cls_score: torch.Tensor, bbox_pred: torch.Tensor, anchors: torch.Tensor,
+                          score_thr: float, nms_pre: int) -> Tuple[torch.Tensor, ...]:
+        """Scores, labels, anchors and deltas of one level's (anchor, class) pairs with score > score_thr, best
+        `nms_pre` first (threshold, then top-k over pairs, spec 7.2).
+
+        Works on the head's `(A * K, H, W)` layout: the sigmoid is monotonic, so a slightly looser test on the logits
+        finds every candidate without a sigmoid (or a transposed copy) of all A * K * H * W elements; the exact
+        `sigmoid > score_thr` test then runs on those few. Candidates are put in mmdetection's order (anchor-major,
+        then class) before the sort so equal scores rank as there.
+        """
+        num_classes, num_anchors = self.cls_out_channels, self.num_base_priors
+        width = cls_score.size(2)
+        loose = cls_score > _logit_lower_bound(score_thr)
+        channel, y, x = torch.nonzero(loose, as_tuple=True)
+        anchor_in_cell = torch.div(channel, num_classes, rounding_mode="floor")
+        labels = channel - anchor_in_cell * num_classes
+        anchor_index = (y * width + x) * num_anchors + anchor_in_cell
+        order = (anchor_index * num_classes + labels).argsort()
+        channel, y, x, anchor_in_cell, labels, anchor_index = (
+            t[order] for t in (channel, y, x, anchor_in_cell, labels, anchor_index))
+        scores = cls_score[channel, y, x].sigmoid()
+        above = scores > score_thr
+        scores = scores[above]
+        scores, rank = sorted_topk(scores, nms_pre if nms_pre > 0 else scores.numel())
+        picked = torch.nonzero(above, as_tuple=False).flatten()[rank]
+        deltas = bbox_pred.view(num_anchors, 4, *bbox_pred.shape[1:])[anchor_in_cell[picked], :, y[picked], x[picked]]
+        return scores, labels[picked], anchors[anchor_index[picked]], deltas
+
     def _detections_single(self, cls_scores: List[torch.Tensor], bbox_preds: List[torch.Tensor],
                            anchors: List[torch.Tensor], img_meta: dict, cfg: Mapping, rescale: bool
                            ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -87,26 +124,10 @@ class RetinaHead(AnchorHead):
         nms_cfg = require(cfg, "nms", where)
         max_per_img = require(cfg, "max_per_img", where)
 
-        all_scores, all_labels, all_anchors, all_deltas = [], [], [], []
-        for cls_score, bbox_pred, level_anchors in zip(cls_scores, bbox_preds, anchors):
-            scores = cls_score.permute(1, 2, 0).reshape(-1, self.cls_out_channels).sigmoid()
-            deltas = bbox_pred.permute(1, 2, 0).reshape(-1, 4)
-            # Threshold first, then the best `nms_pre` of the surviving (anchor, class) pairs. A full sort (not topk)
-            # orders equal scores the way mmdetection does, which NMS can depend on.
-            above = scores > score_thr
-            candidates = torch.nonzero(above, as_tuple=False)
-            pair_scores, order = scores[above].sort(descending=True)
-            if nms_pre > 0:
-                pair_scores, order = pair_scores[:nms_pre], order[:nms_pre]
-            candidates = candidates[order]
-            all_scores.append(pair_scores)
-            all_labels.append(candidates[:, 1])
-            all_anchors.append(level_anchors[candidates[:, 0]])
-            all_deltas.append(deltas[candidates[:, 0]])
-
-        scores, labels = torch.cat(all_scores), torch.cat(all_labels)
-        bboxes = self.bbox_coder.decode(torch.cat(all_anchors), torch.cat(all_deltas),
-                                        max_shape=img_meta["img_shape"])
+        levels = [self._level_candidates(cls_score, bbox_pred, level_anchors, score_thr, nms_pre)
+                  for cls_score, bbox_pred, level_anchors in zip(cls_scores, bbox_preds, anchors)]
+        scores, labels, level_anchors, deltas = (torch.cat(parts) for parts in zip(*levels))
+        bboxes = self.bbox_coder.decode(level_anchors, deltas, max_shape=img_meta["img_shape"])
         if rescale:
             bboxes = bboxes / bboxes.new_tensor(img_meta["scale_factor"])
         dets, keep = batched_nms(bboxes, scores, labels, nms_cfg)

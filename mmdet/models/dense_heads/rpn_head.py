@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmdet.core import batched_nms
+from mmdet.core import batched_nms, sorted_topk
 from mmdet.core.utils import require
 
 from ..builder import MODELS
@@ -80,9 +80,7 @@ class RPNHead(AnchorHead):
             score = score.sigmoid() if self.use_sigmoid_cls else score.view(-1, 2).softmax(dim=1)[:, 0]
             delta = bbox_pred.permute(1, 2, 0).reshape(-1, 4)
             if 0 < nms_pre < score.numel():
-                # A full sort (not topk) orders equal scores the way mmdetection does, which NMS can depend on.
-                score, order = score.sort(descending=True)
-                score, top = score[:nms_pre], order[:nms_pre]
+                score, top = sorted_topk(score, nms_pre)
                 delta, level_anchor = delta[top], level_anchor[top]
             scores.append(score)
             deltas.append(delta)

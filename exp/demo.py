@@ -1,0 +1,141 @@
+"""Demo: the tiny synthetic-data detectors in float, W4A4 and W2A4, without reconstruction, with BRECQ-style
+reconstruction (drop_prob 1.0) and with QDrop (drop_prob 0.5); prints a bbox mAP table and writes summary.json.
+
+    python exp/demo.py --work-dir work_dirs/demo      (what `make demo` runs, after `make data`)
+
+Quantization settings come from exp/demo/{w4a4,w2a4}.yaml (the seed's settings with a short schedule). Per model one
+calibration serves every variant: activation ranges come from the float model, so they are shared by both weight
+bit widths, and each reconstruction starts from a copy of the calibrated model.
+"""
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import os.path as osp
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from mmdet.utils import get_root_logger, load_config  # noqa: E402
+from qdrop.model import quantize_detector  # noqa: E402
+from qdrop.solver.calibration import calibrate, copy_activation_calibration, observe_weights  # noqa: E402
+from qdrop.solver.pipeline import (build_fp_detector, build_test_loader, calibration_batches,  # noqa: E402
+                                   default_device, evaluate, float_reference, seed_everything)
+from qdrop.solver.progress import atomic_write_text  # noqa: E402
+from qdrop.solver.q_config import load_q_config  # noqa: E402
+from qdrop.solver.recon import ReconConfig, reconstruct  # noqa: E402
+
+MODELS = {  # name: (config, checkpoint file name under --checkpoint-dir)
+    "retinanet": ("configs/tiny/retinanet_tiny_synth.py", "retinanet_tiny_synth.pth"),
+    "faster_rcnn": ("configs/tiny/faster_rcnn_tiny_synth.py", "faster_rcnn_tiny_synth.pth"),
+}
+SETTINGS = {"W4A4": "exp/demo/w4a4.yaml", "W2A4": "exp/demo/w2a4.yaml"}
+COLUMNS = ["FP"] + [f"{setting} {variant}" for setting in SETTINGS for variant in ("none", "BRECQ", "QDrop")]
+HOW_TO_TRAIN = ("make the synthetic data (`make data`), train the tiny models with tools/train.py "
+                "(`.venv/bin/python tools/train.py {config} --work-dir work_dirs/{stem}`) and copy the last "
+                "checkpoint to {checkpoint}")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", default="work_dirs/demo")
+    parser.add_argument("--checkpoint-dir", default="checkpoints")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _missing_checkpoints(args) -> List[str]:
+    problems = []
+    for name in args.models:
+        config, file_name = MODELS[name]
+        checkpoint = osp.join(args.checkpoint_dir, file_name)
+        if not osp.isfile(checkpoint):
+            problems.append(f"{checkpoint} is missing: " + HOW_TO_TRAIN.format(
+                config=config, stem=Path(config).stem, checkpoint=checkpoint))
+    return problems
+
+
+def run_model(name: str, checkpoint: str, seed: int, logger) -> Dict[str, float]:
+    """bbox mAP of every column for one model, calibrating once."""
+    config_path, _ = MODELS[name]
+    cfg = load_config(config_path)
+    device = default_device()
+    seed_everything(seed)
+    fp_model = build_fp_detector(cfg, checkpoint, device, logger)
+    dataset, loader = build_test_loader(cfg)
+
+    def mean_ap(model, column: str) -> float:
+        started = time.time()
+        metric = evaluate(model, dataset, loader, cfg, ["bbox"], show_progress=True)
+        logger.info(f"{name} {column}: bbox_mAP {metric['bbox_mAP']:.4f} (evaluated in {time.time() - started:.0f} s)")
+        return metric["bbox_mAP"]
+
+    row = {"FP": mean_ap(fp_model, "FP")}
+    calibrated = None
+    for setting, q_path in SETTINGS.items():
+        q_config = load_q_config(q_path)
+        recon_cfg = ReconConfig.from_mapping(q_config["recon"])
+        batches = calibration_batches(cfg, int(q_config["calibrate"]), seed)
+        q_model = quantize_detector(copy.deepcopy(fp_model), q_config).to(device)
+        reference = float_reference(q_model)
+        started = time.time()
+        if calibrated is not None and calibrated[1] == (q_config["a_qconfig"], q_config["calibrate"]):
+            copy_activation_calibration(calibrated[0], q_model)
+            observe_weights(q_model)
+        else:
+            calibrate(q_model, batches, device)
+            calibrated = (q_model, (q_config["a_qconfig"], q_config["calibrate"]))
+        logger.info(f"{name} {setting}: calibrated in {time.time() - started:.0f} s")
+        row[f"{setting} none"] = mean_ap(q_model, f"{setting} none")
+        images = [batch["img"] for batch in batches]
+        for variant, drop_prob in (("BRECQ", 1.0), ("QDrop", recon_cfg.drop_prob)):
+            model = copy.deepcopy(q_model)
+            started = time.time()
+            reconstruct(model, reference, images, dataclasses.replace(recon_cfg, drop_prob=drop_prob),
+                        device=device, seed=seed, logger=logger)
+            logger.info(f"{name} {setting} {variant}: reconstructed in {time.time() - started:.0f} s")
+            row[f"{setting} {variant}"] = mean_ap(model, f"{setting} {variant}")
+            del model
+    return row
+
+
+def format_table(summary: Dict[str, Dict[str, float]]) -> str:
+    header = ["model"] + COLUMNS
+    rows = [[name] + [f"{100 * row[column]:.1f}" for column in COLUMNS] for name, row in summary.items()]
+    widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
+    lines = [" | ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in [header] + rows]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    return "bbox mAP (%) on the synthetic val set\n" + "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    problems = _missing_checkpoints(args)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    os.makedirs(args.work_dir, exist_ok=True)
+    logger = get_root_logger(log_file=osp.join(args.work_dir, f"demo_{time.strftime('%Y%m%d_%H%M%S')}.log"))
+    started = time.time()
+    summary = {}
+    for name in args.models:
+        model_started = time.time()
+        summary[name] = run_model(name, osp.join(args.checkpoint_dir, MODELS[name][1]), args.seed, logger)
+        logger.info(f"{name}: done in {time.time() - model_started:.0f} s")
+    table = format_table(summary)
+    logger.info(f"\n{table}\ntotal {time.time() - started:.0f} s")
+    atomic_write_text(osp.join(args.work_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(osp.join(args.work_dir, "summary.txt"), table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
