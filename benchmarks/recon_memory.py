@@ -38,10 +38,13 @@ def unit_shapes(model: torch.nn.Module, height: int, width: int, device: str) ->
     """(unit name, input shape, output shape) per image for every reconstruction unit, in forward order."""
     units = quantization_units(model)
     shapes: Dict[str, Tuple[tuple, tuple]] = {}
-    handles = [module.register_forward_hook(
-        lambda module, args, output, name=name: shapes.setdefault(name, (tuple(args[0].shape[1:]),
-                                                                         tuple(output.shape[1:]))))
-               for name, module in units]
+
+    def record(name: str):
+        def hook(_module, args, output) -> None:
+            shapes.setdefault(name, (tuple(args[0].shape[1:]), tuple(output.shape[1:])))
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in units]
     with torch.no_grad():
         model.extract_feat(torch.zeros(1, 3, height, width, device=device))
     for handle in handles:

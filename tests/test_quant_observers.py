@@ -123,6 +123,19 @@ def test_mse_grid_observer_never_worse_than_plain_loop(kind, per_channel, symmet
     torch.testing.assert_close(observer.max_val.reshape(-1), ref_max)
 
 
+@pytest.mark.parametrize('kind', ['one-sided', 'skewed'])
+def test_mse_grid_on_large_tensor_matches_plain_loop(kind):
+    """Large groups take the histogram route (>= 65536 values)."""
+    x = _data(kind, False).repeat(1, 90) + torch.linspace(0, 1e-3, 72000).unsqueeze(0)
+    observer = MSEObserver(bit=2)
+    observer(x)
+    two_sided = observer.one_side_dist == 'no'
+    cand_min, cand_max = grid_candidates(x, 0, 3, two_sided, observer.one_side_dist)
+    ref_min, ref_max = plain_grid_search(x, cand_min, cand_max, observer.calculate_qparams, 0, 3)
+    torch.testing.assert_close(observer.min_val.reshape(-1), ref_min)
+    torch.testing.assert_close(observer.max_val.reshape(-1), ref_max)
+
+
 @pytest.mark.parametrize('kind', ['one-sided', 'two-sided', 'skewed'])
 @pytest.mark.parametrize('symmetric', [False, True])
 def test_mse_fast_observer_matches_plain_golden_search(kind, symmetric):
@@ -135,6 +148,24 @@ def test_mse_fast_observer_matches_plain_golden_search(kind, symmetric):
                         observer.quant_min, observer.quant_max)
     assert float(observer.min_val) == pytest.approx(ref[0], rel=1e-6, abs=1e-7)
     assert float(observer.max_val) == pytest.approx(ref[1], rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize('bit', [2, 6])
+def test_mse_grid_per_channel_with_degenerate_channels(bit):
+    w = torch.randn(5, 3, 3, 3)
+    w[1] = 0.0
+    w[2] = 0.7
+    w[3] = torch.linspace(-1e-9, 1e-9, 27).view(3, 3, 3)
+    observer = MSEObserver(bit=bit, ch_axis=0)
+    observer(w)
+    rows = w.flatten(1)
+    cand_min, cand_max = grid_candidates(rows, observer.quant_min, observer.quant_max, True, 'no')
+    ref_min, ref_max = plain_grid_search(rows, cand_min, cand_max, observer.calculate_qparams, observer.quant_min,
+                                         observer.quant_max)
+    torch.testing.assert_close(observer.min_val, ref_min)
+    torch.testing.assert_close(observer.max_val, ref_max)
+    scale, _ = observer.calculate_qparams(observer.min_val, observer.max_val)
+    assert torch.isfinite(scale).all()
 
 
 def test_mse_search_prefers_clipping_for_heavy_tails():

@@ -37,7 +37,7 @@ MIN_ASPECT_GAP = 24  # |width - height| at least this, so no image is square
 OBJECTS_PER_IMAGE = (1, 8)
 MIN_OBJECT_SIZE = 8  # pixels, the shape's outer extent before rotation
 MAX_OBJECT_FRACTION = 0.6  # of the image's shorter side
-SMALL_OBJECT_PROBABILITY = 0.2  # share of objects drawn between MIN_OBJECT_SIZE and SMALL_OBJECT_LIMIT
+SMALL_OBJECT_PROBABILITY = 0.12  # share of objects drawn between MIN_OBJECT_SIZE and SMALL_OBJECT_LIMIT
 SMALL_OBJECT_LIMIT = 24
 MAX_OCCLUDED_FRACTION = 0.35  # a new object may hide at most this share of an earlier one's pixels
 PLACEMENT_TRIES = 20
@@ -116,10 +116,10 @@ def _background(height: int, width: int, rng: np.random.Generator) -> np.ndarray
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     image = base + (ys / height)[..., None] * tilt[0] + (xs / width)[..., None] * tilt[1]
     blotches = rng.normal(0, 1, size=(height // 20 + 1, width // 20 + 1, 3)).astype(np.float32)
-    image += 22 * cv2.resize(blotches, (width, height), interpolation=cv2.INTER_CUBIC)
+    image += 12 * cv2.resize(blotches, (width, height), interpolation=cv2.INTER_CUBIC)
     angle, period = rng.uniform(0, math.pi), rng.uniform(6, 30)
     stripes = np.sin((xs * math.cos(angle) + ys * math.sin(angle)) * (2 * math.pi / period))
-    image += rng.uniform(0, 18) * stripes[..., None] * rng.uniform(-1, 1, size=3)
+    image += rng.uniform(0, 10) * stripes[..., None] * rng.uniform(-1, 1, size=3)
     return image
 
 
@@ -161,7 +161,7 @@ def render_image(width: int, height: int, rng: np.random.Generator) -> Tuple[np.
         category_id, name = SYNTHETIC_CATEGORIES[category_index]
         size = _object_size(short_side, rng)
         outline = _rotate(_SHAPE_DRAWERS[name](size, rng), rng.uniform(0, 2 * math.pi))
-        filled = size < 14 or rng.uniform() < 0.6
+        filled = size < 14 or rng.uniform() < 0.7
         thickness = int(rng.integers(2, max(3, int(size / 8)) + 1))
         colour = _object_colour(background_mean, rng)
         mask = None
@@ -179,7 +179,7 @@ def render_image(width: int, height: int, rng: np.random.Generator) -> Tuple[np.
         full_areas.append(int(mask.sum()))
         categories.append(category_id)
         image[mask] = colour
-    image += rng.normal(0, 6, size=image.shape)
+    image += rng.normal(0, 4, size=image.shape)
     objects = list(zip(categories, visible_boxes(owner, len(categories))))
     return np.clip(np.round(image), 0, 255).astype(np.uint8), objects
 

@@ -3,14 +3,17 @@
 The objective of a candidate quantizer (scale ``s``, zero point ``z``) on a group of values (a tensor, or one
 channel) is ``mean |q(x) - x| ** p`` with ``q(x) = (clamp(round(x / s) + z, qmin, qmax) - z) * s``.
 
-Speed comes from bounding the objective instead of evaluating it: the values of a group are summarised in
-histograms (count, mean, smallest and largest value of every bin) at several resolutions. Inside a bin that
-lies in one rounding cell, ``|q(x) - x| ** p`` is a convex function of ``x``, so Jensen's inequality (at the bin
-mean) and the chord through the bin's extreme values bound the bin's total error from below and above. A
-candidate whose lower bound exceeds another candidate's upper bound can never be the minimiser; the few
-candidates that remain after the finest histogram are evaluated exactly on every value, with the same function
-the plain search uses. The picked candidate is therefore the one the plain search picks (ties go to the earlier
-candidate, as in a loop that keeps the first strict improvement).
+Speed comes from bounding the objective instead of evaluating it. A candidate whose lower bound exceeds another
+candidate's upper bound can never be the minimiser; the few that remain are evaluated exactly on every value,
+with the same function the plain search uses, so the pick is the plain search's pick (ties go to the earlier
+candidate, as in a loop that keeps the first strict improvement). Two kinds of bounds:
+
+* histograms (large groups, and every one-sided or symmetric grid): count, mean, smallest and largest value of
+  every bin at several resolutions. In a bin within one rounding cell ``|q(x) - x| ** p`` is convex in ``x``:
+  Jensen's inequality (at the bin mean) and the chord through the bin's extremes bound the bin's total.
+* range by range (small groups, two-sided grids): one pass over the sorted values per range serves all its zero
+  points (exact inside the clamping window, convexity bounds per unit cell outside), and cheap per-range lower
+  bounds (clipping of the extreme values; power-mean bound of the rounding error) skip most ranges.
 
 ``grid_search`` serves the 100-range grid (x zero points for two-sided data); ``golden_search`` the bounded
 scalar minimisation. Golden-section search only compares objective values, so comparing bounds (refined lazily,
@@ -25,8 +28,14 @@ from torch import Tensor
 
 LP_NORM = 2.4
 NUM_RANGES = 100
-# Relative slack between bounds (float64 over histogram summaries) and exact float32 evaluations.
+# Relative slack between bounds (over summaries of the values) and exact float32 evaluations.
 _RTOL = 1e-5
+
+
+def _absolute_slack(x2d: Tensor) -> Tensor:
+    """Per row: float rounding near a grid level leaves errors of a few ulps; their p-th powers stay far below
+    (1e-6 * max|x|)^p."""
+    return (1e-6 * x2d.abs().amax(dim=1).to(torch.float64)).pow(LP_NORM)
 _MAX_CHUNK = 1 << 21  # elements per temporary while evaluating many candidates at once
 _COARSEST_BINS = 16
 _BIN_FACTOR = 4
@@ -156,46 +165,45 @@ def _exact_errors(x2d: Tensor, groups: Tensor, scale: Tensor, zero_point: Tensor
     return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64, device=x2d.device)
 
 
-def _prune(g_idx: Tensor, c_idx: Tensor, lower: Tensor, upper: Tensor, groups: int) -> Tuple[Tensor, Tensor]:
-    """Drop candidates whose lower bound exceeds the least upper bound of their group."""
-    best_upper = torch.full((groups,), math.inf, dtype=torch.float64, device=g_idx.device)
+def _prune(g_idx: Tensor, c_idx: Tensor, lower: Tensor, upper: Tensor, slack: Tensor) -> Tuple[Tensor, Tensor]:
+    """Drop candidates whose lower bound exceeds the least upper bound of their group (``slack``: per group)."""
+    best_upper = torch.full(slack.shape, math.inf, dtype=torch.float64, device=g_idx.device)
     best_upper.scatter_reduce_(0, g_idx, upper, reduce='amin')
-    keep = lower <= best_upper[g_idx] * (1 + _RTOL) + 1e-300
+    keep = lower <= best_upper[g_idx] * (1 + _RTOL) + slack[g_idx]
     return g_idx[keep], c_idx[keep]
 
 
 def _tail_bounds(count: Tensor, mean: Tensor, low: Tensor, high: Tensor, level: Tensor,
                  below: bool) -> Tuple[Tensor, Tensor]:
     """Bounds of sum (level - t)_+^p (``below``) or (t - level)_+^p over cells (count, mean, low, high) of sorted
-    values; the function is convex in t, so Jensen (at the mean) and the chord bound each cell."""
+    values: the function is convex in t (Jensen at the cell mean bounds it from below) and monotone (its value at
+    the cell's far end bounds it from above)."""
     sign = 1.0 if below else -1.0
-    f_low = (sign * (level - low)).clamp_min(0).pow(LP_NORM)
-    f_high = (sign * (level - high)).clamp_min(0).pow(LP_NORM)
+    farthest = (sign * (level - (low if below else high))).clamp_min(0).pow(LP_NORM)
     jensen = (sign * (level - mean)).clamp_min(0).pow(LP_NORM)
-    width = high - low
-    chord = torch.where(width > 0, ((high - mean) * f_low + (mean - low) * f_high) / width.clamp_min(1e-30), f_low)
-    return (count * jensen).sum(-1, dtype=torch.float64), (count * chord).sum(-1, dtype=torch.float64)
+    return (count * jensen).sum(-1, dtype=torch.float64), (count * farthest).sum(-1, dtype=torch.float64)
 
 
-def _range_bounds(x_sorted: Tensor, scale: Tensor, quant_min: int, quant_max: int) -> Tuple[Tensor, Tensor]:
+def _range_bounds(x_sorted: Tensor, x_cumsum: Tensor, scale: Tensor, quant_min: int,
+                  quant_max: int) -> Tuple[Tensor, Tensor]:
     """Bounds (rows, zero points) of the objective for one range of a two-sided grid: one pass over the values
     serves every zero point.
 
     In units of the range's scale (t = x / s), zero point z keeps [L, U] = [qmin - z, qmax - z]: values inside
     cost |t - round(t)|^p (exact, from a cumulative sum over the sorted values), values outside cost their
     distance to L or U to the power p (bounded per unit cell of t by convexity). The candidates of one range
-    share its scale up to float rounding, which the slack _RTOL covers.
+    share its scale up to float rounding, which the slack _RTOL covers. ``x_cumsum`` is the float64 cumulative sum
+    of the sorted values with a leading 0.
     """
     n = x_sorted.shape[1]
     s = scale.unsqueeze(1)
     t = x_sorted / s
     inside_cost = torch.cumsum(F.pad((t - torch.round(t)).abs().pow(LP_NORM), (1, 0)), dim=1, dtype=torch.float64)
-    t_sum = torch.cumsum(F.pad(t, (1, 0)), dim=1, dtype=torch.float64)
     first, last = math.floor(float(t[:, 0].min())), math.ceil(float(t[:, -1].max()))
     edges = torch.arange(first, last + 1, dtype=t.dtype, device=t.device)
     at = torch.searchsorted(t, edges.expand(t.shape[0], -1).contiguous())  # first value >= each edge
     count = (at[:, 1:] - at[:, :-1]).to(t.dtype)
-    total = t_sum.gather(1, at[:, 1:]) - t_sum.gather(1, at[:, :-1])
+    total = (x_cumsum.gather(1, at[:, 1:]) - x_cumsum.gather(1, at[:, :-1])) / s.to(torch.float64)
     filled = count > 0
     mean = torch.where(filled, (total / count.clamp_min(1)).to(t.dtype), edges[:-1])
     low = torch.where(filled, t.gather(1, at[:, :-1].clamp_max(n - 1)), mean)
@@ -208,15 +216,21 @@ def _range_bounds(x_sorted: Tensor, scale: Tensor, quant_min: int, quant_max: in
     # L <= 0 <= U for every zero point, so lower tails lie in cells left of 0 and upper tails right of it.
     split = max(0, min(-first, edges.numel() - 1))
     cell = edges[:-1].view(1, 1, -1)
-    stats = [v.unsqueeze(1) for v in (count, mean, low, high)]
-    left = [v[..., :split] for v in stats]
-    right = [v[..., split:] for v in stats]
-    low_lb, low_ub = _tail_bounds(left[0] * (cell[..., :split] + 1 <= lo_level.unsqueeze(2)), *left[1:],
-                                  lo_level.unsqueeze(2), True)
-    high_lb, high_ub = _tail_bounds(right[0] * (cell[..., split:] >= hi_level.unsqueeze(2)), *right[1:],
-                                    hi_level.unsqueeze(2), False)
+    below, above = cell[..., :split] + 1 <= lo_level.unsqueeze(2), cell[..., split:] >= hi_level.unsqueeze(2)
+    tail_lower, tail_upper = [], []
+    step = _chunk_size(lo_level.shape[1] * count.shape[1])
+    for start in range(0, t.shape[0], step):
+        rows = slice(start, start + step)
+        stats = [v[rows].unsqueeze(1) for v in (count, mean, low, high)]
+        left = [v[..., :split] for v in stats]
+        right = [v[..., split:] for v in stats]
+        low_lb, low_ub = _tail_bounds(left[0] * below[rows], *left[1:], lo_level[rows].unsqueeze(2), True)
+        high_lb, high_ub = _tail_bounds(right[0] * above[rows], *right[1:], hi_level[rows].unsqueeze(2), False)
+        tail_lower.append(low_lb + high_lb)
+        tail_upper.append(low_ub + high_ub)
     scale_p = s.to(torch.float64) ** LP_NORM / n
-    return ((inside + low_lb + high_lb) * scale_p * (1 - _RTOL), (inside + low_ub + high_ub) * scale_p * (1 + _RTOL))
+    return ((inside + torch.cat(tail_lower)) * scale_p * (1 - _RTOL),
+            (inside + torch.cat(tail_upper)) * scale_p * (1 + _RTOL))
 
 
 def _clipping_lower_bound(x_sorted: Tensor, width: Tensor, pairs: int = 256) -> Tensor:
@@ -228,25 +242,55 @@ def _clipping_lower_bound(x_sorted: Tensor, width: Tensor, pairs: int = 256) -> 
     return 2 * excess.pow(LP_NORM).sum(1, dtype=torch.float64) / x_sorted.shape[1] * (1 - _RTOL)
 
 
+def _rounding_lower_bound(x_sorted: Tensor, x_cumsum: Tensor, x2_cumsum: Tensor, scale: Tensor) -> Tensor:
+    """A lower bound (per row) of the objective of every zero point of a range: each value costs at least
+    |t - round(t)|^p (t = x / s; a clamped value is even farther from its level), and within a rounding cell
+    the mean of |d|^p is at least (mean of d^2)^(p/2) (power means, p >= 2)."""
+    s = scale.to(torch.float64).unsqueeze(1)
+    t_first = float((x_sorted[:, 0:1] / scale.unsqueeze(1)).min())
+    t_last = float((x_sorted[:, -1:] / scale.unsqueeze(1)).max())
+    centres = torch.arange(math.floor(t_first) - 1, math.ceil(t_last) + 2, dtype=torch.float64,
+                           device=x_sorted.device)
+    edges = ((centres - 0.5).unsqueeze(0) * s).to(x_sorted.dtype)
+    at = torch.searchsorted(x_sorted, edges.contiguous())
+    count = (at[:, 1:] - at[:, :-1]).to(torch.float64)
+    sum_t = (x_cumsum.gather(1, at[:, 1:]) - x_cumsum.gather(1, at[:, :-1])) / s
+    sum_t2 = (x2_cumsum.gather(1, at[:, 1:]) - x2_cumsum.gather(1, at[:, :-1])) / s ** 2
+    m = centres[:-1].unsqueeze(0)
+    second = ((sum_t2 - 2 * m * sum_t + count * m ** 2) / count.clamp_min(1)).clamp_min(0)
+    # A value within float rounding of a cell edge costs about 0.5^p in either cell; the slack covers the rest.
+    bound = (count * second.pow(LP_NORM / 2)).sum(1) * s.squeeze(1) ** LP_NORM / x_sorted.shape[1]
+    return bound * (1 - _RTOL)
+
+
 def _grid_bounds_by_range(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_range: int, quant_min: int,
                           quant_max: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Bounds of every two-sided grid candidate that can still win, widest range first; a row stops once even
-    its clipping bound exceeds its best upper bound (narrower ranges clip more)."""
+    """Bounds of the two-sided grid candidates that can still win. Cheap per-range lower bounds (clipping of the
+    extreme values, rounding spread per cell) order the ranges and rule most of them out; the others get one
+    full pass each, most promising first."""
     groups, candidates = scale.shape
+    num_ranges = candidates // per_range
     x_sorted = torch.sort(x2d, dim=1).values
+    x64 = F.pad(x_sorted, (1, 0)).to(torch.float64)
+    x_cumsum, x2_cumsum = torch.cumsum(x64, dim=1), torch.cumsum(x64 * x64, dim=1)
+    clipping = torch.stack([_clipping_lower_bound(x_sorted, scale[:, r * per_range] * (quant_max - quant_min))
+                            for r in range(num_ranges)])  # (ranges, rows)
+    rounding = torch.stack([_rounding_lower_bound(x_sorted, x_cumsum, x2_cumsum, scale[:, r * per_range])
+                            for r in range(num_ranges)])
+    cheap = torch.maximum(clipping, rounding) - _absolute_slack(x2d)
     best_upper = torch.full((groups,), math.inf, dtype=torch.float64, device=x2d.device)
-    alive = torch.ones(groups, dtype=torch.bool, device=x2d.device)
     found = []
-    for r in reversed(range(candidates // per_range)):
-        column = r * per_range
-        width = scale[:, column] * (quant_max - quant_min)
-        alive &= _clipping_lower_bound(x_sorted, width) <= best_upper * (1 + _RTOL)
-        rows = alive.nonzero().squeeze(1)
+    # Their sum estimates the objective: visiting likely winners first tightens the upper bounds early.
+    for r in torch.argsort((clipping + rounding).mean(1), stable=True).tolist():
+        rows = (cheap[r] <= best_upper * (1 + _RTOL)).nonzero().squeeze(1)
         if rows.numel() == 0:
-            break
-        lower, upper = _range_bounds(x_sorted[rows], scale[rows, column], quant_min, quant_max)
+            continue
+        column = r * per_range
+        every = rows.numel() == groups
+        lower, upper = _range_bounds(x_sorted if every else x_sorted[rows], x_cumsum if every else x_cumsum[rows],
+                                     scale[rows, column], quant_min, quant_max)
         columns = torch.arange(column, column + per_range, device=x2d.device)
-        slot = (zero_point[rows][:, columns].long() - quant_min)
+        slot = zero_point[rows][:, columns].long() - quant_min
         lower, upper = lower.gather(1, slot), upper.gather(1, slot)
         best_upper[rows] = torch.minimum(best_upper[rows], upper.min(1).values)
         found.append((rows.repeat_interleave(per_range), columns.repeat(rows.numel()), lower.flatten(),
@@ -264,9 +308,10 @@ def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qpara
     groups, candidates = cand_min.shape
     scale, zero_point = calculate_qparams(cand_min, cand_max)
     scale, zero_point = scale.expand(groups, candidates), zero_point.expand(groups, candidates)
+    slack = _absolute_slack(x2d)
     if per_range > 1 and x2d.shape[1] < _SMALL_GROUP_VALUES:
         g_idx, c_idx, lower, upper = _grid_bounds_by_range(x2d, scale, zero_point, per_range, quant_min, quant_max)
-        g_idx, c_idx = _prune(g_idx, c_idx, lower, upper, groups)
+        g_idx, c_idx = _prune(g_idx, c_idx, lower, upper, slack)
     else:
         binned = BinnedGroups(x2d)
         g_idx = torch.arange(groups, device=x2d.device).repeat_interleave(candidates)
@@ -279,7 +324,7 @@ def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qpara
                 lo, hi = binned.bounds(level, g, scale[g, c], zero_point[g, c], quant_min, quant_max)
                 lower.append(lo)
                 upper.append(hi)
-            g_idx, c_idx = _prune(g_idx, c_idx, torch.cat(lower), torch.cat(upper), groups)
+            g_idx, c_idx = _prune(g_idx, c_idx, torch.cat(lower), torch.cat(upper), slack)
     errors = _exact_errors(x2d, g_idx, scale[g_idx, c_idx], zero_point[g_idx, c_idx], quant_min, quant_max)
     # Per group: least error, then earliest candidate.
     order = torch.argsort(c_idx, stable=True)
@@ -359,6 +404,7 @@ class BoundedObjective(ExactObjective):
     def __init__(self, x2d: Tensor, calculate_qparams: QParamsFn, quant_min: int, quant_max: int):
         super().__init__(x2d, calculate_qparams, quant_min, quant_max)
         self.binned = BinnedGroups(x2d)
+        self.slack = _absolute_slack(x2d).tolist()
         self._states: Dict[tuple, list] = {}
 
     def probe(self, group: int, new_min: float, new_max: float) -> Probe:
@@ -378,7 +424,8 @@ class BoundedObjective(ExactObjective):
         if level < len(self.binned.levels):
             groups = torch.tensor([group], device=self.x2d.device)
             lo, hi = self.binned.bounds(level, groups, scale, zero_point, self.quant_min, self.quant_max)
-            state[0], state[1] = float(lo) * (1 - _RTOL), float(hi) * (1 + _RTOL)
+            slack = self.slack[group]
+            state[0], state[1] = float(lo) * (1 - _RTOL) - slack, float(hi) * (1 + _RTOL) + slack
         else:
             self.evaluations += 1
             state[0] = state[1] = float(lp_error(self.x2d[group:group + 1], scale, zero_point,

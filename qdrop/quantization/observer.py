@@ -47,7 +47,7 @@ class ObserverBase(nn.Module):
         if self.ch_axis < 0:
             return x.reshape(1, -1)
         if self.ch_axis >= x.dim():
-            raise ValueError(f'ch_axis={self.ch_axis} is out of range for a {x.dim()}-d input of shape {tuple(x.shape)}')
+            raise ValueError(f'ch_axis={self.ch_axis} is out of range for an input of shape {tuple(x.shape)}')
         return x.transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1)
 
     def _range_of(self, rows: Tensor) -> Tuple[Tensor, Tensor]:

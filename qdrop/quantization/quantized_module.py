@@ -25,7 +25,8 @@ def check_qconfig(cfg: Mapping[str, Any], where: str = 'qconfig') -> None:
     if missing:
         raise ValueError(f'{where}.{missing[0]}: missing key; required keys: {", ".join(QCONFIG_KEYS)}')
     if cfg['quantizer'] not in QUANTIZERS:
-        raise ValueError(f'{where}.quantizer: unknown value {cfg["quantizer"]!r}; allowed values: {", ".join(QUANTIZERS)}')
+        raise ValueError(f'{where}.quantizer: unknown value {cfg["quantizer"]!r}; '
+                         f'allowed values: {", ".join(QUANTIZERS)}')
     if cfg['observer'] not in OBSERVERS:
         raise ValueError(f'{where}.observer: unknown value {cfg["observer"]!r}; allowed values: {", ".join(OBSERVERS)}')
     bit = cfg['bit']

@@ -60,7 +60,8 @@ def _number(recon: Mapping[str, Any], key: str, source: str, low: float, high: O
         raise ValueError(f'{source}: recon.{key}: got {value!r}; allowed values: {kind}')
     above = value >= low if include_low else value > low
     if not above or (high is not None and value > high):
-        span = f"{'[' if include_low else '('}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+        opening, closing = '[' if include_low else '(', ']' if high is not None else ')'
+        span = f"{opening}{low}, {high if high is not None else 'inf'}{closing}"
         raise ValueError(f'{source}: recon.{key}: got {value!r}; allowed values: {kind} in {span}')
 
 
@@ -83,7 +84,8 @@ def _check_recon(recon: Any, source: str) -> Dict[str, Any]:
     b_range = recon['b_range']
     if (not isinstance(b_range, (list, tuple)) or len(b_range) != 2
             or any(isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0 for b in b_range)):
-        raise ValueError(f'{source}: recon.b_range: got {b_range!r}; allowed values: [start, end] of two positive numbers')
+        raise ValueError(f'{source}: recon.b_range: got {b_range!r}; '
+                         'allowed values: [start, end] of two positive numbers')
     if not isinstance(recon['keep_gpu'], bool):
         raise ValueError(f"{source}: recon.keep_gpu: got {recon['keep_gpu']!r}; allowed values: true, false")
     if recon['round_mode'] not in ROUND_MODES:
