@@ -95,6 +95,7 @@ def main() -> None:
     activation = torch.where(activation > 0, activation * 1.5, activation * 0.4)  # signed, skewed
     cases = [
         (weight, 4, 'per channel (0)', lambda: grid_case(weight, 4, 0, args.max_plain_seconds)),
+        (weight, 2, 'per channel (0)', lambda: grid_case(weight, 2, 0, args.max_plain_seconds)),  # seed's W2
         (activation, 4, 'per tensor', lambda: golden_case(activation, 4, args.max_plain_seconds)),
         (activation, 4, 'per tensor', lambda: grid_case(activation, 4, -1, args.max_plain_seconds)),
     ]

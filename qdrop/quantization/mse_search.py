@@ -176,12 +176,14 @@ def _prune(g_idx: Tensor, c_idx: Tensor, lower: Tensor, upper: Tensor, slack: Te
 def _tail_bounds(count: Tensor, mean: Tensor, low: Tensor, high: Tensor, level: Tensor,
                  below: bool) -> Tuple[Tensor, Tensor]:
     """Bounds of sum (level - t)_+^p (``below``) or (t - level)_+^p over cells (count, mean, low, high) of sorted
-    values: the function is convex in t (Jensen at the cell mean bounds it from below) and monotone (its value at
-    the cell's far end bounds it from above)."""
+    values: the function is convex in t, so Jensen (at the cell mean) and the chord bound each cell."""
     sign = 1.0 if below else -1.0
-    farthest = (sign * (level - (low if below else high))).clamp_min(0).pow(LP_NORM)
+    f_low = (sign * (level - low)).clamp_min(0).pow(LP_NORM)
+    f_high = (sign * (level - high)).clamp_min(0).pow(LP_NORM)
     jensen = (sign * (level - mean)).clamp_min(0).pow(LP_NORM)
-    return (count * jensen).sum(-1, dtype=torch.float64), (count * farthest).sum(-1, dtype=torch.float64)
+    width = high - low
+    chord = torch.where(width > 0, ((high - mean) * f_low + (mean - low) * f_high) / width.clamp_min(1e-30), f_low)
+    return (count * jensen).sum(-1, dtype=torch.float64), (count * chord).sum(-1, dtype=torch.float64)
 
 
 def _range_bounds(x_sorted: Tensor, x_cumsum: Tensor, scale: Tensor, quant_min: int,
@@ -242,10 +244,15 @@ def _clipping_lower_bound(x_sorted: Tensor, width: Tensor, pairs: int = 256) -> 
     return 2 * excess.pow(LP_NORM).sum(1, dtype=torch.float64) / x_sorted.shape[1] * (1 - _RTOL)
 
 
-def _rounding_lower_bound(x_sorted: Tensor, x_cumsum: Tensor, x2_cumsum: Tensor, scale: Tensor) -> Tensor:
-    """A lower bound (per row) of the objective of every zero point of a range: each value costs at least
-    |t - round(t)|^p (t = x / s; a clamped value is even farther from its level), and within a rounding cell
-    the mean of |d|^p is at least (mean of d^2)^(p/2) (power means, p >= 2)."""
+def _cheap_range_lower_bound(x_sorted: Tensor, x_cumsum: Tensor, x2_cumsum: Tensor, scale: Tensor,
+                             quant_min: int, quant_max: int) -> Tensor:
+    """A lower bound (per row) of the objective of every zero point of a range, from cumulative sums only.
+
+    In units of the scale (t = x / s) the values fall into rounding cells [m - 1/2, m + 1/2). For zero point z a
+    cell inside [L, U] = [qmin - z, qmax - z] costs |t - m|^p per value, at least (mean of (t - m)^2)^(p/2)
+    (power means, p >= 2); the cells below L cost (L - t)^p, bounded from their count and first two moments
+    (Jensen, power means), and likewise above U.
+    """
     s = scale.to(torch.float64).unsqueeze(1)
     t_first = float((x_sorted[:, 0:1] / scale.unsqueeze(1)).min())
     t_last = float((x_sorted[:, -1:] / scale.unsqueeze(1)).max())
@@ -258,8 +265,28 @@ def _rounding_lower_bound(x_sorted: Tensor, x_cumsum: Tensor, x2_cumsum: Tensor,
     sum_t2 = (x2_cumsum.gather(1, at[:, 1:]) - x2_cumsum.gather(1, at[:, :-1])) / s ** 2
     m = centres[:-1].unsqueeze(0)
     second = ((sum_t2 - 2 * m * sum_t + count * m ** 2) / count.clamp_min(1)).clamp_min(0)
+    pad = (1, 0)
+    inside_cum = torch.cumsum(F.pad(count * second.pow(LP_NORM / 2), pad), dim=1)
+    count_cum, sum_cum = torch.cumsum(F.pad(count, pad), dim=1), torch.cumsum(F.pad(sum_t, pad), dim=1)
+    sum2_cum = torch.cumsum(F.pad(sum_t2, pad), dim=1)
+    zero_points = torch.arange(quant_min, quant_max + 1, dtype=torch.float64, device=x_sorted.device)
+    # Index of the cell centred at level v is v - centres[0]; cells [lo, hi] inclusive are inside.
+    lo = ((quant_min - zero_points) - centres[0]).long().clamp(0, count.shape[1]).expand(count.shape[0], -1)
+    hi = ((quant_max - zero_points) - centres[0] + 1).long().clamp(0, count.shape[1]).expand(count.shape[0], -1)
+    inside = inside_cum.gather(1, hi) - inside_cum.gather(1, lo)
+    level_lo, level_hi = (quant_min - zero_points).unsqueeze(0), (quant_max - zero_points).unsqueeze(0)
+
+    def tail(n: Tensor, first: Tensor, second: Tensor, level: Tensor) -> Tensor:
+        # sum |t - level|^p over n values of the given sums: Jensen on |t - level| and power means on (t - level)^2
+        mean = first / n.clamp_min(1)
+        square = ((second - 2 * level * first) / n.clamp_min(1) + level ** 2).clamp_min(0)
+        return n * torch.maximum((mean - level).abs().pow(LP_NORM), square.pow(LP_NORM / 2))
+
+    below = tail(count_cum.gather(1, lo), sum_cum.gather(1, lo), sum2_cum.gather(1, lo), level_lo)
+    above = tail(count_cum[:, -1:] - count_cum.gather(1, hi), sum_cum[:, -1:] - sum_cum.gather(1, hi),
+                 sum2_cum[:, -1:] - sum2_cum.gather(1, hi), level_hi)
+    bound = (inside + below + above).amin(1) * s.squeeze(1) ** LP_NORM / x_sorted.shape[1]
     # A value within float rounding of a cell edge costs about 0.5^p in either cell; the slack covers the rest.
-    bound = (count * second.pow(LP_NORM / 2)).sum(1) * s.squeeze(1) ** LP_NORM / x_sorted.shape[1]
     return bound * (1 - _RTOL)
 
 
@@ -273,16 +300,15 @@ def _grid_bounds_by_range(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_ra
     x_sorted = torch.sort(x2d, dim=1).values
     x64 = F.pad(x_sorted, (1, 0)).to(torch.float64)
     x_cumsum, x2_cumsum = torch.cumsum(x64, dim=1), torch.cumsum(x64 * x64, dim=1)
-    clipping = torch.stack([_clipping_lower_bound(x_sorted, scale[:, r * per_range] * (quant_max - quant_min))
-                            for r in range(num_ranges)])  # (ranges, rows)
-    rounding = torch.stack([_rounding_lower_bound(x_sorted, x_cumsum, x2_cumsum, scale[:, r * per_range])
-                            for r in range(num_ranges)])
-    cheap = torch.maximum(clipping, rounding) - _absolute_slack(x2d)
+    slack = _absolute_slack(x2d)
+    cheap = torch.stack([_cheap_range_lower_bound(x_sorted, x_cumsum, x2_cumsum, scale[:, r * per_range],
+                                                  quant_min, quant_max)
+                         for r in range(num_ranges)])  # (ranges, rows)
     best_upper = torch.full((groups,), math.inf, dtype=torch.float64, device=x2d.device)
     found = []
-    # Their sum estimates the objective: visiting likely winners first tightens the upper bounds early.
-    for r in torch.argsort((clipping + rounding).mean(1), stable=True).tolist():
-        rows = (cheap[r] <= best_upper * (1 + _RTOL)).nonzero().squeeze(1)
+    # The bound is close to the objective: visiting likely winners first tightens the upper bounds early.
+    for r in torch.argsort(cheap.mean(1), stable=True).tolist():
+        rows = (cheap[r] <= best_upper * (1 + _RTOL) + slack).nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
         column = r * per_range
