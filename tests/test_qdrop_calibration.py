@@ -1,7 +1,9 @@
-"""Calibration: observers see the float forward; ranges are averaged over ranks; weights observed once."""
+"""Calibration: observers see the float forward, ranges are averaged over ranks, weights are observed per channel."""
 import copy
 import os
 
+import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -9,7 +11,10 @@ import torch.multiprocessing as mp
 from qdrop.model import quantize_detector
 from qdrop.quantization import fake_quantizers
 from qdrop.solver.calibration import calibrate
-from test_qdrop_support import fused_detector, q_config, random_batches, retinanet_cfg
+from test_qdrop_support import (  # noqa: F401 (single_thread is a fixture)
+    faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg, single_thread)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CPU = torch.device("cpu")
 
@@ -66,3 +71,15 @@ def test_observers_watch_float_model_and_weights_once():
     zero_point = stem.block_post_act_fake_quantize.zero_point.detach()
     levels = torch.unique(torch.round(out / scale + zero_point))
     assert len(levels) <= 16
+
+
+def test_quant_head_calibration_runs_the_heads():
+    model = quantize_detector(fused_detector(faster_rcnn_cfg(50)), q_config(quant_head=True))
+    meta = dict(img_shape=(64, 96, 3), ori_shape=(64, 96, 3), pad_shape=(64, 96, 3), flip=False,
+                scale_factor=np.ones(4, dtype=np.float32), batch_input_shape=(64, 96))
+    batches = [dict(batch, img_metas=[dict(meta), dict(meta)]) for batch in random_batches(1)]
+    calibrate(model, batches, CPU, run_heads=True, show_progress=False)
+    for quantizer in (model.rpn_head.rpn_conv.block_post_act_fake_quantize,
+                      model.roi_head.bbox_head.shared_fcs[1].block_post_act_fake_quantize):
+        observer = quantizer.activation_post_process
+        assert torch.isfinite(observer.min_val).all() and observer.max_val > 0

@@ -15,10 +15,13 @@ from mmdet.apis import single_gpu_test
 from mmdet.datasets.synthetic import make_synthetic_coco
 from mmdet.models import build_detector
 from mmdet.utils import CheckpointMismatchError, load_config, save_checkpoint
-from qdrop.model import is_quantized_checkpoint, load_quantized_checkpoint
+from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
 from qdrop.solver import quant_coco
 from qdrop.solver.pipeline import build_test_loader
-from test_qdrop_support import faster_rcnn_cfg, q_config, retinanet_cfg, write_tiny_config
+from test_qdrop_support import (  # noqa: F401 (single_thread is a fixture)
+    faster_rcnn_cfg, q_config, retinanet_cfg, single_thread, write_tiny_config)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,8 +67,8 @@ def test_single_process_run_then_rerun_resumes(tiny_setup):
     assert (work_dir / "retinanet_tiny.py").is_file() and (work_dir / "q_config.yaml").is_file()
 
     # the saved checkpoint rebuilds the same quantized model (activation quantizers included)
-    saved = torch.load(work_dir / "quantized.pth", map_location="cpu", weights_only=True)
-    assert is_quantized_checkpoint(saved)
+    assert is_quantized_checkpoint_file(str(work_dir / "quantized.pth"))
+    assert not is_quantized_checkpoint_file(str(checkpoint))
     cfg = load_config(str(config))
     model = build_detector(cfg.model)
     load_quantized_checkpoint(model, str(work_dir / "quantized.pth"))
@@ -134,3 +137,17 @@ def test_exp_configs_load():
     w4a4 = load_q_config(str(REPO_ROOT / "exp/w4a4.yaml"))
     assert w4a4["w_qconfig"]["bit"] == 4 and w4a4["w_qconfig"]["quantizer"] == "AdaRoundFakeQuantize"
     assert w4a4["recon"] == w2a4["recon"]
+
+
+def test_demo_without_checkpoints_explains_and_fails(tmp_path, capsys):
+    sys.path.insert(0, str(REPO_ROOT / "exp"))
+    try:
+        import demo
+    finally:
+        sys.path.remove(str(REPO_ROOT / "exp"))
+    assert demo.main(["--work-dir", str(tmp_path / "demo"), "--checkpoint-dir", str(tmp_path / "none")]) == 1
+    message = capsys.readouterr().err
+    assert "retinanet_tiny_synth.pth is missing" in message and "tools/train.py" in message
+    assert not (tmp_path / "demo").exists()
+    table = demo.format_table({"retinanet": {column: 0.5 for column in demo.COLUMNS}})
+    assert "W2A4 QDrop" in table and "50.0" in table

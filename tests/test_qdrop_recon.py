@@ -11,7 +11,10 @@ from qdrop.solver.pipeline import float_reference
 from qdrop.solver.progress import ReconProgress
 from qdrop.solver.recon import (ReconConfig, TemperatureDecay, build_cache, reconstruct, reconstruct_unit,
                                 rounding_regulariser, unit_output_error)
-from test_qdrop_support import faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg
+from test_qdrop_support import (  # noqa: F401 (single_thread is a fixture)
+    faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg, single_thread)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CPU = torch.device("cpu")
 
@@ -28,9 +31,9 @@ def _unit(model, name):
 
 
 def test_reconstruction_lowers_block_error_against_round_to_nearest():
-    config = q_config(w_bit=2, a_bit=4, iters=300, drop_prob=1.0, scale_lr=1e-3, round_lr=3e-2)
-    batches = random_batches(2)
-    model, fp_model = _calibrated(faster_rcnn_cfg(50), config, batches)
+    config = q_config(w_bit=2, a_bit=4, iters=120, drop_prob=1.0, scale_lr=1e-3, round_lr=5e-2)
+    batches = random_batches(1)
+    model, fp_model = _calibrated(retinanet_cfg(18), config, batches)
     cfg = ReconConfig.from_mapping(config["recon"])
     name = "backbone.layer1.0"
     images = [b["img"] for b in batches]
@@ -120,9 +123,9 @@ def _fresh(config, batches):
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
-    config = q_config(w_bit=2, iters=4, drop_prob=0.5)
+    config = q_config(w_bit=2, iters=2, drop_prob=0.5)
     cfg = ReconConfig.from_mapping(config["recon"])
-    batches = random_batches(2, height=64, width=64)
+    batches = random_batches(1, height=64, width=64)
     images = [b["img"] for b in batches]
 
     model, fp_model = _fresh(config, batches)

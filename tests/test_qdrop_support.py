@@ -3,12 +3,22 @@ import copy
 from pathlib import Path
 from typing import Optional
 
+import pytest
 import torch
 
 from mmdet.models import build_detector
 from mmdet.utils import fuse_conv_bn
 
 NUM_CLASSES = 6  # the synthetic data set's classes
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: these models are tiny, and on a shared 2-core machine extra threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def backbone_cfg(depth: int) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmdet.apis.train import build_optimizer, parse_losses, train_step
+from mmdet.apis.train import build_optimizer, parse_losses, train_detector, train_step
 from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.datasets.synthetic import SYNTHETIC_CLASSES, make_synthetic_coco
 from mmdet.models import build_detector
@@ -124,6 +124,23 @@ def test_build_optimizer_rejects_bad_config(config, match):
         build_optimizer(torch.nn.Linear(1, 1), config)
 
 
+# ----------------------------------------------------------------------------------------------- config checks
+@pytest.mark.parametrize("options, match", [
+    ({"runner": {"type": "IterBasedRunner", "max_iters": 10}}, "runner.type"),
+    ({"runner": {"type": "EpochBasedRunner", "max_epochs": 0}}, "max_epochs"),
+    ({"optimizer_config": {"grad_clip": None, "cumulative_iters": 4}}, "optimizer_config"),
+    ({"resume_from": "work_dirs/x/latest.pth"}, "resume_from"),
+    ({"work_dir": None}, "work_dir"),
+])
+def test_train_detector_rejects_unsupported_settings(options, match, tmp_path):
+    from mmengine.config import Config
+
+    cfg = Config(dict({"work_dir": str(tmp_path), "runner": {"type": "EpochBasedRunner", "max_epochs": 1},
+                       "optimizer_config": {"grad_clip": None}}, **options))
+    with pytest.raises(ValueError, match=match):
+        train_detector(torch.nn.Linear(1, 1), [object()], cfg)
+
+
 # ----------------------------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("config", TINY_CONFIGS)
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(config, tiny_data):
@@ -132,7 +149,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(config, tiny_data):
     model.train()
     dataset = build_dataset(cfg.data.train)
     batch = next(iter(build_dataloader(dataset, samples_per_gpu=2, workers_per_gpu=0, seed=0)))
-    optimizer = build_optimizer(model, dict(cfg.optimizer, lr=0.02))
+    optimizer = build_optimizer(model, cfg.optimizer)
     losses = [train_step(model, batch, optimizer, grad_clip=dict(max_norm=35))["loss"] for _ in range(8)]
     assert losses[-1] < 0.95 * losses[0], losses
 

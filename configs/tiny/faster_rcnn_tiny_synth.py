@@ -1,4 +1,4 @@
-# A narrow Faster R-CNN (Bottleneck ResNet-50 at an eighth width, 64-channel FPN, 256-wide box head) trained
+# A narrow Faster R-CNN (Bottleneck ResNet-50 at an eighth width, 32-channel FPN, 256-wide box head) trained
 # from scratch on the synthetic shapes set in minutes on a CPU: `make data`, then tools/train.py with this file.
 _base_ = ['./_base_/synthetic_coco.py']
 
@@ -18,12 +18,12 @@ model = dict(
     neck=dict(
         type='FPN',
         in_channels=[32, 64, 128, 256],
-        out_channels=64,
+        out_channels=32,
         num_outs=5),
     rpn_head=dict(
         type='RPNHead',
-        in_channels=64,
-        feat_channels=64,
+        in_channels=32,
+        feat_channels=32,
         anchor_generator=dict(
             type='AnchorGenerator',
             scales=[3],  # COCO uses 8; objects here start at 8 px, so the smallest anchor is 12 px
@@ -37,11 +37,11 @@ model = dict(
         bbox_roi_extractor=dict(
             type='SingleRoIExtractor',
             roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
-            out_channels=64,
+            out_channels=32,
             featmap_strides=[4, 8, 16, 32]),
         bbox_head=dict(
             type='Shared2FCBBoxHead',
-            in_channels=64,
+            in_channels=32,
             fc_out_channels=256,
             roi_feat_size=7,
             num_classes=6,
@@ -71,11 +71,12 @@ model = dict(
         rpn=dict(nms_pre=1000, max_per_img=300, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
         rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)))
 
-optimizer = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001)
+# From scratch on a few thousand images, AdamW gets much further than SGD in the same few epochs.
+optimizer = dict(type='AdamW', lr=0.002, weight_decay=0.05)
 optimizer_config = dict(grad_clip=dict(max_norm=35, norm_type=2))
-lr_config = dict(policy='step', warmup='linear', warmup_iters=200, warmup_ratio=0.001, step=[10, 12])
-runner = dict(type='EpochBasedRunner', max_epochs=13)
-checkpoint_config = dict(interval=1, max_keep_ckpts=2)
+lr_config = dict(policy='step', warmup='linear', warmup_iters=300, warmup_ratio=0.001, step=[5])
+runner = dict(type='EpochBasedRunner', max_epochs=6)
+checkpoint_config = dict(interval=1, max_keep_ckpts=3)
 log_config = dict(interval=50, hooks=[dict(type='TextLoggerHook')])
 dist_params = dict(backend='nccl')
 log_level = 'INFO'

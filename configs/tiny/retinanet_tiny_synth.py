@@ -1,4 +1,4 @@
-# A narrow RetinaNet (ResNet-18 at a quarter width, 64-channel FPN and head) trained from scratch on the
+# A narrow RetinaNet (ResNet-18 at a quarter width, 32-channel FPN and head) trained from scratch on the
 # synthetic shapes set in minutes on a CPU: `make data`, then tools/train.py with this file.
 _base_ = ['./_base_/synthetic_coco.py']
 
@@ -18,16 +18,19 @@ model = dict(
     neck=dict(
         type='FPN',
         in_channels=[16, 32, 64, 128],
-        out_channels=64,
+        out_channels=32,
         start_level=1,
         add_extra_convs='on_input',
         num_outs=5),
     bbox_head=dict(
         type='RetinaHead',
         num_classes=6,
-        in_channels=64,
+        in_channels=32,
         stacked_convs=2,
-        feat_channels=64,
+        feat_channels=32,
+        # GroupNorm in the shared head towers, as in mmdetection's from-scratch and GN configs: without it the
+        # head learns several times slower from random initialisation.
+        norm_cfg=dict(type='GN', num_groups=8, requires_grad=True),
         anchor_generator=dict(
             type='AnchorGenerator',
             octave_base_scale=2,  # COCO uses 4; objects here start at 8 px, so the smallest anchor is 16 px
@@ -49,11 +52,12 @@ model = dict(
         nms=dict(type='nms', iou_threshold=0.5),
         max_per_img=100))
 
-optimizer = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001)
+# From scratch on a few thousand images, AdamW gets much further than SGD in the same few epochs.
+optimizer = dict(type='AdamW', lr=0.002, weight_decay=0.05)
 optimizer_config = dict(grad_clip=dict(max_norm=35, norm_type=2))
-lr_config = dict(policy='step', warmup='linear', warmup_iters=200, warmup_ratio=0.001, step=[10, 12])
-runner = dict(type='EpochBasedRunner', max_epochs=13)
-checkpoint_config = dict(interval=1, max_keep_ckpts=2)
+lr_config = dict(policy='step', warmup='linear', warmup_iters=300, warmup_ratio=0.001, step=[9])
+runner = dict(type='EpochBasedRunner', max_epochs=11)
+checkpoint_config = dict(interval=1, max_keep_ckpts=3)
 log_config = dict(interval=50, hooks=[dict(type='TextLoggerHook')])
 dist_params = dict(backend='nccl')
 log_level = 'INFO'

@@ -209,6 +209,8 @@ def train_detector(model: nn.Module, dataset, cfg, distributed: bool = False, va
                          "state); use load_from to start from its weights")
     if not cfg.get("work_dir"):
         raise ValueError("cfg.work_dir must be set (tools/train.py sets it from --work-dir or the config name)")
+    max_epochs = _max_epochs(cfg)
+    grad_clip = _grad_clip_options(cfg)
     work_dir = Path(cfg.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     timestamp = timestamp or time.strftime("%Y%m%d_%H%M%S", time.localtime())
@@ -216,8 +218,6 @@ def train_detector(model: nn.Module, dataset, cfg, distributed: bool = False, va
     rank, world_size = get_dist_info()
     log = _TrainLog(work_dir, timestamp, logger, rank)
 
-    max_epochs = _max_epochs(cfg)
-    grad_clip = _grad_clip_options(cfg)
     loader = build_dataloader(dataset, samples_per_gpu=cfg.data.samples_per_gpu,
                               workers_per_gpu=cfg.data.workers_per_gpu, dist=distributed, shuffle=True,
                               seed=cfg.get("seed"), num_gpus=1)

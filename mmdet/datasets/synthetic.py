@@ -4,7 +4,8 @@ It stands in for COCO where COCO is out of reach (tests, CI, the demo): the same
 (`train2017/`, `val2017/`, `annotations/instances_{train,val}2017.json`), non-contiguous category ids
 like COCO's, images of varied size and aspect, objects from a few pixels to most of the image, some
 overlapping. Every image is drawn from its own random stream seeded by (seed, split, index), so the
-same seed gives the same bytes, and the first N images of a split do not depend on how many follow.
+same seed gives the same bytes (with the same OpenCV build, which encodes the JPEGs), and the first N
+images of a split do not depend on how many follow.
 
 Boxes are the tight extent of each object's *visible* pixels; an object that a later one would hide
 beyond `MAX_OCCLUDED_FRACTION` is not drawn at all, so every drawn shape is annotated. The `area` field

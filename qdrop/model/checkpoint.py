@@ -62,6 +62,12 @@ def is_quantized_checkpoint(checkpoint: Mapping) -> bool:
     return isinstance(checkpoint.get("meta"), Mapping) and checkpoint["meta"].get("format") == QUANTIZED_FORMAT
 
 
+def is_quantized_checkpoint_file(filename: str) -> bool:
+    """Whether `filename` was written by `save_quantized_checkpoint` (tools/test.py uses it to pick the loader)."""
+    checkpoint = torch.load(filename, map_location="cpu", weights_only=True)
+    return isinstance(checkpoint, Mapping) and is_quantized_checkpoint(checkpoint)
+
+
 def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu") -> dict:
     """Turn a float detector built from the same config (BatchNorm not yet folded) into the saved quantized one.
 

@@ -7,6 +7,7 @@ Running the same command again resumes after the last reconstructed unit (work d
 """
 import argparse
 import json
+import logging
 import os
 import os.path as osp
 import sys
@@ -68,15 +69,28 @@ def main(argv: Optional[List[str]] = None) -> Optional[dict]:
     cfg = load_config(args.config, args.cfg_options)
     if args.launcher != "none":
         init_dist(args.launcher)
-    rank, world = get_dist_info()
-    device = default_device()
+    rank, _ = get_dist_info()
     work_dir = args.work_dir or osp.join("work_dirs", Path(args.config).stem + "_quant")
     if rank == 0:
         os.makedirs(work_dir, exist_ok=True)
     barrier()
     timestamp = _shared_timestamp()
-    logger = get_root_logger(log_file=osp.join(work_dir, f"{timestamp}.log"))
-    logger.info(f"quant_coco {' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}")
+    log_file = osp.join(work_dir, f"{timestamp}.log")
+    logger = get_root_logger(log_file=log_file)
+    try:
+        return _run(args, cfg, q_config, recon_cfg, work_dir, timestamp, logger)
+    finally:  # in-process callers (tests, notebooks) must not keep writing into this run's log
+        for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)
+                        and h.baseFilename == osp.abspath(log_file)]:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _run(args: argparse.Namespace, cfg, q_config: dict, recon_cfg: ReconConfig, work_dir: str, timestamp: str,
+         logger: logging.Logger) -> Optional[dict]:
+    rank, world = get_dist_info()
+    device = default_device()
+    logger.info(f"quant_coco {vars(args)}")
     logger.info(f"{world} process(es), device {device}, seed {args.seed}")
     seed_everything(args.seed)
 

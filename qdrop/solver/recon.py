@@ -1,7 +1,7 @@
 """Block reconstruction (BRECQ, with QDrop's random dropping of activation quantization).
 
 Each QuantizedLayer / QuantizedBlock is reconstructed in forward order against the float model: AdaRound's
-rounding variables (Adam, lr 1e-3) and the LSQ activation scales (Adam at `scale_lr`, cosine schedule to 0) minimise
+rounding variables (Adam, lr `round_lr`, 1e-3 by default) and the LSQ activation scales (Adam at `scale_lr`, cosine schedule to 0) minimise
 the output error plus AdaRound's rounding regulariser. With `drop_prob` p < 1 the unit's input and every activation
 quantizer inside it keep the quantized value with probability p, element-wise, else the float one.
 """
@@ -140,8 +140,9 @@ def _average_gradients(params: Sequence[torch.Tensor]) -> None:
 
 
 def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed: int,
-                     show_progress: bool = True, desc: str = "") -> float:
-    """Learn the unit's rounding and activation scales on the cache; returns the last step's loss."""
+                     show_progress: bool = True, desc: str = "") -> Tuple[float, float]:
+    """Learn the unit's rounding and activation scales on the cache; returns the last step's (reconstruction loss,
+    total loss with the rounding regulariser)."""
     rank, _ = rank_and_world()
     torch.manual_seed(seed)
     sampler = torch.Generator().manual_seed(seed)
@@ -154,6 +155,8 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
     adaround_ids = {id(q) for _, q in adaround}
     scale_params = [p for q in activation_quantizers(unit) for p in q.parameters()]
     scale_params += [p for _, q in weight_quantizers(unit) if id(q) not in adaround_ids for p in q.parameters()]
+    if not rounding_params and not scale_params:
+        return math.nan, math.nan  # nothing learnable (fixed quantizers only)
     for param in rounding_params + scale_params:
         param.requires_grad_(True)
     optimizers, scheduler = [], None
@@ -166,7 +169,7 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
     _set_drop_prob(unit, cfg.drop_prob)
     temperature = TemperatureDecay(cfg.iters, cfg.warm_up, cfg.b_range)
     adaround_quantizers = [q for _, q in adaround]
-    loss_value = math.nan
+    loss_value = reconstruction_value = math.nan
     bar = tqdm(range(cfg.iters), desc=desc, disable=not show_progress or rank != 0, leave=False, dynamic_ncols=True)
     for step in bar:
         images = torch.randperm(len(cache), generator=sampler)[:cfg.batch_size]
@@ -175,7 +178,8 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
             group_error, group_positions = output_error_sum(
                 unit(_mix(group.quant_input, group.fp_input, cfg.drop_prob)), group.fp_output)
             error, positions = error + group_error, positions + group_positions
-        loss = error / positions
+        reconstruction_loss = error / positions
+        loss = reconstruction_loss
         if step >= temperature.start and adaround_quantizers:
             loss = loss + cfg.weight * rounding_regulariser(adaround_quantizers, temperature(step))
         for optimizer in optimizers:
@@ -187,21 +191,23 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
         if scheduler is not None:
             scheduler.step()
         if step % 50 == 0 or step == cfg.iters - 1:
-            loss_value = loss.item()
-            bar.set_postfix(loss=f"{loss_value:.4g}")
+            loss_value, reconstruction_value = loss.item(), reconstruction_loss.item()
+            bar.set_postfix(loss=f"{loss_value:.4g}", rec=f"{reconstruction_value:.4g}")
     bar.close()
     harden_weights(unit)
     _set_drop_prob(unit, 1.0)
     for param in unit.parameters():
         param.requires_grad_(False)
-    return loss_value
+    return reconstruction_value, loss_value
 
 
 def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.Tensor], cfg: ReconConfig, *,
                 device: torch.device, seed: int, logger: Optional[logging.Logger] = None, start_unit: int = 0,
-                on_unit_done: Optional[Callable[[int, List[str]], None]] = None, show_progress: bool = True) -> List[str]:
-    """Reconstruct every unit that extract_feat runs, from `start_unit` on (units before it are already done);
-    `on_unit_done(next_unit, finished unit names)` is called after each (to save progress). Returns the unit names in forward order."""
+                on_unit_done: Optional[Callable[[int, List[str]], None]] = None,
+                show_progress: bool = True) -> List[str]:
+    """Reconstruct every unit that extract_feat runs, in forward order, from `start_unit` on (the units before it
+    are done already); `fp_model` is `float_reference(q_model)` taken before any reconstruction. After each unit
+    `on_unit_done(next_unit, finished unit names)` is called (to save progress). Returns the unit names in order."""
     if cfg.iters <= 0:
         raise ValueError(f"recon.iters={cfg.iters}: reconstruction needs at least one iteration")
     rank, _ = rank_and_world()
@@ -213,11 +219,12 @@ def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.
             continue
         cache = build_cache(q_model, fp_model, q_unit, fp_units[name], images, cfg, device)
         error_before = unit_output_error(q_unit, cache)
-        loss = reconstruct_unit(q_unit, cache, cfg, seed=unit_seed(seed, index, rank), show_progress=show_progress,
-                                desc=f"recon {index + 1}/{len(units)} {name}")
+        rec_loss, loss = reconstruct_unit(q_unit, cache, cfg, seed=unit_seed(seed, index, rank),
+                                          show_progress=show_progress, desc=f"recon {index + 1}/{len(units)} {name}")
         error_after = unit_output_error(q_unit, cache)
         log(f"unit {index + 1}/{len(units)} {name}: output error {error_before:.6g} -> {error_after:.6g} "
-            f"(last loss {loss:.6g}, cache {cache.nbytes() / 2 ** 20:.1f} MiB)")
+            f"(last step: reconstruction loss {rec_loss:.6g}, with regulariser {loss:.6g}; "
+            f"cache {cache.nbytes() / 2 ** 20:.1f} MiB)")
         del cache
         if on_unit_done is not None:
             on_unit_done(index + 1, [unit_name for unit_name, _ in units[:index + 1]])

@@ -3,7 +3,7 @@ dataset_type = 'CocoDataset'
 data_root = 'data/synthetic_coco/'
 classes = ('circle', 'rectangle', 'triangle', 'star', 'cross', 'crescent')  # category ids 1, 3, 4, 7, 9, 12
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
-img_scale = (480, 320)
+img_scale = (384, 256)  # about the images' own size: objects from 8 px must stay visible
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
@@ -30,7 +30,7 @@ test_pipeline = [
         ]),
 ]
 data = dict(
-    samples_per_gpu=4,
+    samples_per_gpu=2,
     workers_per_gpu=1,
     train=dict(
         type=dataset_type,
