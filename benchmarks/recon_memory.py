@@ -74,7 +74,8 @@ def seed_setting_table() -> str:
     lines = [f"Faster R-CNN R50-FPN, 800x1344 input, {len(shapes)} units; largest cache: {peak_name} "
              f"(input {name_in}, output {name_out}): {peak / 2 ** 20:.0f} MiB per image with the float input, "
              f"float32", "",
-             "| processes | images/process | drop_prob | cache dtype | where | peak cache per process | all processes |",
+             "| processes | images/process | drop_prob | cache dtype | where | peak cache per process "
+             "| all processes |",
              "|---|---|---|---|---|---|---|"]
     settings = [(8, 0.5, "float32", "GPU (keep_gpu: True, the seed)"), (8, 0.5, "float16", "host or GPU"),
                 (8, 1.0, "float32", "GPU"), (1, 0.5, "float32", "host (keep_gpu: False)"),

@@ -140,7 +140,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         model_started = time.time()
         summary[name] = run_model(name, osp.join(args.checkpoint_dir, MODELS[name][1]), args.seed, logger)
         logger.info(f"{name}: done in {time.time() - model_started:.0f} s")
-    table = format_table(summary)
+    table = format_table(summary) + "\n" + "\n".join(
+        f"{name}: W4A4 QDrop is {100 * (row['FP'] - row['W4A4 QDrop']):.1f} points below FP; W2A4 QDrop is "
+        f"{100 * (row['W2A4 QDrop'] - row['W2A4 none']):.1f} points above W2A4 without reconstruction"
+        for name, row in summary.items())
     logger.info(f"\n{table}\ntotal {time.time() - started:.0f} s")
     atomic_write_text(osp.join(args.work_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     atomic_write_text(osp.join(args.work_dir, "summary.txt"), table + "\n")

@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 from qdrop.model import quantize_detector
 from qdrop.quantization import fake_quantizers
 from qdrop.solver.calibration import calibrate
+from qdrop.solver.pipeline import float_reference
+from qdrop.solver.recon import ReconConfig, build_cache, reconstruct_unit, unit_seed
 from test_qdrop_support import (  # noqa: F401 (single_thread is a fixture)
     faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg, single_thread)
 
@@ -31,15 +33,24 @@ def _calibrate_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> N
     batches = random_batches(1, seed=rank)  # every rank sees other images
     alone = copy.deepcopy(model)
     calibrate(alone, batches, CPU, show_progress=False)
+    reference = float_reference(model)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         calibrate(model, batches, CPU, show_progress=False)
+        # a few reconstruction steps on each rank's own data: gradients averaged over ranks keep the states equal
+        recon = ReconConfig.from_mapping(q_config(w_bit=2, iters=5, drop_prob=0.5)["recon"])
+        name = "backbone.layer2.0"
+        cache = build_cache(model, reference, model.get_submodule(name), reference.get_submodule(name),
+                            [b["img"] for b in batches], recon, CPU)
+        reconstruct_unit(model.get_submodule(name), cache, recon, seed=unit_seed(0, 0, rank), show_progress=False)
     finally:
         dist.destroy_process_group()
-    torch.save({"alone": _ranges(alone), "together": _ranges(model)}, os.path.join(out_dir, f"rank{rank}.pt"))
+    learned = {k: v for k, v in model.get_submodule(name).state_dict().items() if k.endswith(("alpha", "scale"))}
+    torch.save({"alone": _ranges(alone), "together": _ranges(model), "learned": learned},
+               os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def test_two_process_calibration_averages_ranges(tmp_path):
+def test_two_processes_average_ranges_and_reconstruction_gradients(tmp_path):
     mp.spawn(_calibrate_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["alone"].keys() == ranks[0]["together"].keys()
@@ -53,6 +64,10 @@ def test_two_process_calibration_averages_ranges(tmp_path):
             assert torch.allclose(got_max, (max0 + max1) / 2, atol=1e-6), name
         assert torch.equal(ranks[0]["together"][name][2], ranks[1]["together"][name][2])  # same scale everywhere
     assert differ > 0  # the ranks really saw different data
+    learned = [rank["learned"] for rank in ranks]
+    assert any(key.endswith("alpha") for key in learned[0]) and any(key.endswith("scale") for key in learned[0])
+    for key, value in learned[0].items():
+        assert torch.equal(value, learned[1][key]), key
 
 
 def test_observers_watch_float_model_and_weights_once():

@@ -1,19 +1,17 @@
 """Saving and reloading a quantized detector.
 
 A quantized checkpoint is an mmdetection-style file {'state_dict', 'meta'} whose meta holds the `q_config`: loading
-re-folds BatchNorm, re-wraps the float detector with that q_config and loads the state (hard-rounded weights,
-activation scales and zero points), so activation quantization is kept, not only the weights.
+re-folds BatchNorm, re-wraps the float detector with that q_config and loads the state (float weights with their
+learned rounding `alpha`, used in AdaRound's hard mode; weight and activation scales and zero points), so
+activation quantization is kept, not only the weights.
 """
-import os
-import tempfile
-import time
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
 
-from mmdet.utils import fuse_conv_bn
+from mmdet.utils import fuse_conv_bn, save_checkpoint
 from qdrop.model.quantize import quantize_detector
 from qdrop.quantization import enable_quantization
 
@@ -41,21 +39,8 @@ def save_quantized_checkpoint(model: nn.Module, filename: str, q_config: Mapping
                               meta: Optional[Dict] = None) -> None:
     """Write {'state_dict', 'meta'} atomically; meta carries the q_config needed to rebuild the quantized model."""
     meta = dict(meta or {})
-    meta.update(format=QUANTIZED_FORMAT, q_config=_plain(q_config), time=time.asctime())
-    classes = getattr(model, "CLASSES", None)
-    if classes is not None:
-        meta.setdefault("CLASSES", tuple(classes))
-    folder = os.path.dirname(os.path.abspath(filename))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": quantized_state_dict(model), "meta": meta}, f)
-        os.replace(tmp_path, filename)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    meta.update(format=QUANTIZED_FORMAT, q_config=_plain(q_config))
+    save_checkpoint(model, filename, meta=meta)
 
 
 def is_quantized_checkpoint(checkpoint: Mapping) -> bool:

@@ -1,9 +1,10 @@
 """Block reconstruction (BRECQ, with QDrop's random dropping of activation quantization).
 
 Each QuantizedLayer / QuantizedBlock is reconstructed in forward order against the float model: AdaRound's
-rounding variables (Adam, lr `round_lr`, 1e-3 by default) and the LSQ activation scales (Adam at `scale_lr`, cosine schedule to 0) minimise
-the output error plus AdaRound's rounding regulariser. With `drop_prob` p < 1 the unit's input and every activation
-quantizer inside it keep the quantized value with probability p, element-wise, else the float one.
+rounding variables (Adam, lr `round_lr`, 1e-3 by default) and the LSQ activation scales (Adam at `scale_lr`, cosine
+schedule to 0) minimise the output error plus AdaRound's rounding regulariser. With `drop_prob` p < 1 the unit's
+input and every activation quantizer inside it keep the quantized value with probability p, element-wise, else the
+float one.
 """
 import logging
 import math
