@@ -208,7 +208,10 @@ def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.
                 show_progress: bool = True) -> List[str]:
     """Reconstruct every unit that extract_feat runs, in forward order, from `start_unit` on (the units before it
     are done already); `fp_model` is `float_reference(q_model)` taken before any reconstruction. After each unit
-    `on_unit_done(next_unit, finished unit names)` is called (to save progress). Returns the unit names in order."""
+    `on_unit_done(next_unit, finished unit names)` is called (to save progress). Returns the unit names in order.
+
+    Quantized heads (`quant_head: True`) are not reconstructed: they keep round-to-nearest weights and their
+    calibrated activation scales."""
     if cfg.iters <= 0:
         raise ValueError(f"recon.iters={cfg.iters}: reconstruction needs at least one iteration")
     rank, _ = rank_and_world()
