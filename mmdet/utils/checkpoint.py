@@ -20,6 +20,13 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint belongs to another architecture than the model it is loaded into."""
 
 
+def _default_file_mode() -> int:
+    """The mode open() would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside DataParallel / DistributedDataParallel wrappers."""
     while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -156,6 +163,7 @@ def save_checkpoint(
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(checkpoint, f)
+        os.chmod(tmp_path, _default_file_mode())  # mkstemp makes owner-only files; a checkpoint is shared data
         os.replace(tmp_path, filename)
     except BaseException:
         if os.path.exists(tmp_path):
