@@ -4,7 +4,7 @@ reconstruction (drop_prob 1.0) and with QDrop (drop_prob 0.5); prints a bbox mAP
     python exp/demo.py --work-dir work_dirs/demo      (what `make demo` runs, after `make data`)
 
 Quantization settings come from exp/demo/{w4a4,w2a4}.yaml: the seed's settings with a schedule 100 times shorter,
-so the learning rates are larger (scale_lr there; AdaRound's Adam lr here, ROUND_LR). Per model one calibration serves
+so the learning rates there are larger (scale_lr and AdaRound's round_lr). Per model one calibration serves
 every variant: activation ranges come from the float model, so they are shared by both weight bit widths, and each
 reconstruction starts from a copy of the calibrated model.
 """
@@ -39,9 +39,6 @@ MODELS = {  # name: (config, checkpoint file name under --checkpoint-dir)
     "faster_rcnn": ("configs/tiny/faster_rcnn_tiny_synth.py", "faster_rcnn_tiny_synth.pth"),
 }
 SETTINGS = {"W4A4": "exp/demo/w4a4.yaml", "W2A4": "exp/demo/w2a4.yaml"}
-# Adam moves AdaRound's alpha by about its lr per step: the seed's 1e-3 suits 20000 steps; in the demo's 200 steps
-# alpha would barely leave its start (round to nearest), so the demo uses 1e-2 (q_config has no key for it).
-ROUND_LR = 1e-2
 COLUMNS = ["FP"] + [f"{setting} {variant}" for setting in SETTINGS for variant in ("none", "BRECQ", "QDrop")]
 HOW_TO_TRAIN = ("make the synthetic data (`make data`), train the tiny models with tools/train.py "
                 "(`.venv/bin/python tools/train.py {config} --work-dir work_dirs/{stem}`) and copy the last "
@@ -108,7 +105,7 @@ def run_model(name: str, checkpoint: str, seed: int, logger) -> Dict[str, float]
             model = copy.deepcopy(q_model)
             started = time.time()
             reconstruct(model, reference, images,
-                        dataclasses.replace(recon_cfg, drop_prob=drop_prob, round_lr=ROUND_LR),
+                        dataclasses.replace(recon_cfg, drop_prob=drop_prob),
                         device=device, seed=seed, logger=logger)
             logger.info(f"{name} {setting} {variant}: reconstructed in {time.time() - started:.0f} s")
             row[f"{setting} {variant}"] = mean_ap(model, f"{setting} {variant}")

@@ -76,6 +76,13 @@ def test_single_process_run_then_rerun_resumes(tiny_setup):
     dataset, loader = build_test_loader(cfg)
     again = dataset.evaluate(single_gpu_test(model.eval(), loader, show_progress=False), metric="bbox")
     assert again["bbox_mAP"] == metric["bbox_mAP"]
+    # ... and tools/test.py evaluates it as it is
+    tool = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "test.py"), str(config),
+                           str(work_dir / "quantized.pth"), "--eval", "bbox", "--work-dir", str(root / "retest")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert tool.returncode == 0, tool.stderr[-2000:]
+    retest = json.loads(Path(glob.glob(str(root / "retest" / "eval_*.json"))[0]).read_text())
+    assert retest["metric"]["bbox_mAP"] == metric["bbox_mAP"]
 
     # the same command again resumes after the last unit and gives the same result
     rerun = quant_coco.main(_argv(config, checkpoint, q_path, work_dir))

@@ -53,6 +53,7 @@ def test_seed_config_loads(tmp_path):
     assert cfg['recon']['scale_lr'] == pytest.approx(4e-5)
     assert cfg['recon']['b_range'] == [20, 2]
     assert cfg['recon']['cache_dtype'] == 'float32'
+    assert cfg['recon']['round_lr'] == pytest.approx(1e-3)
 
 
 def test_root_inheritance_is_resolved_relative_to_the_file(tmp_path):
@@ -96,6 +97,7 @@ def _with(section, key, value):
     ('recon', 'round_mode', 'nearest', r'recon\.round_mode.*learned_hard_sigmoid'),
     ('recon', 'cache_dtype', 'int8', r'recon\.cache_dtype.*float32, float16, bfloat16'),
     ('recon', 'iters', KeyError, r'recon\.iters: missing key'),
+    ('recon', 'round_lr', 0.0, r'recon\.round_lr.*a number in \(0, inf\)'),
     ('recon', 'lr', 0.1, r'recon\.lr: unknown key.*batch_size'),
     (None, 'calibration', 5, r'calibration: unknown key.*a_qconfig'),
 ])

@@ -1,6 +1,8 @@
 """Evaluate a detector checkpoint on the test split of an mmdetection config (mmdetection 2.x tools/test.py).
 
     python tools/test.py CONFIG CHECKPOINT --eval bbox [--work-dir DIR] [--fuse-conv-bn] [--out results.pkl]
+
+CHECKPOINT may also be a quantized checkpoint written by qdrop/solver/quant_coco.py (its q_config travels in it).
     tools/dist_test.sh CONFIG CHECKPOINT GPUS --eval bbox        (torchrun, --launcher pytorch)
 """
 import argparse
@@ -19,6 +21,7 @@ from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.models import build_detector
 from mmdet.utils import (fuse_conv_bn, get_dist_info, get_root_logger, init_dist, load_checkpoint,
                          load_config)
+from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
 
 # Keys of the config's `evaluation` dict that steer the training-time hook, not `dataset.evaluate`.
 _HOOK_ONLY_KEYS = ("interval", "tmpdir", "start", "gpu_collect", "save_best", "rule", "dynamic_intervals")
@@ -67,9 +70,14 @@ def main(argv=None) -> dict:
                               dist=distributed, shuffle=False)
 
     model = build_detector(cfg.model, test_cfg=cfg.get("test_cfg"))
-    checkpoint = load_checkpoint(model, args.checkpoint, map_location="cpu", logger=logger)
-    if args.fuse_conv_bn:
-        model = fuse_conv_bn(model)
+    if is_quantized_checkpoint_file(args.checkpoint):
+        # Written by qdrop/solver/quant_coco.py: re-wraps the model (BatchNorm folded) and restores the quantizers.
+        checkpoint = load_quantized_checkpoint(model, args.checkpoint)
+        logger.info(f"{args.checkpoint} is a quantized checkpoint (q_config in its meta); BatchNorm is folded")
+    else:
+        checkpoint = load_checkpoint(model, args.checkpoint, map_location="cpu", logger=logger)
+        if args.fuse_conv_bn:
+            model = fuse_conv_bn(model)
     classes = (checkpoint.get("meta") or {}).get("CLASSES")
     model.CLASSES = tuple(classes) if classes is not None else dataset.CLASSES
 

@@ -9,8 +9,9 @@ from qdrop.quantization.quantized_module import check_qconfig
 
 TOP_LEVEL_KEYS = ('a_qconfig', 'w_qconfig', 'calibrate', 'recon', 'quant_head')
 RECON_KEYS = ('batch_size', 'scale_lr', 'warm_up', 'weight', 'iters', 'b_range', 'keep_gpu', 'round_mode',
-              'drop_prob', 'cache_dtype')
-RECON_DEFAULTS = {'cache_dtype': 'float32'}
+              'drop_prob', 'cache_dtype', 'round_lr')
+# Optional recon keys (not in the seed's files): the cache precision and Adam's lr for AdaRound's alpha (BRECQ/QDrop: 1e-3).
+RECON_DEFAULTS = {'cache_dtype': 'float32', 'round_lr': 1e-3}
 CACHE_DTYPES = ('float32', 'float16', 'bfloat16')
 REQUIRED_KEYS = ('a_qconfig', 'w_qconfig', 'calibrate', 'recon')
 
@@ -78,6 +79,7 @@ def _check_recon(recon: Any, source: str) -> Dict[str, Any]:
     _number(recon, 'batch_size', source, 1, None, True, integer=True)
     _number(recon, 'iters', source, 0, None, True, integer=True)
     _number(recon, 'scale_lr', source, 0, None, True)
+    _number(recon, 'round_lr', source, 0, None, False)
     _number(recon, 'warm_up', source, 0, 1, True)
     _number(recon, 'weight', source, 0, None, True)
     _number(recon, 'drop_prob', source, 0, 1, False)

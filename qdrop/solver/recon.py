@@ -20,8 +20,8 @@ from qdrop.quantization import AdaRoundFakeQuantize
 from qdrop.solver.cache import CACHE_DTYPES, ReconCache
 from qdrop.solver.capture import capture_input, capture_input_output, forward_order
 from qdrop.solver.distributed import all_reduce_mean_, rank_and_world
+from qdrop.solver.q_config import RECON_DEFAULTS
 
-ROUNDING_LR = 1e-3  # Adam's default, as in BRECQ and QDrop (recon.round_lr overrides it)
 ERROR_BATCH_SIZE = 8  # images per forward when measuring a unit's output error
 
 
@@ -38,7 +38,7 @@ class ReconConfig:
     round_mode: str
     drop_prob: float
     cache_dtype: str = "float32"
-    round_lr: float = ROUNDING_LR  # Adam's lr for AdaRound's alpha; short schedules (the demo) need a larger one
+    round_lr: float = RECON_DEFAULTS["round_lr"]  # Adam's lr for AdaRound's alpha; short schedules need more
 
     @classmethod
     def from_mapping(cls, recon: Mapping) -> "ReconConfig":
