@@ -30,7 +30,7 @@ from qdrop.model import quantize_detector  # noqa: E402
 from qdrop.solver.calibration import calibrate, copy_activation_calibration, observe_weights  # noqa: E402
 from qdrop.solver.pipeline import (build_fp_detector, build_test_loader, calibration_batches,  # noqa: E402
                                    default_device, evaluate, float_reference, seed_everything)
-from qdrop.solver.progress import atomic_write_text  # noqa: E402
+from mmdet.utils.atomic_io import atomic_write_text  # noqa: E402
 from qdrop.solver.q_config import load_q_config  # noqa: E402
 from qdrop.solver.recon import ReconConfig, reconstruct  # noqa: E402
 

@@ -11,6 +11,18 @@ if str(REPO_ROOT) not in sys.path:
 
 
 @pytest.fixture(autouse=True)
+def _single_thread():
+    """One intra-op thread: the test models are tiny, and extra threads only contend with each other and with the
+    worker processes that some tests start on a 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     import numpy as np
     import torch

@@ -13,10 +13,8 @@ from qdrop.quantization import fake_quantizers
 from qdrop.solver.calibration import calibrate
 from qdrop.solver.pipeline import float_reference
 from qdrop.solver.recon import ReconConfig, build_cache, reconstruct_unit, unit_seed
-from test_qdrop_support import (  # noqa: F401 (single_thread is a fixture)
-    faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg, single_thread)
-
-pytestmark = pytest.mark.usefixtures("single_thread")
+from test_qdrop_support import (
+    faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg)
 
 CPU = torch.device("cpu")
 

@@ -18,10 +18,8 @@ from mmdet.utils import CheckpointMismatchError, load_config, save_checkpoint
 from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
 from qdrop.solver import quant_coco
 from qdrop.solver.pipeline import build_test_loader
-from test_qdrop_support import (  # noqa: F401 (single_thread is a fixture)
-    faster_rcnn_cfg, q_config, retinanet_cfg, single_thread, write_tiny_config)
-
-pytestmark = pytest.mark.usefixtures("single_thread")
+from test_qdrop_support import (
+    faster_rcnn_cfg, q_config, retinanet_cfg, write_tiny_config)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,10 +7,8 @@ from torch import nn
 from qdrop.model import (QuantizedBasicBlock, QuantizedBottleneck, format_placement_table, placement_table,
                          quantization_units, quantize_detector)
 from qdrop.quantization import QuantizedLayer
-from test_qdrop_support import (  # noqa: F401 (single_thread is a fixture)
-    faster_rcnn_cfg, fused_detector, q_config, retinanet_cfg, single_thread)
-
-pytestmark = pytest.mark.usefixtures("single_thread")
+from test_qdrop_support import (
+    faster_rcnn_cfg, fused_detector, q_config, retinanet_cfg)
 
 
 def _relu(layer) -> bool:

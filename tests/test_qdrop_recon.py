@@ -11,10 +11,8 @@ from qdrop.solver.pipeline import float_reference
 from qdrop.solver.progress import ReconProgress
 from qdrop.solver.recon import (ReconConfig, TemperatureDecay, build_cache, reconstruct, reconstruct_unit,
                                 rounding_regulariser, unit_output_error)
-from test_qdrop_support import (  # noqa: F401 (single_thread is a fixture)
-    faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg, single_thread)
-
-pytestmark = pytest.mark.usefixtures("single_thread")
+from test_qdrop_support import (
+    faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg)
 
 CPU = torch.device("cpu")
 

@@ -12,15 +12,6 @@ from mmdet.utils import fuse_conv_bn
 NUM_CLASSES = 6  # the synthetic data set's classes
 
 
-@pytest.fixture
-def single_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def backbone_cfg(depth: int) -> dict:
     base = 8 if depth == 18 else 4
     return dict(type="ResNet", depth=depth, base_channels=base, num_stages=4, out_indices=(0, 1, 2, 3),

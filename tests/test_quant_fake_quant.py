@@ -10,13 +10,6 @@ from qdrop.quantization import (AdaRoundFakeQuantize, FixedFakeQuantize, LSQFake
 QUANTIZERS = [FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize, AdaRoundFakeQuantize]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize('quantizer_cls', QUANTIZERS)
 def test_observer_sets_qparams_and_quantizes(quantizer_cls):

@@ -12,13 +12,6 @@ A_CFG = {'quantizer': 'LSQFakeQuantize', 'observer': 'AvgMSEFastObserver', 'bit'
 W_CFG = {'quantizer': 'AdaRoundFakeQuantize', 'observer': 'MSEObserver', 'bit': 2, 'symmetric': False, 'ch_axis': 0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_builders_make_configured_quantizers():
     a = ActivationQuantizer(A_CFG)

@@ -7,14 +7,6 @@ from qdrop.quantization import (AvgMinMaxObserver, AvgMSEFastObserver, AvgMSEObs
 from qdrop.quantization.mse_search import (ExactObjective, golden_search, grid_candidates, lp_error,
                                            plain_grid_search)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small tensor ops: one thread avoids thread hand-over costs on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 ALL_OBSERVERS = [MinMaxObserver, AvgMinMaxObserver, MSEObserver, AvgMSEObserver, MSEFastObserver,
                  AvgMSEFastObserver]

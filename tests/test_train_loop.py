@@ -32,14 +32,6 @@ NARROW = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions run faster on one thread, and far faster when other processes share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _narrow_options(config: str) -> dict:
     return NARROW["retinanet" if "retinanet" in config else "faster_rcnn"]

@@ -2,7 +2,6 @@
 import logging
 import os
 import pickle
-import tempfile
 import time
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 import mmdet
+from mmdet.utils.atomic_io import atomic_torch_save
 
 _SKIPPED_BUFFERS = ("num_batches_tracked",)
 _PREFIX = "module."
@@ -18,13 +18,6 @@ _PREFIX = "module."
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint belongs to another architecture than the model it is loaded into."""
-
-
-def _default_file_mode() -> int:
-    """The mode open() would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -157,15 +150,4 @@ def save_checkpoint(
     checkpoint = {"meta": meta, "state_dict": state_dict}
     if optimizer is not None:
         checkpoint["optimizer"] = optimizer.state_dict()
-    folder = os.path.dirname(os.path.abspath(filename))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-        os.chmod(tmp_path, _default_file_mode())  # mkstemp makes owner-only files; a checkpoint is shared data
-        os.replace(tmp_path, filename)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    atomic_torch_save(checkpoint, filename)

@@ -5,44 +5,16 @@ fingerprint of the run (q_config, seed, world size, config, checkpoint); it is w
 so it is always either the previous or the new complete state.
 """
 import os
-import tempfile
 from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
+from mmdet.utils.atomic_io import atomic_torch_save
 from qdrop.model.checkpoint import load_quantized_state, quantized_state_dict
 from qdrop.solver.distributed import barrier, rank_and_world
 
 PROGRESS_FILE = "recon_progress.pth"
-
-
-def atomic_torch_save(obj: Any, filename: str) -> None:
-    folder = os.path.dirname(os.path.abspath(filename))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp_path, filename)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
-def atomic_write_text(filename: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(filename))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp_path, filename)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 class ReconProgress:

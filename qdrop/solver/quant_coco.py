@@ -23,13 +23,14 @@ import yaml  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 from mmdet.utils import get_dist_info, get_root_logger, init_dist, load_config  # noqa: E402
+from mmdet.utils.atomic_io import atomic_write_text  # noqa: E402
 from qdrop.model import format_placement_table, placement_table, quantize_detector  # noqa: E402
 from qdrop.model.checkpoint import save_quantized_checkpoint  # noqa: E402
 from qdrop.solver.calibration import calibrate  # noqa: E402
 from qdrop.solver.distributed import barrier  # noqa: E402
 from qdrop.solver.pipeline import (build_fp_detector, build_test_loader, calibration_batches,  # noqa: E402
                                    default_device, evaluate, float_reference, seed_everything)
-from qdrop.solver.progress import ReconProgress, atomic_write_text  # noqa: E402
+from qdrop.solver.progress import ReconProgress  # noqa: E402
 from qdrop.solver.q_config import load_q_config  # noqa: E402
 from qdrop.solver.recon import ReconConfig, reconstruct  # noqa: E402
 
