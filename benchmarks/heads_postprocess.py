@@ -11,7 +11,6 @@ the fastest run of each side is reported (the least disturbed by other processes
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -26,6 +25,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_p
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmdet.models.builder import build_head  # noqa: E402
+from timing import time_interleaved  # noqa: E402 (benchmarks/timing.py)
 
 HEIGHT, WIDTH = 800, 1216
 META = dict(img_shape=(HEIGHT, WIDTH, 3), pad_shape=(HEIGHT, WIDTH, 3), scale_factor=np.ones(4, dtype=np.float32))
@@ -112,21 +112,6 @@ def roi_case() -> Dict[str, Callable]:
     }
 
 
-def time_interleaved(runs: Dict[str, Callable], warmup: int, repeats: int) -> Dict[str, float]:
-    """Fastest seconds per call of each runner, alternating runners every call."""
-    times: Dict[str, List[float]] = {name: [] for name in runs}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for run in runs.values():
-                run()
-        for _ in range(repeats):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -139,7 +124,7 @@ def main() -> None:
           f"torch {torch.__version__}, torchvision {torchvision.__version__}")
     print(f"{'post-processing':<16} {'ours ms':>9} {'torchvision ms':>15} {'ratio':>7}")
     for label, make in (("RPN", rpn_case), ("RetinaNet", retina_case), ("RoI head", roi_case)):
-        result = time_interleaved(make(), args.warmup, args.repeats)
+        result = time_interleaved(make(), args.warmup, args.repeats, reduce=min)
         print(f"{label:<16} {result['ours'] * 1e3:>9.1f} {result['torchvision'] * 1e3:>15.1f} "
               f"{result['ours'] / result['torchvision']:>7.2f}")
 

@@ -11,9 +11,8 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from mmengine.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmdet.models import build_detector  # noqa: E402
+from timing import time_interleaved  # noqa: E402 (benchmarks/timing.py)
 
 CONFIGS = {
     "Faster R-CNN R50-FPN": ("configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py", "fasterrcnn_resnet50_fpn"),
@@ -45,21 +45,6 @@ def theirs(name: str, img: torch.Tensor) -> Callable[[], list]:
     return lambda: model([img[0]])
 
 
-def time_interleaved(runs: Dict[str, Callable[[], list]], warmup: int, repeats: int) -> Dict[str, float]:
-    """Median seconds per call of each runner, alternating runners every call."""
-    times: Dict[str, List[float]] = {name: [] for name in runs}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for run in runs.values():
-                run()
-        for _ in range(repeats):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -75,7 +60,8 @@ def main() -> None:
           f"median of {args.repeats}, torch {torch.__version__}, torchvision {torchvision.__version__}")
     print(f"{'model':<22} {'ours s':>8} {'torchvision s':>14} {'ratio':>7}")
     for label, (config, tv_name) in CONFIGS.items():
-        result = time_interleaved({"ours": ours(config, img), "tv": theirs(tv_name, img)}, args.warmup, args.repeats)
+        result = time_interleaved({"ours": ours(config, img), "tv": theirs(tv_name, img)}, args.warmup, args.repeats,
+                                  reduce=statistics.median)
         print(f"{label:<22} {result['ours']:>8.3f} {result['tv']:>14.3f} {result['ours'] / result['tv']:>7.2f}")
 
 
