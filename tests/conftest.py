@@ -1,5 +1,4 @@
 """Shared pytest set-up: deterministic, single-threaded-friendly runs on CPU."""
-import os
 import sys
 from pathlib import Path
 

@@ -3,7 +3,6 @@ import copy
 from pathlib import Path
 from typing import Optional
 
-import pytest
 import torch
 
 from mmdet.models import build_detector

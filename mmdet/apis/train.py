@@ -19,18 +19,17 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mmdet.apis.lr_schedule import StepLrSchedule, current_lr, set_lr
+from mmdet.models.detectors.base import parse_losses
 
-LossValue = Union[Tensor, Sequence[Tensor]]
 CHECKPOINT_PATTERN = "epoch_{}.pth"
 _EVALUATION_LOOP_KEYS = ("interval", "save_best", "by_epoch", "start")
 
@@ -43,29 +42,6 @@ def set_random_seed(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-
-
-def parse_losses(losses: Dict[str, LossValue]) -> Tuple[Tensor, Dict[str, float]]:
-    """Reduce each entry to a scalar (mean; a list is the sum of its means) and total those named '*loss*'."""
-    scalars: Dict[str, Tensor] = {}
-    for name, value in losses.items():
-        if isinstance(value, Tensor):
-            scalars[name] = value.mean()
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, Tensor) for v in value):
-            scalars[name] = sum(v.mean() for v in value)
-        else:
-            raise TypeError(f"loss entry {name!r} must be a Tensor or a list of Tensors, got {type(value).__name__}")
-    loss_terms = [value for name, value in scalars.items() if "loss" in name]
-    if not loss_terms:
-        raise ValueError(f"the model returned no entry whose key contains 'loss'; keys: {sorted(losses)}")
-    total = sum(loss_terms)
-    log_vars = {name: value.detach() for name, value in scalars.items()}
-    log_vars["loss"] = total.detach()
-    if dist.is_available() and dist.is_initialized():
-        world_size = dist.get_world_size()
-        for value in log_vars.values():
-            dist.all_reduce(value.div_(world_size))
-    return total, {name: float(value) for name, value in log_vars.items()}
 
 
 def build_optimizer(model: nn.Module, optimizer_cfg: dict) -> torch.optim.Optimizer:

@@ -1,5 +1,4 @@
 """BaseDetector: the forward/train_step API shared by the detectors (mmdetection 2.x conventions)."""
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -29,6 +28,32 @@ def with_pretrained(backbone_cfg: dict, pretrained: Optional[str]) -> dict:
     if pretrained is not None:
         backbone_cfg["init_cfg"] = dict(type="Pretrained", checkpoint=pretrained)
     return backbone_cfg
+
+
+def parse_losses(losses: Dict[str, LossValue]) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Reduce each entry to a scalar (mean; a list is the sum of its means) and total those named '*loss*'.
+
+    Returns the total (with its graph) and the logged values, averaged over processes when a process group runs.
+    """
+    scalars: Dict[str, torch.Tensor] = {}
+    for name, value in losses.items():
+        if isinstance(value, torch.Tensor):
+            scalars[name] = value.mean()
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value):
+            scalars[name] = sum(v.mean() for v in value)
+        else:
+            raise TypeError(f"loss entry {name!r} must be a Tensor or a list of Tensors, got {type(value).__name__}")
+    loss_terms = [value for name, value in scalars.items() if "loss" in name]
+    if not loss_terms:
+        raise ValueError(f"the model returned no entry whose key contains 'loss'; keys: {sorted(losses)}")
+    total = sum(loss_terms)
+    log_vars = {name: value.detach().clone() for name, value in scalars.items()}
+    log_vars["loss"] = total.detach().clone()
+    if dist.is_available() and dist.is_initialized():
+        world_size = dist.get_world_size()
+        for value in log_vars.values():
+            dist.all_reduce(value.div_(world_size))
+    return total, {name: float(value) for name, value in log_vars.items()}
 
 
 class BaseDetector(nn.Module):
@@ -91,30 +116,7 @@ class BaseDetector(nn.Module):
             raise ValueError(f"batch has {img.shape[0]} images but {len(img_metas)} img_metas")
         return self.simple_test(img, img_metas, **kwargs)
 
-    @staticmethod
-    def parse_losses(losses: Dict[str, LossValue]) -> Tuple[torch.Tensor, "OrderedDict[str, float]"]:
-        """Sum every entry whose name contains 'loss' (lists are summed after taking each mean).
-
-        The logged values are averaged over processes when a process group is running.
-        """
-        log_vars: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-        for name, value in losses.items():
-            if isinstance(value, torch.Tensor):
-                log_vars[name] = value.mean()
-            elif isinstance(value, (list, tuple)):
-                log_vars[name] = sum(v.mean() for v in value)
-            else:
-                raise TypeError(f"loss {name!r} is a {type(value).__name__}; expected a Tensor or a list of Tensors")
-        loss = sum(value for name, value in log_vars.items() if "loss" in name)
-        log_vars["loss"] = loss
-        distributed = dist.is_available() and dist.is_initialized()
-        scalars: "OrderedDict[str, float]" = OrderedDict()
-        for name, value in log_vars.items():
-            value = value.detach().clone()
-            if distributed:
-                dist.all_reduce(value.div_(dist.get_world_size()))
-            scalars[name] = value.item()
-        return loss, scalars
+    parse_losses = staticmethod(parse_losses)
 
     def train_step(self, data: dict, optimizer=None) -> dict:
         """One training forward: ``dict(loss, log_vars, num_samples)``; the caller runs backward and the optimizer step."""
