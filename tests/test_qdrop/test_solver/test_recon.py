@@ -11,7 +11,7 @@ from qdrop.solver.pipeline import float_reference
 from qdrop.solver.progress import ReconProgress
 from qdrop.solver.recon import (ReconConfig, TemperatureDecay, build_cache, reconstruct, reconstruct_unit,
                                 rounding_regulariser, unit_output_error)
-from test_qdrop_support import (
+from helpers.qdrop_models import (
     faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg)
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Small detectors, q_configs and data shared by the tests of the QDrop pipeline (tests/test_qdrop_*.py)."""
+"""Small detectors, q_configs and data shared by the tests of the QDrop pipeline (tests/test_qdrop/)."""
 import copy
 from pathlib import Path
 from typing import Optional

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mmdet.datasets import CocoDataset
-from test_data_coco import CLASSES, TEST_PIPELINE, ann, write_tiny_coco
+from helpers.coco_files import CLASSES, TEST_PIPELINE, ann, write_tiny_coco
 
 
 @pytest.fixture

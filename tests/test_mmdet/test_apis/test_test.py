@@ -10,7 +10,7 @@ from torch import nn
 
 from mmdet.apis import multi_gpu_test, single_gpu_test
 from mmdet.datasets import build_dataloader, build_dataset
-from test_data_coco import CLASSES, TEST_PIPELINE, ann, write_tiny_coco
+from helpers.coco_files import CLASSES, TEST_PIPELINE, ann, write_tiny_coco
 
 NUM_IMAGES = 5  # odd: the second rank gets a padded (repeated) image
 

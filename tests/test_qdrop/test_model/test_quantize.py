@@ -7,7 +7,7 @@ from torch import nn
 from qdrop.model import (QuantizedBasicBlock, QuantizedBottleneck, format_placement_table, placement_table,
                          quantization_units, quantize_detector)
 from qdrop.quantization import QuantizedLayer
-from test_qdrop_support import (
+from helpers.qdrop_models import (
     faster_rcnn_cfg, fused_detector, q_config, retinanet_cfg)
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 CONFIGS = {
     "faster_r50": "configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py",

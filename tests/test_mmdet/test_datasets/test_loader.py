@@ -6,7 +6,7 @@ import torch
 from mmdet.datasets import (CocoDataset, DistributedGroupSampler, DistributedTestSampler, GroupSampler,
                             build_dataloader, collate, interleave_shards, interleaved_indices)
 from mmdet.utils import to_device
-from test_data_coco import CLASSES, TEST_PIPELINE, TRAIN_PIPELINE, ann, write_tiny_coco
+from helpers.coco_files import CLASSES, TEST_PIPELINE, TRAIN_PIPELINE, ann, write_tiny_coco
 
 
 def _sample(h, w, n_boxes):

@@ -13,7 +13,7 @@ import torch
 
 from mmdet.apis import inference_detector, init_detector
 from mmdet.utils import save_checkpoint
-from test_data_coco import ann, write_tiny_coco
+from helpers.coco_files import ann, write_tiny_coco
 
 TINY_CONFIG = """
 classes = ('cat', 'dog', 'bird')

@@ -18,10 +18,10 @@ from mmdet.utils import CheckpointMismatchError, load_config, save_checkpoint
 from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
 from qdrop.solver import quant_coco
 from qdrop.solver.pipeline import build_test_loader
-from test_qdrop_support import (
+from helpers.qdrop_models import (
     faster_rcnn_cfg, q_config, retinanet_cfg, write_tiny_config)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

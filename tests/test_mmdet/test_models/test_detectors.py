@@ -9,7 +9,7 @@ from mmengine.config import Config
 
 from mmdet.models import FasterRCNN, RetinaNet, build_detector
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = {
     "faster_r50": "configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py",
     "faster_r101": "configs/faster_rcnn/faster_rcnn_r101_fpn_2x_coco.py",

@@ -12,7 +12,7 @@ from qdrop.quantization import fake_quantizers
 from qdrop.solver.calibration import calibrate
 from qdrop.solver.pipeline import float_reference
 from qdrop.solver.recon import ReconConfig, build_cache, reconstruct_unit, unit_seed
-from test_qdrop_support import (
+from helpers.qdrop_models import (
     faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg)
 
 CPU = torch.device("cpu")
