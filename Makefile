@@ -6,19 +6,25 @@ PY := $(VENV)/bin/python
 TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
 SYNTH_DIR := data/synthetic_coco
 
-.PHONY: install test demo data clean-venv
+.PHONY: install test lint demo data clean-venv
 
 $(VENV)/.installed: setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PACKAGES)
-	$(PY) -m pip install -q -e ".[tests]"
+	$(PY) -m pip install -q -e ".[tests,deploy,analysis]"
 	touch $@
 
 install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q tests
+
+# ruff only: the check needs neither torch nor the project installed.
+lint:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/ruff || $(PY) -m pip install -q "ruff>=0.6"
+	$(VENV)/bin/ruff check .
 
 data: install
 	test -f $(SYNTH_DIR)/annotations/instances_val2017.json || $(PY) tools/make_synthetic_coco.py $(SYNTH_DIR)

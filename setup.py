@@ -18,5 +18,15 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["mmdet", "mmdet.*", "qdrop", "qdrop.*"]),
     install_requires=read_requirements("requirements.txt"),
-    extras_require={"tests": ["pytest>=7"]},
+    extras_require={
+        "tests": ["pytest>=7", "ruff>=0.6"],
+        "deploy": ["onnx", "onnxruntime"],
+        "analysis": ["matplotlib"],
+    },
+    entry_points={"console_scripts": [
+        "qdrop-train=mmdet.apis.cli_train:main",
+        "qdrop-quant=qdrop.solver.quant_coco:cli",
+        "qdrop-test=qdrop.solver.evaluate_checkpoint:cli",
+        "qdrop-demo=qdrop.solver.demo:main",
+    ]},
 )

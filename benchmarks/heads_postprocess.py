@@ -1,7 +1,8 @@
 """Test-time post-processing of our heads against torchvision's equivalents, on the same random head outputs (CPU).
 
 Only the work after the head's convolutions/FCs is timed (anchors, decoding, top-k, thresholds, NMS):
-- RPN: our `RPNHead.get_bboxes` vs torchvision's anchor generation + decode + `filter_proposals` (1000 per level, NMS 0.7).
+- RPN: our `RPNHead.get_bboxes` vs torchvision's anchor generation + decode + `filter_proposals` (1000 per level,
+  NMS 0.7).
 - RetinaNet: our `RetinaHead.get_bboxes` vs torchvision's anchor generation + `postprocess_detections`.
 - RoI head: our `Shared2FCBBoxHead.get_bboxes` (1000 RoIs, 80 classes) vs torchvision's `postprocess_detections`.
 Input 800 x 1216 (P2..P7 sizes of that image). Runs alternate between the two sides so machine load hits both;
@@ -10,9 +11,7 @@ the fastest run of each side is reported (the least disturbed by other processes
     python benchmarks/heads_postprocess.py --threads 2 --repeats 5
 """
 import argparse
-import sys
-from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,15 +22,14 @@ from torchvision.models.detection.retinanet import RetinaNet as TvRetinaNet
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mmdet.models.builder import build_head  # noqa: E402
-from timing import time_interleaved  # noqa: E402 (benchmarks/timing.py)
+from mmdet.models.builder import build_head
+from timing import time_interleaved
 
 HEIGHT, WIDTH = 800, 1216
 META = dict(img_shape=(HEIGHT, WIDTH, 3), pad_shape=(HEIGHT, WIDTH, 3), scale_factor=np.ones(4, dtype=np.float32))
 
 
-def level_sizes(strides) -> List[tuple]:
+def level_sizes(strides) -> list[tuple]:
     sizes, h, w = [], HEIGHT, WIDTH
     for stride in strides:
         if stride <= 32:
@@ -42,7 +40,7 @@ def level_sizes(strides) -> List[tuple]:
     return sizes
 
 
-def rpn_case() -> Dict[str, Callable]:
+def rpn_case() -> dict[str, Callable]:
     sizes = level_sizes([4, 8, 16, 32, 64])
     scores = [torch.randn(1, 3, h, w) * 2 for h, w in sizes]
     deltas = [torch.randn(1, 12, h, w) * 0.2 for h, w in sizes]
@@ -65,7 +63,7 @@ def rpn_case() -> Dict[str, Callable]:
     return {"ours": lambda: ours.get_bboxes(scores, deltas, [META]), "torchvision": theirs}
 
 
-def retina_case() -> Dict[str, Callable]:
+def retina_case() -> dict[str, Callable]:
     sizes = level_sizes([8, 16, 32, 64, 128])
     scores = [torch.randn(1, 720, h, w) * 1.2 - 6 for h, w in sizes]  # a few thousand (anchor, class) pairs > 0.05
     deltas = [torch.randn(1, 36, h, w) * 0.2 for h, w in sizes]
@@ -92,7 +90,7 @@ def retina_case() -> Dict[str, Callable]:
     return {"ours": lambda: ours.get_bboxes(scores, deltas, [META]), "torchvision": theirs}
 
 
-def roi_case() -> Dict[str, Callable]:
+def roi_case() -> dict[str, Callable]:
     xy = torch.rand(1000, 2) * torch.tensor([WIDTH - 100, HEIGHT - 100])
     proposals = torch.cat([xy, xy + 20 + torch.rand(1000, 2) * 300], dim=1)
     rois = torch.cat([proposals.new_zeros(1000, 1), proposals], dim=1)

@@ -10,7 +10,6 @@ between the two implementations so that load changes on a shared machine hit bot
 import argparse
 import copy
 import statistics
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -19,9 +18,8 @@ import torch
 import torchvision
 from mmengine.config import Config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mmdet.models import build_detector  # noqa: E402
-from timing import time_interleaved  # noqa: E402 (benchmarks/timing.py)
+from mmdet.models import build_detector
+from timing import time_interleaved
 
 CONFIGS = {
     "Faster R-CNN R50-FPN": ("configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py", "fasterrcnn_resnet50_fpn"),
@@ -40,7 +38,8 @@ def ours(config: str, img: torch.Tensor) -> Callable[[], list]:
 
 
 def theirs(name: str, img: torch.Tensor) -> Callable[[], list]:
-    model = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None, min_size=800, max_size=1333)
+    model = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None, min_size=800,
+                                                        max_size=1333)
     model.eval()
     return lambda: model([img[0]])
 

@@ -2,9 +2,9 @@
 
 Run from the repository root:  .venv/bin/python benchmarks/observers.py [--threads 1] [--max-plain-seconds 120]
 
-The plain loop re-implements the published search: every candidate (grid) or every probe (golden-section search)
-is evaluated on all values. A plain loop that would run longer than --max-plain-seconds is timed on a fixed subset
-of its candidates and extrapolated (marked "extrap."); its error is then not known ("-").
+The plain loop evaluates every candidate (grid) or every probe (golden-section search) on all values. A plain loop
+that would run longer than --max-plain-seconds is timed on a fixed subset of its candidates and extrapolated
+(marked "extrap."); its error is then not known ("-").
 """
 import argparse
 import os
@@ -14,11 +14,15 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, 'tests'))  # helpers.plain_search: the plain loop shared with the tests
 
+from helpers.plain_search import plain_grid_search  # noqa: E402
 from qdrop.quantization import AvgMSEFastObserver, MSEObserver  # noqa: E402
-from qdrop.quantization.mse_search import (ExactObjective, golden_search, grid_candidates, lp_error,  # noqa: E402
-                                           plain_grid_search)
+from qdrop.quantization.grid_search import grid_candidates  # noqa: E402
+from qdrop.quantization.mse_objective import lp_error  # noqa: E402
+from qdrop.quantization.scalar_search import ExactObjective, golden_search  # noqa: E402
 
 
 def _timed(fn: Callable[[], object]) -> Tuple[float, object]:
@@ -95,7 +99,7 @@ def main() -> None:
     activation = torch.where(activation > 0, activation * 1.5, activation * 0.4)  # signed, skewed
     cases = [
         (weight, 4, 'per channel (0)', lambda: grid_case(weight, 4, 0, args.max_plain_seconds)),
-        (weight, 2, 'per channel (0)', lambda: grid_case(weight, 2, 0, args.max_plain_seconds)),  # seed's W2
+        (weight, 2, 'per channel (0)', lambda: grid_case(weight, 2, 0, args.max_plain_seconds)),  # exp/config.yaml's W2
         (activation, 4, 'per tensor', lambda: golden_case(activation, 4, args.max_plain_seconds)),
         (activation, 4, 'per tensor', lambda: grid_case(activation, 4, -1, args.max_plain_seconds)),
     ]

@@ -1,7 +1,7 @@
 """Peak memory of the reconstruction cache (quantized input, float input, float output of one unit for every
 calibration image of a process).
 
-1. Computed from shapes for the seed's COCO run: Faster R-CNN R50-FPN at 800x1333 (padded to 800x1344), 256
+1. Computed from shapes for the COCO run of exp/config.yaml: Faster R-CNN R50-FPN at 800x1333 (padded to 800x1344), 256
    calibration images over 8 processes, drop_prob 0.5 (float input kept too), float32 on the GPU (keep_gpu: True);
    and the alternatives this project offers (host memory, 16-bit cache, fewer processes).
 2. Measured on a tiny model: the bytes the cache really holds for every unit, against the same shape formula.
@@ -9,35 +9,32 @@ calibration image of a process).
     python benchmarks/recon_memory.py
 """
 import argparse
-import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from mmdet.models import build_detector
+from mmdet.utils import fuse_conv_bn, load_config
+from qdrop.model import quantization_units, quantize_detector
+from qdrop.q_config import load_q_config
+from qdrop.quantization import disable_all
+from qdrop.solver.calibration import calibrate
+from qdrop.solver.capture import forward_order
+from qdrop.solver.detector import float_reference
+from qdrop.solver.recon import build_cache
 
-from mmdet.models import build_detector  # noqa: E402
-from mmdet.utils import fuse_conv_bn, load_config  # noqa: E402
-from qdrop.model import quantization_units, quantize_detector  # noqa: E402
-from qdrop.quantization import disable_all  # noqa: E402
-from qdrop.solver.calibration import calibrate  # noqa: E402
-from qdrop.solver.capture import forward_order  # noqa: E402
-from qdrop.solver.pipeline import float_reference  # noqa: E402
-from qdrop.solver.q_config import load_q_config  # noqa: E402
-from qdrop.solver.recon import ReconConfig, build_cache  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 GiB = 2 ** 30
 
 
-def unit_shapes(model: torch.nn.Module, height: int, width: int, device: str) -> List[Tuple[str, tuple, tuple]]:
+def unit_shapes(model: torch.nn.Module, height: int, width: int, device: str) -> list[tuple[str, tuple, tuple]]:
     """(unit name, input shape, output shape) per image for every reconstruction unit, in forward order."""
     units = quantization_units(model)
-    shapes: Dict[str, Tuple[tuple, tuple]] = {}
+    shapes: dict[str, tuple[tuple, tuple]] = {}
 
     def record(name: str):
         def hook(_module, args, output) -> None:
@@ -59,7 +56,7 @@ def cache_bytes_per_image(input_shape: tuple, output_shape: tuple, dtype: str, k
     return (inputs + numel(output_shape)) * BYTES[dtype]
 
 
-def seed_setting_table() -> str:
+def coco_setting_table() -> str:
     cfg = load_config(str(REPO_ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py"))
     cfg.model.backbone.pop("init_cfg", None)
     q_config = load_q_config(str(REPO_ROOT / "exp/config.yaml"))
@@ -77,11 +74,11 @@ def seed_setting_table() -> str:
              "| processes | images/process | drop_prob | cache dtype | where | peak cache per process "
              "| all processes |",
              "|---|---|---|---|---|---|---|"]
-    settings = [(8, 0.5, "float32", "GPU (keep_gpu: True, the seed)"), (8, 0.5, "float16", "host or GPU"),
+    settings = [(8, 0.5, "float32", "GPU (keep_gpu: True, as exp/config.yaml)"), (8, 0.5, "float16", "host or GPU"),
                 (8, 1.0, "float32", "GPU"), (1, 0.5, "float32", "host (keep_gpu: False)"),
                 (1, 0.5, "float16", "host (keep_gpu: False)"), (1, 1.0, "bfloat16", "host (keep_gpu: False)")]
     for processes, drop_prob, dtype, where in settings:
-        images = int(q_config["calibrate"]) // processes
+        images = q_config.calibrate // processes
         unit_peak = max(cache_bytes_per_image(i, o, dtype, drop_prob < 1.0) for _, i, o in shapes)
         lines.append(f"| {processes} | {images} | {drop_prob} | {dtype} | {where} | {unit_peak * images / GiB:.2f} GiB "
                      f"| {unit_peak * images * processes / GiB:.1f} GiB |")
@@ -93,7 +90,8 @@ def tiny_model_measurement(num_images: int, height: int, width: int) -> str:
     torch.manual_seed(0)
     model = fuse_conv_bn(build_detector(cfg.model).eval())
     q_config = load_q_config(str(REPO_ROOT / "exp/demo/w2a4.yaml"))
-    q_config["a_qconfig"]["observer"] = "AvgMinMaxObserver"  # ranges do not change the cache size; this is faster
+    # ranges do not change the cache size; this observer is faster
+    q_config = replace(q_config, a_qconfig=replace(q_config.a_qconfig, observer="AvgMinMaxObserver"))
     quantize_detector(model, q_config)
     reference = float_reference(model)
     images = [torch.randn(2, 3, height, width) for _ in range(num_images // 2)]
@@ -106,7 +104,7 @@ def tiny_model_measurement(num_images: int, height: int, width: int) -> str:
     modules = dict(model.named_modules())
     fp_modules = dict(reference.named_modules())
     for dtype, drop_prob in (("float32", 0.5), ("float16", 0.5), ("float32", 1.0)):
-        recon = ReconConfig.from_mapping({**q_config["recon"], "cache_dtype": dtype, "drop_prob": drop_prob})
+        recon = replace(q_config.recon, cache_dtype=dtype, drop_prob=drop_prob)
         measured, started = [], time.time()
         for name, _, _ in shapes:
             cache = build_cache(model, reference, modules[name], fp_modules[name], images, recon, torch.device("cpu"))
@@ -128,7 +126,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--width", type=int, default=480)
     args = parser.parse_args()
-    print(seed_setting_table())
+    print(coco_setting_table())
     print()
     print(tiny_model_measurement(args.images, args.height, args.width))
 

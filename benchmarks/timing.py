@@ -1,15 +1,16 @@
 """Timing shared by the benchmark scripts."""
 import time
-from typing import Callable, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import torch
 
 
-def time_interleaved(runs: Dict[str, Callable[[], object]], warmup: int, repeats: int,
-                     reduce: Callable[[Sequence[float]], float]) -> Dict[str, float]:
+def time_interleaved(runs: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                     reduce: Callable[[Sequence[float]], float]) -> dict[str, float]:
     """Seconds per call of each runner, reduced over `repeats` calls (e.g. min or statistics.median); the runners
     alternate every call so that a change of machine load hits all of them alike."""
-    times: Dict[str, List[float]] = {name: [] for name in runs}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         for _ in range(warmup):
             for run in runs.values():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quantize a detector with QDrop on a SLURM cluster (as the seed did: 8 GPUs, one task per GPU) and evaluate it.
+# Quantize a detector with QDrop on a SLURM cluster (8 GPUs by default, one task per GPU) and evaluate it.
 # Usage: exp/slurm_test.sh Q_CONFIG WORK_DIR [extra quant_coco.py arguments]
 #   e.g. exp/slurm_test.sh exp/config.yaml exp/results/w2a4/faster_rcnn_r50
 # Environment: PARTITION (required), GPUS (8), GPUS_PER_NODE (8), CPUS_PER_TASK (5), JOB_NAME, SRUN_ARGS,

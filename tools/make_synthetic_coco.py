@@ -3,13 +3,9 @@
     python tools/make_synthetic_coco.py data/synthetic_coco [--num-train 1200] [--num-val 200] [--seed 0]
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmdet.datasets.synthetic import DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, make_synthetic_coco  # noqa: E402
+from mmdet.datasets.synthetic import DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, make_synthetic_coco
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-# Runtime settings of mmdetection 2.28 (spec section 1.6).
+# Runtime settings of mmdetection 2.28.
 checkpoint_config = dict(interval=1)
 log_config = dict(interval=50, hooks=[dict(type='TextLoggerHook')])
 custom_hooks = [dict(type='NumClassCheckHook')]

@@ -12,7 +12,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=False,  # trained from scratch: BN statistics must be learned (spec 13.6)
+        norm_eval=False,  # trained from scratch: BN statistics must be learned
         style='pytorch',
         init_cfg=None),
     neck=dict(

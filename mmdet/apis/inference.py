@@ -1,6 +1,7 @@
 """Build a detector from a config (and checkpoint) and run it on single images."""
 import warnings
-from typing import List, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from mmdet.datasets import COCO_CLASSES, DATASETS, CocoDataset
 from mmdet.datasets.collate import collate
 from mmdet.datasets.pipelines import Compose
-from mmdet.utils import load_checkpoint, load_config, to_device
+from mmdet.utils import apply_cfg_options, load_checkpoint, load_config, to_device
 
 ImageInput = Union[str, np.ndarray]
 
@@ -46,7 +47,7 @@ def init_detector(config: Union[str, Config], checkpoint: Optional[str] = None,
         config = load_config(config, cfg_options)
     elif isinstance(config, Config):
         if cfg_options:
-            config.merge_from_dict(cfg_options)
+            apply_cfg_options(config, cfg_options)
     else:
         raise TypeError(f"config must be a path or an mmengine Config, got {type(config).__name__}")
     config = prepare_test_config(config)
@@ -56,7 +57,8 @@ def init_detector(config: Union[str, Config], checkpoint: Optional[str] = None,
         meta = load_checkpoint(model, checkpoint, map_location="cpu").get("meta") or {}
         classes = meta.get("CLASSES")
         if classes is None:
-            warnings.warn(f"checkpoint {checkpoint} has no CLASSES in its meta; using the dataset's class names")
+            warnings.warn(f"checkpoint {checkpoint} has no CLASSES in its meta; using the dataset's class names",
+                          stacklevel=2)
     model.CLASSES = tuple(classes) if classes is not None else dataset_classes(config)
     model.cfg = config
     model.to(device)
@@ -71,7 +73,7 @@ def _test_pipeline(cfg: Config, from_array: bool) -> Compose:
     return Compose(steps)
 
 
-def inference_detector(model: nn.Module, imgs: Union[ImageInput, Sequence[ImageInput]]) -> Union[list, List[list]]:
+def inference_detector(model: nn.Module, imgs: Union[ImageInput, Sequence[ImageInput]]) -> Union[list, list[list]]:
     """Detect on an image path or BGR uint8 array (or a list of them) with the test pipeline of `model.cfg`.
 
     Returns, per image, a list of num_classes float32 arrays (k, 5) in original-image pixels."""

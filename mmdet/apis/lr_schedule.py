@@ -8,8 +8,9 @@
 `step` is a list of epochs (iterations when `by_epoch=False`) at which lr is multiplied by gamma, or an int
 meaning every that many; epochs and iterations count from 0.
 """
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 

@@ -1,5 +1,5 @@
 """Run a detector over a test loader: one process, or every rank on its shard with results gathered to rank 0."""
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -8,6 +8,26 @@ from tqdm import tqdm
 
 from mmdet.datasets.samplers import DistributedTestSampler, interleave_shards
 from mmdet.utils import get_dist_info, to_device
+
+# Keys of a config's `evaluation` dict that configure the training-time evaluation hook, not `dataset.evaluate`.
+EVAL_HOOK_KEYS = ("interval", "start", "by_epoch", "save_best", "rule", "greater_keys", "less_keys", "test_fn",
+                  "out_dir", "file_client_args", "tmpdir", "gpu_collect", "broadcast_bn_buffer", "dynamic_intervals")
+
+
+def evaluation_kwargs(cfg, metrics: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """The keyword arguments of `dataset.evaluate` in the config's `evaluation` dict (hook keys left out).
+
+    Args:
+        cfg: a config; its `evaluation` dict may be absent.
+        metrics: when given, they replace the config's `metric`.
+
+    Returns:
+        A new dict, e.g. {'metric': ['bbox'], 'classwise': True}.
+    """
+    kwargs = {key: value for key, value in dict(cfg.get("evaluation") or {}).items() if key not in EVAL_HOOK_KEYS}
+    if metrics is not None:
+        kwargs["metric"] = list(metrics)
+    return kwargs
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -1,9 +1,24 @@
 """Anchors, box coding, assignment and sampling, and post-processing shared by the heads."""
 from .anchor import AnchorGenerator
-from .bbox import (AssignResult, DeltaXYWHBBoxCoder, MaxIoUAssigner, PseudoSampler, RandomSampler, SamplingResult,
-                   bbox2result, bbox2roi, bbox_overlaps)
-from .builder import (TASK_UTILS, build_anchor_generator, build_assigner, build_bbox_coder, build_prior_generator,
-                      build_sampler)
+from .bbox import (
+                   AssignResult,
+                   DeltaXYWHBBoxCoder,
+                   MaxIoUAssigner,
+                   PseudoSampler,
+                   RandomSampler,
+                   SamplingResult,
+                   bbox2result,
+                   bbox2roi,
+                   bbox_overlaps,
+)
+from .builder import (
+                   TASK_UTILS,
+                   build_anchor_generator,
+                   build_assigner,
+                   build_bbox_coder,
+                   build_prior_generator,
+                   build_sampler,
+)
 from .post_processing import batched_nms, multiclass_nms, sorted_topk
 
 __all__ = [

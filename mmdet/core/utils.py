@@ -1,5 +1,6 @@
 """Small helpers shared by the heads."""
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 
 def require(cfg: Optional[Mapping], key: str, where: str):

@@ -1,12 +1,14 @@
 """CocoDataset: COCO-format json + images, mmdetection 2.28 parsing, filtering and bbox evaluation."""
 import contextlib
+import difflib
 import io
 import json
 import logging
 import os.path as osp
 import tempfile
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -163,7 +165,7 @@ class CocoDataset(Dataset):
             return tuple(classes)
         raise TypeError(f"classes must be None, a file path or a sequence of names, got {classes!r}")
 
-    def load_annotations(self, ann_file: str) -> List[dict]:
+    def load_annotations(self, ann_file: str) -> list[dict]:
         self.coco = load_coco(ann_file)
         names = set(self.CLASSES)
         self.cat_ids = [cat["id"] for cat in self.coco.dataset["categories"] if cat["name"] in names]
@@ -183,7 +185,7 @@ class CocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data_infos)
 
-    def _filter_imgs(self, min_size: int = 32) -> List[int]:
+    def _filter_imgs(self, min_size: int = 32) -> list[int]:
         ids_with_ann = {ann["image_id"] for ann in self.coco.anns.values()}
         ids_in_cat = set()
         for cat_id in self.cat_ids:
@@ -207,8 +209,8 @@ class CocoDataset(Dataset):
         anns = self.coco.imgToAnns.get(img_id, [])
         return self._parse_ann_info(self.data_infos[idx], anns)
 
-    def _parse_ann_info(self, img_info: dict, anns: List[dict]) -> dict:
-        """Boxes [x1, y1, x2, y2] float32 and labels int64; crowd boxes go to `bboxes_ignore` (spec 2.7)."""
+    def _parse_ann_info(self, img_info: dict, anns: list[dict]) -> dict:
+        """Boxes [x1, y1, x2, y2] float32 and labels int64; crowd boxes go to `bboxes_ignore`."""
         bboxes, labels, bboxes_ignore = [], [], []
         for ann in anns:
             if ann.get("ignore", False):
@@ -258,6 +260,22 @@ class CocoDataset(Dataset):
             idx = int(np.random.choice(np.flatnonzero(self.flag == self.flag[idx])))
 
     # ----------------------------------------------------------------------------------------- evaluation
+    @classmethod
+    def check_metrics(cls, metric: Union[str, Sequence[str]]) -> list[str]:
+        """The requested metrics as a list, each checked to be one that `evaluate` supports.
+
+        Raises:
+            KeyError: naming the unsupported metric, the closest supported one and every supported one.
+        """
+        metrics = [metric] if isinstance(metric, str) else list(metric)
+        for name in metrics:
+            if name not in DEFAULT_METRIC_ITEMS:
+                close = difflib.get_close_matches(str(name), list(DEFAULT_METRIC_ITEMS), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise KeyError(f"metric '{name}' is not supported by {cls.__name__}{hint}; "
+                               f"choose from {sorted(DEFAULT_METRIC_ITEMS)}")
+        return metrics
+
     def _check_results(self, results) -> None:
         if not isinstance(results, list):
             raise TypeError(f"results must be a list (one entry per image), got {type(results).__name__}")
@@ -269,7 +287,7 @@ class CocoDataset(Dataset):
                 raise ValueError(f"result {i} must be a list of {len(self.cat_ids)} per-class (k, 5) arrays, "
                                  f"got {type(result).__name__} {result!r:.80}")
 
-    def _det2json(self, results: list) -> List[dict]:
+    def _det2json(self, results: list) -> list[dict]:
         json_results = []
         for idx, result in enumerate(results):
             img_id = self.img_ids[idx]
@@ -307,13 +325,10 @@ class CocoDataset(Dataset):
         iou_thrs: Optional[Sequence[float]] = None,
         metric_items: Union[str, Sequence[str], None] = None,
     ) -> "OrderedDict[str, Union[float, str]]":
-        """COCO evaluation with pycocotools (spec 10.3). Values are floats rounded to 4 decimals; 'bbox' also
+        """COCO evaluation with pycocotools. Values are floats rounded to 4 decimals; 'bbox' also
         reports `bbox_mAP_copypaste`. With no detection at all every value is 0.0 (pycocotools cannot load
         an empty result list; mmdetection then returns nothing)."""
-        metrics = [metric] if isinstance(metric, str) else list(metric)
-        for name in metrics:
-            if name not in DEFAULT_METRIC_ITEMS:
-                raise KeyError(f"metric '{name}' is not supported; choose from {sorted(DEFAULT_METRIC_ITEMS)}")
+        metrics = self.check_metrics(metric)
         if iou_thrs is None:
             iou_thrs = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
         if isinstance(metric_items, str):

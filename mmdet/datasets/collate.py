@@ -1,10 +1,9 @@
 """Batch a list of pipeline outputs into the dict a detector consumes (INTERFACES.md "Batches")."""
-from typing import List
 
 import torch
 
 
-def collate(samples: List[dict]) -> dict:
+def collate(samples: list[dict]) -> dict:
     """Pad images bottom/right with 0 to the batch's max height and width and stack them.
 
     Every meta gets `batch_input_shape = (H, W)` of the stacked tensor (mmdetection sets it inside the

@@ -1,6 +1,7 @@
 """Samplers: aspect-ratio grouped shuffling for training, rank-interleaved order for distributed testing."""
 import math
-from typing import Iterator, List, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -13,7 +14,7 @@ def _group_flags(dataset) -> np.ndarray:
     return np.asarray(flag)
 
 
-def _padded_group_chunks(flag: np.ndarray, chunk: int, rng: np.random.Generator) -> List[np.ndarray]:
+def _padded_group_chunks(flag: np.ndarray, chunk: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle each group, extend it (by random repeats) to a multiple of `chunk`, cut it into chunks of `chunk`."""
     chunks = []
     for group in np.unique(flag):
@@ -95,7 +96,7 @@ class DistributedGroupSampler(Sampler):
         return self.num_samples
 
 
-def interleaved_indices(size: int, num_replicas: int, rank: int) -> List[int]:
+def interleaved_indices(size: int, num_replicas: int, rank: int) -> list[int]:
     """Indices rank `rank` evaluates: k with k mod num_replicas == rank, after padding the index list by
     repeating its first entries up to a multiple of num_replicas (every rank gets the same count)."""
     if size <= 0:
@@ -117,7 +118,7 @@ def interleave_shards(shards: Sequence[Sequence], size: int) -> list:
 
 
 class DistributedTestSampler(Sampler):
-    """Test sampler: image k goes to rank k mod world_size, so results can be re-interleaved (spec section 9)."""
+    """Test sampler: image k goes to rank k mod world_size, so results can be re-interleaved."""
 
     def __init__(self, dataset, num_replicas: int, rank: int):
         if not 0 <= rank < num_replicas:

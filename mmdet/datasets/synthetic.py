@@ -14,13 +14,13 @@ is the box area (there are no segmentations), which is what COCO's small/medium/
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Union
 
 import cv2
 import numpy as np
 
 # (category id, name); ids have gaps like COCO's.
-SYNTHETIC_CATEGORIES: Tuple[Tuple[int, str], ...] = (
+SYNTHETIC_CATEGORIES: tuple[tuple[int, str], ...] = (
     (1, "circle"),
     (3, "rectangle"),
     (4, "triangle"),
@@ -28,7 +28,7 @@ SYNTHETIC_CATEGORIES: Tuple[Tuple[int, str], ...] = (
     (9, "cross"),
     (12, "crescent"),
 )
-SYNTHETIC_CLASSES: Tuple[str, ...] = tuple(name for _, name in SYNTHETIC_CATEGORIES)
+SYNTHETIC_CLASSES: tuple[str, ...] = tuple(name for _, name in SYNTHETIC_CATEGORIES)
 
 DEFAULT_NUM_TRAIN = 1200
 DEFAULT_NUM_VAL = 200
@@ -149,13 +149,13 @@ def _shape_mask(points: np.ndarray, filled: bool, thickness: int, height: int, w
     return mask.astype(bool)
 
 
-def render_image(width: int, height: int, rng: np.random.Generator) -> Tuple[np.ndarray, List[Tuple[int, List[float]]]]:
+def render_image(width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, list[float]]]]:
     """Draw one image; returns it (BGR uint8) and its objects as (category id, [x, y, w, h]) of visible pixels."""
     image = _background(height, width, rng)
     background_mean = image.reshape(-1, 3).mean(axis=0)
     owner = np.full((height, width), -1, np.int32)  # index of the object on top at each pixel
-    full_areas: List[int] = []
-    categories: List[int] = []
+    full_areas: list[int] = []
+    categories: list[int] = []
     short_side = min(height, width)
     for _ in range(int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))):
         category_index = int(rng.integers(len(SYNTHETIC_CATEGORIES)))
@@ -185,7 +185,7 @@ def render_image(width: int, height: int, rng: np.random.Generator) -> Tuple[np.
     return np.clip(np.round(image), 0, 255).astype(np.uint8), objects
 
 
-def visible_boxes(owner: np.ndarray, num_objects: int) -> List[List[float]]:
+def visible_boxes(owner: np.ndarray, num_objects: int) -> list[list[float]]:
     """Tight [x, y, w, h] around the pixels where each object 0..num_objects-1 is on top (box edges on pixel edges)."""
     boxes = []
     for index in range(num_objects):
@@ -197,7 +197,7 @@ def visible_boxes(owner: np.ndarray, num_objects: int) -> List[List[float]]:
     return boxes
 
 
-def occludes_too_much(mask: np.ndarray, owner: np.ndarray, full_areas: List[int]) -> bool:
+def occludes_too_much(mask: np.ndarray, owner: np.ndarray, full_areas: list[int]) -> bool:
     """Whether drawing `mask` on top would leave some earlier object with too little of itself visible."""
     covered = owner[mask]
     covered = covered[covered >= 0]
@@ -210,7 +210,7 @@ def occludes_too_much(mask: np.ndarray, owner: np.ndarray, full_areas: List[int]
 
 
 # ----------------------------------------------------------------------------------------------- data set
-def _image_size(rng: np.random.Generator) -> Tuple[int, int]:
+def _image_size(rng: np.random.Generator) -> tuple[int, int]:
     while True:
         width, height = (int(v) for v in rng.integers(SIDE_RANGE[0], SIDE_RANGE[1] + 1, size=2))
         if abs(width - height) >= MIN_ASPECT_GAP:
@@ -257,7 +257,7 @@ def _write_split(out_dir: Path, split: str, num_images: int, seed: int, first_an
 
 
 def make_synthetic_coco(out_dir: Union[str, Path], num_train: int = DEFAULT_NUM_TRAIN,
-                        num_val: int = DEFAULT_NUM_VAL, seed: int = 0) -> Dict[str, dict]:
+                        num_val: int = DEFAULT_NUM_VAL, seed: int = 0) -> dict[str, dict]:
     """Write the data set under `out_dir`; returns the two annotation dicts keyed by split name."""
     for name, value in (("num_train", num_train), ("num_val", num_val)):
         if not isinstance(value, int) or value < 1:

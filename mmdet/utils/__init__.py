@@ -1,13 +1,23 @@
-# Shared file: the models stream added the checkpoint / fuse_conv_bn exports; the data stream extends it.
-from .checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
-from .config import load_config, update_data_root
-from .dist_utils import barrier, get_dist_info, init_dist, is_main_process
+from .checkpoint import (
+    CheckpointFileError,
+    CheckpointMismatchError,
+    NonFiniteWeightsError,
+    check_finite,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .config import UnknownConfigKeyError, apply_cfg_options, load_config, update_data_root
+from .device import default_device
+from .dist_utils import all_reduce_mean_, barrier, get_dist_info, init_dist, is_main_process
 from .fuse_conv_bn import fuse_conv_bn
 from .logger import get_root_logger
 from .misc import to_device
 
 __all__ = [
-    "CheckpointMismatchError", "load_checkpoint", "save_checkpoint", "fuse_conv_bn",
-    "load_config", "update_data_root", "barrier", "get_dist_info", "init_dist", "is_main_process",
+    "CheckpointFileError", "CheckpointMismatchError", "NonFiniteWeightsError", "check_finite", "load_checkpoint",
+    "read_checkpoint", "save_checkpoint", "fuse_conv_bn",
+    "UnknownConfigKeyError", "apply_cfg_options", "load_config", "update_data_root", "default_device",
+    "all_reduce_mean_", "barrier", "get_dist_info", "init_dist", "is_main_process",
     "get_root_logger", "to_device",
 ]

@@ -1,8 +1,9 @@
 """Atomic file writes: a file is either its previous complete version or the new complete one, never half-written."""
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import torch
 

@@ -1,7 +1,15 @@
-"""Config loading: mmengine's Config.fromfile plus the MMDET_DATASETS data-root override and --cfg-options."""
+"""Config loading: mmengine's Config.fromfile plus the MMDET_DATASETS data-root override and --cfg-options.
+
+A ``--cfg-options`` key must name an entry the config already has (``data.test.ann_file=...``,
+``data.train.pipeline.2.img_scale=...`` for a list element); a typo is an error listing the nearest existing keys.
+A key written with a leading ``+`` (``+model.test_cfg.new_key=1``) adds an entry the config does not have yet.
+"""
+import ast
+import difflib
 import os
 import os.path as osp
-from typing import Optional
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional
 
 from mmengine.config import Config
 
@@ -37,12 +45,128 @@ def update_data_root(cfg: Config, new_root: Optional[str] = None) -> None:
     cfg.data_root = new_root
 
 
+NEW_KEY_PREFIX = "+"
+_SHOWN_KEYS = 5
+
+
+class UnknownConfigKeyError(KeyError):
+    """A --cfg-options key that names no entry of the config (and is not marked new with a leading '+')."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _check_syntax(path: str, seen: Sequence[str] = ()) -> None:
+    """Compile `path` and the local files its `_base_` names, raising SyntaxError with the file and line."""
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as err:
+        line = (err.text or "").strip()
+        raise SyntaxError(f"config file {path}, line {err.lineno}: {err.msg}: {line!r}") from None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_base_" for t in node.targets):
+            try:
+                bases = ast.literal_eval(node.value)
+            except ValueError:
+                return
+            for base in [bases] if isinstance(bases, str) else list(bases):
+                base_path = osp.normpath(osp.join(osp.dirname(path), base))
+                if isinstance(base, str) and base.endswith(".py") and osp.isfile(base_path) and base_path not in seen:
+                    _check_syntax(base_path, (*seen, path))
+
+
+def _key_paths(node: Any, prefix: str = "") -> Iterator[str]:
+    """Every dotted key path of a config tree (list elements by index)."""
+    if isinstance(node, dict):
+        children = node.items()
+    elif isinstance(node, (list, tuple)):
+        children = enumerate(node)
+    else:
+        return
+    for key, child in children:
+        path = f"{prefix}{key}"
+        yield path
+        yield from _key_paths(child, path + ".")
+
+
+def _missing_part(tree: Any, parts: list[str]) -> Optional[int]:
+    """Index of the first part of a dotted key that the tree does not have, or None when the whole path exists."""
+    node = tree
+    for index, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return index
+    return None
+
+
+def _unknown_key_message(cfg: Config, key: str, parts: list[str], missing: int) -> str:
+    tree = cfg._cfg_dict.to_dict()
+    nearest = difflib.get_close_matches(key, list(_key_paths(tree)), n=_SHOWN_KEYS, cutoff=0.6)
+    parent = ".".join(parts[:missing])
+    where = f"'{parent}' has no entry '{parts[missing]}'" if parent else f"there is no top-level '{parts[0]}'"
+    if nearest:
+        hint = "nearest existing keys: " + ", ".join(nearest)
+    else:
+        node = tree
+        for part in parts[:missing]:
+            node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
+        siblings = list(node) if isinstance(node, dict) else []
+        hint = f"'{parent or '<top level>'}' has: {', '.join(map(str, siblings[:20]))}" if siblings else \
+            f"'{parent}' is a {type(node).__name__}, not a dict"
+    return (f"--cfg-options key '{key}' is not in the config {cfg.filename}: {where}; {hint}. "
+            f"To add a new key on purpose, prefix it with '{NEW_KEY_PREFIX}': {NEW_KEY_PREFIX}{key}=...")
+
+
+def apply_cfg_options(cfg: Config, options: dict[str, Any]) -> None:
+    """Merge --cfg-options (dotted key -> value) into `cfg`.
+
+    Args:
+        cfg: the loaded config, changed in place.
+        options: dotted keys as parsed by mmengine's DictAction; a key must exist in `cfg` unless it starts with '+'.
+
+    Raises:
+        UnknownConfigKeyError: a key (without '+') that names no entry of `cfg`, with the nearest existing keys.
+    """
+    tree = cfg._cfg_dict
+    merged = {}
+    for key, value in options.items():
+        if key.startswith(NEW_KEY_PREFIX):
+            merged[key[len(NEW_KEY_PREFIX):]] = value
+            continue
+        parts = key.split(".")
+        missing = _missing_part(tree, parts)
+        if missing is not None:
+            raise UnknownConfigKeyError(_unknown_key_message(cfg, key, parts, missing))
+        merged[key] = value
+    cfg.merge_from_dict(merged)
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """Load an mmdetection-format config; apply MMDET_DATASETS, then the --cfg-options dict (dotted keys)."""
+    """Load an mmdetection-format config; apply MMDET_DATASETS, then the --cfg-options dict (dotted keys).
+
+    Args:
+        path: the config file (Python, with optional `_base_` inheritance).
+        cfg_options: dotted key -> value, see :func:`apply_cfg_options`.
+
+    Returns:
+        The mmengine Config.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        SyntaxError: the config or one of its local base files does not parse; the message names file and line.
+        UnknownConfigKeyError: a --cfg-options key the config does not have.
+    """
     if not osp.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
+    if path.endswith(".py"):
+        _check_syntax(path)
     cfg = Config.fromfile(path)
     update_data_root(cfg)
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        apply_cfg_options(cfg, cfg_options)
     return cfg

@@ -2,7 +2,7 @@
 import os
 import subprocess
 import warnings
-from typing import Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ def resolve_backend(backend: Optional[str]) -> str:
     if backend is None:
         return "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():
-        warnings.warn("backend 'nccl' needs CUDA, which is not available: using 'gloo'")
+        warnings.warn("backend 'nccl' needs CUDA, which is not available: using 'gloo'", stacklevel=2)
         return "gloo"
     return backend
 
@@ -107,3 +107,17 @@ def barrier() -> None:
     """Synchronise all ranks; nothing to do without a process group."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
+    """Average each tensor over ranks, in place; nothing to do with a single process.
+
+    Args:
+        tensors: tensors of any shape, on the device the process group's backend reduces on.
+    """
+    _, world_size = get_dist_info()
+    if world_size == 1:
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor)
+        tensor.div_(world_size)

@@ -1,10 +1,11 @@
-"""Fold inference-mode BatchNorm into the preceding Conv2d (mmcv's fuse_conv_bn semantics, spec section 11)."""
+"""Fold inference-mode BatchNorm into the preceding Conv2d (mmcv's fuse_conv_bn semantics)."""
 import torch
 from torch import nn
 
 
 def _fold_bn_into_conv(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
-    """W' = W * f, b' = (b - mean) * f + beta with f = gamma / sqrt(var + eps), per output channel (in place on conv)."""
+    """W' = W * f, b' = (b - mean) * f + beta with f = gamma / sqrt(var + eps), per output channel (in place on
+    conv)."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"cannot fuse {bn}: it tracks no running statistics")
     weight = conv.weight

@@ -2,13 +2,12 @@
 from .checkpoint import (is_quantized_checkpoint, is_quantized_checkpoint_file, load_quantized_checkpoint,
                          load_quantized_state, quantized_state_dict, save_quantized_checkpoint)
 from .placement import Placement, format_placement_table, placement_table
-from .quantize import (activation_quantizers, iter_quantizers, quantization_units, quantize_detector,
-                       weight_quantizers)
-from .quantized_modules import QuantizedBasicBlock, QuantizedBottleneck
+from .quantize import quantization_units, quantize_detector
+from .resnet_blocks import QuantizedBasicBlock, QuantizedBottleneck
 
 __all__ = [
-    "QuantizedBasicBlock", "QuantizedBottleneck", "quantize_detector", "quantization_units", "iter_quantizers",
-    "weight_quantizers", "activation_quantizers", "Placement", "placement_table", "format_placement_table",
-    "quantized_state_dict", "load_quantized_state", "save_quantized_checkpoint", "load_quantized_checkpoint",
-    "is_quantized_checkpoint", "is_quantized_checkpoint_file",
+    "QuantizedBasicBlock", "QuantizedBottleneck", "quantize_detector", "quantization_units", "Placement",
+    "placement_table", "format_placement_table", "quantized_state_dict", "load_quantized_state",
+    "save_quantized_checkpoint", "load_quantized_checkpoint", "is_quantized_checkpoint",
+    "is_quantized_checkpoint_file",
 ]

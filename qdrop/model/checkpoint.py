@@ -6,13 +6,14 @@ learned rounding `alpha`, used in AdaRound's hard mode; weight and activation sc
 activation quantization is kept, not only the weights.
 """
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from mmdet.utils import fuse_conv_bn, save_checkpoint
 from qdrop.model.quantize import quantize_detector
+from qdrop.q_config import QConfig
 from qdrop.quantization import enable_quantization
 
 QUANTIZED_FORMAT = "qdrop-quantized-v1"
@@ -35,11 +36,19 @@ def load_quantized_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     enable_quantization(model)
 
 
-def save_quantized_checkpoint(model: nn.Module, filename: str, q_config: Mapping,
+def save_quantized_checkpoint(model: nn.Module, filename: str, q_config: Union[QConfig, Mapping],
                               meta: Optional[Dict] = None) -> None:
-    """Write {'state_dict', 'meta'} atomically; meta carries the q_config needed to rebuild the quantized model."""
+    """Write {'state_dict', 'meta'} atomically; meta carries the q_config needed to rebuild the quantized model.
+
+    Args:
+        model: a calibrated (and possibly reconstructed) quantized detector.
+        filename: the checkpoint file.
+        q_config: the settings the model was wrapped with (a mapping is validated); stored in its YAML form
+            (`QConfig.to_dict()`).
+        meta: more entries of the checkpoint's meta (plain dicts, lists and scalars).
+    """
     meta = dict(meta or {})
-    meta.update(format=QUANTIZED_FORMAT, q_config=_plain(q_config))
+    meta.update(format=QUANTIZED_FORMAT, q_config=QConfig.from_mapping(q_config).to_dict())
     save_checkpoint(model, filename, meta=meta)
 
 
@@ -56,7 +65,14 @@ def is_quantized_checkpoint_file(filename: str) -> bool:
 def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu") -> dict:
     """Turn a float detector built from the same config (BatchNorm not yet folded) into the saved quantized one.
 
-    Returns the checkpoint dict; sets `model.CLASSES` from its meta when present.
+    Args:
+        model: the float detector of the checkpoint's config, changed in place; `model.CLASSES` is set from the
+            checkpoint's meta when present.
+        filename: a file written by `save_quantized_checkpoint`.
+        map_location: where the loaded tensors go first.
+
+    Returns:
+        The checkpoint dict {'state_dict', 'meta'}.
     """
     checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
     if not isinstance(checkpoint, dict) or not is_quantized_checkpoint(checkpoint):
@@ -64,7 +80,7 @@ def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu
                          f"{QUANTIZED_FORMAT!r}); load float checkpoints with mmdet.utils.load_checkpoint")
     meta = checkpoint["meta"]
     fuse_conv_bn(model)
-    quantize_detector(model, meta["q_config"])
+    quantize_detector(model, QConfig.from_mapping(meta["q_config"], source=f"{filename}: meta.q_config"))
     try:
         load_quantized_state(model, checkpoint["state_dict"])
     except ValueError as err:
@@ -72,12 +88,3 @@ def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu
     if "CLASSES" in meta:
         model.CLASSES = tuple(meta["CLASSES"])
     return checkpoint
-
-
-def _plain(value):
-    """Mappings and sequences as plain dicts and lists (checkpoints are read back with weights_only=True)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

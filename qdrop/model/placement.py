@@ -4,7 +4,7 @@ from typing import List
 
 from torch import nn
 
-from qdrop.model.quantize import iter_quantizers
+from qdrop.quantization import fake_quantizers, quantizer_kind
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,11 @@ class Placement:
 
 
 def placement_table(model: nn.Module) -> List[Placement]:
+    """One row per fake quantizer of `model`, in registration order."""
     rows = []
-    for name, kind, quantizer in iter_quantizers(model):
+    for name, quantizer in fake_quantizers(model):
         granularity = "per-tensor" if quantizer.ch_axis == -1 else f"per-channel (axis {quantizer.ch_axis})"
-        rows.append(Placement(name, kind, quantizer.bit, granularity, type(quantizer).__name__,
+        rows.append(Placement(name, quantizer_kind(name), quantizer.bit, granularity, type(quantizer).__name__,
                               type(quantizer.activation_post_process).__name__))
     return rows
 

@@ -1,16 +1,17 @@
-"""QDrop quantization core: fake-quant ops, observers, fake quantizers, quantized modules, state helpers."""
+"""QDrop quantization core: fake-quant ops, observers, fake quantizers, quantized layers and blocks, state helpers."""
 from .fake_quant import (AdaRoundFakeQuantize, FakeQuantizeBase, FixedFakeQuantize, LSQFakeQuantize,
                          LSQPlusFakeQuantize)
+from .layers import QConv2d, QLinear, QuantizedBlock, QuantizedLayer, QuantizedUnit, weight_quantized
 from .observer import (AvgMinMaxObserver, AvgMSEFastObserver, AvgMSEObserver, MinMaxObserver, MSEFastObserver,
                        MSEObserver, ObserverBase)
-from .quantized_module import (ActivationQuantizer, QConv2d, QLinear, QuantizedBlock, QuantizedLayer, Quantizer,
-                               WeightQuantizer, check_qconfig)
-from .state import disable_all, enable_calibration, enable_quantization, fake_quantizers, is_weight_quantizer
+from .qconfig import ActivationQuantizer, QuantizerConfig, WeightQuantizer
+from .state import (disable_all, enable_calibration, enable_quantization, fake_quantizers, quantizer_kind,
+                    weight_quantized_layers)
 
 __all__ = [
     'MinMaxObserver', 'AvgMinMaxObserver', 'MSEObserver', 'AvgMSEObserver', 'MSEFastObserver', 'AvgMSEFastObserver',
     'ObserverBase', 'FakeQuantizeBase', 'FixedFakeQuantize', 'LSQFakeQuantize', 'LSQPlusFakeQuantize',
-    'AdaRoundFakeQuantize', 'ActivationQuantizer', 'WeightQuantizer', 'Quantizer', 'QConv2d', 'QLinear',
-    'QuantizedLayer', 'QuantizedBlock', 'check_qconfig', 'enable_calibration', 'enable_quantization', 'disable_all',
-    'fake_quantizers', 'is_weight_quantizer',
+    'AdaRoundFakeQuantize', 'ActivationQuantizer', 'WeightQuantizer', 'QuantizerConfig', 'weight_quantized',
+    'QConv2d', 'QLinear', 'QuantizedUnit', 'QuantizedLayer', 'QuantizedBlock', 'enable_calibration',
+    'enable_quantization', 'disable_all', 'fake_quantizers', 'quantizer_kind', 'weight_quantized_layers',
 ]

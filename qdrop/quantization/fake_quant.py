@@ -5,7 +5,9 @@ import torch
 from torch import Tensor, nn
 
 from .functional import (broadcast_qparam, fake_quantize, fake_quantize_lsq, fake_quantize_lsq_plus,
-                         quant_range)
+                         lsq_grad_factor, quant_range, round_ste)
+from .fused import (fast_path_enabled, fused_adaround_hard, fused_adaround_soft, fused_fake_quantize, fused_round_loss,
+                    mix)
 from .observer import ObserverBase
 
 ROUND_MODES = ('learned_hard_sigmoid',)
@@ -45,7 +47,11 @@ class FakeQuantizeBase(nn.Module):
     def disable_fake_quant(self) -> None:
         self.enable_fake_quant(False)
 
-    def _set_qparams(self, scale: Tensor, zero_point: Tensor) -> None:
+    def set_qparams_from_observer(self) -> None:
+        """Set ``scale`` and ``zero_point`` from the observer's current range (their shapes follow the observer's:
+        (1,) per tensor, (C,) per channel)."""
+        observer = self.activation_post_process
+        scale, zero_point = observer.calculate_qparams(observer.min_val, observer.max_val)
         with torch.no_grad():
             for name, value in (('scale', scale), ('zero_point', zero_point)):
                 current = getattr(self, name)
@@ -55,19 +61,23 @@ class FakeQuantizeBase(nn.Module):
                 else:
                     current.copy_(value)
 
-    def _observe(self, x: Tensor) -> None:
-        observer = self.activation_post_process
-        observer(x.detach())
-        self._set_qparams(*observer.calculate_qparams(observer.min_val, observer.max_val))
-
     def _quantize(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _quantize_fused(self, x: Tensor) -> Tensor:
+        """``_quantize`` and the drop mask on the fused path (same forward values, same random numbers)."""
+        return mix(self._quantize(x), x, self.drop_prob)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.observer_enabled:
-            self._observe(x)
+            self.activation_post_process(x.detach())
+            self.set_qparams_from_observer()
         if not self.fake_quant_enabled:
             return x
+        if x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type):
+            x = x.float()  # under autocast the convolutions run in low precision, the quantizers in float32
+        if fast_path_enabled():
+            return self._quantize_fused(x)
         x_q = self._quantize(x)
         if self.drop_prob < 1.0:
             x_q = torch.where(torch.rand_like(x) < self.drop_prob, x_q, x)
@@ -95,6 +105,10 @@ class FixedFakeQuantize(FakeQuantizeBase):
     def _quantize(self, x: Tensor) -> Tensor:
         return fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis)
 
+    def _quantize_fused(self, x: Tensor) -> Tensor:
+        return fused_fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis,
+                                   drop_prob=self.drop_prob)
+
 
 class LSQFakeQuantize(FakeQuantizeBase):
     """Learnable scale (LSQ) with its gradient scaled by 1 / sqrt(elements per scale * qmax)."""
@@ -118,6 +132,11 @@ class LSQFakeQuantize(FakeQuantizeBase):
         self.keep_scale_positive()
         return fake_quantize_lsq(x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis)
 
+    def _quantize_fused(self, x: Tensor) -> Tensor:
+        self.keep_scale_positive()
+        return fused_fake_quantize(x, self.scale, self.zero_point.detach(), self.quant_min, self.quant_max,
+                                   self.ch_axis, lsq_grad_factor(x, self.quant_max, self.ch_axis), self.drop_prob)
+
 
 class LSQPlusFakeQuantize(LSQFakeQuantize):
     """LSQ+: learnable scale and zero point (rounded straight-through)."""
@@ -130,6 +149,11 @@ class LSQPlusFakeQuantize(LSQFakeQuantize):
     def _quantize(self, x: Tensor) -> Tensor:
         self.keep_scale_positive()
         return fake_quantize_lsq_plus(x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis)
+
+    def _quantize_fused(self, x: Tensor) -> Tensor:
+        self.keep_scale_positive()
+        return fused_fake_quantize(x, self.scale, round_ste(self.zero_point), self.quant_min, self.quant_max,
+                                   self.ch_axis, lsq_grad_factor(x, self.quant_max, self.ch_axis), self.drop_prob)
 
 
 class AdaRoundFakeQuantize(FixedFakeQuantize):
@@ -183,12 +207,27 @@ class AdaRoundFakeQuantize(FixedFakeQuantize):
 
     def round_loss(self, b: float) -> Tensor:
         """AdaRound's regulariser sum(1 - |2h - 1| ** b)."""
+        if fast_path_enabled() and self.alpha is not None:
+            return fused_round_loss(self.alpha, b, self.zeta, self.gamma)
         return (1 - (2 * self.rectified_sigmoid() - 1).abs().pow(b)).sum()
 
     def _quantize(self, x: Tensor) -> Tensor:
         if not self.adaround:
             return super()._quantize(x)
         return self.get_soft_value(x) if self.soft_targets else self.get_hard_value(x)
+
+    def _quantize_fused(self, x: Tensor) -> Tensor:
+        if not self.adaround:
+            return super()._quantize_fused(x)
+        if self.alpha is None:
+            raise RuntimeError('AdaRoundFakeQuantize.init(weight, round_mode) has not been called')
+        if self.soft_targets:
+            x_q = fused_adaround_soft(x, self.alpha, self.scale, self.zero_point, self.quant_min, self.quant_max,
+                                      self.ch_axis, self.zeta, self.gamma)
+        else:
+            x_q = fused_adaround_hard(x, self.alpha, self.scale, self.zero_point, self.quant_min, self.quant_max,
+                                      self.ch_axis)
+        return mix(x_q, x, self.drop_prob)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

@@ -21,7 +21,16 @@ def grad_scale(x: Tensor, factor: float) -> Tensor:
 
 
 def broadcast_qparam(param: Tensor, x: Tensor, ch_axis: int) -> Tensor:
-    """Shape a per-tensor or per-channel parameter so it broadcasts against ``x``."""
+    """Shape a per-tensor or per-channel parameter so it broadcasts against ``x``.
+
+    Args:
+        param: (1,) per tensor, or (C,) with C = ``x.shape[ch_axis]``.
+        x: the tensor to quantize, any shape.
+        ch_axis: -1 per tensor, else the channel axis of ``x``.
+
+    Returns:
+        A 0-d tensor per tensor, else ``param`` viewed as (1, .., C, .., 1) with C on ``ch_axis``.
+    """
     if ch_axis < 0 or param.numel() == 1:
         return param.reshape(())
     if ch_axis >= x.dim():
@@ -30,12 +39,22 @@ def broadcast_qparam(param: Tensor, x: Tensor, ch_axis: int) -> Tensor:
         raise ValueError(f"{param.numel()} quantization parameters for {x.shape[ch_axis]} channels on axis {ch_axis}")
     shape = [1] * x.dim()
     shape[ch_axis] = -1
-    return param.reshape(shape)
+    return param.reshape(shape)  # (1, .., C, .., 1)
 
 
 def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
                   ch_axis: int = -1) -> Tensor:
-    """Fake quantization with fixed ``scale``/``zero_point`` and straight-through rounding."""
+    """Fake quantization with fixed ``scale``/``zero_point`` and straight-through rounding.
+
+    Args:
+        x: the tensor to quantize, any shape.
+        scale, zero_point: (1,) per tensor, or (C,) per channel along ``ch_axis``.
+        quant_min, quant_max: the integer grid.
+        ch_axis: -1 per tensor, else the channel axis of ``x``.
+
+    Returns:
+        The fake-quantized tensor, shaped as ``x``.
+    """
     s = broadcast_qparam(scale, x, ch_axis)
     z = broadcast_qparam(zero_point, x, ch_axis)
     return (torch.clamp(round_ste(x / s) + z, quant_min, quant_max) - z) * s
@@ -49,7 +68,10 @@ def lsq_grad_factor(x: Tensor, quant_max: int, ch_axis: int = -1) -> float:
 
 def fake_quantize_lsq(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
                       ch_axis: int = -1) -> Tensor:
-    """LSQ: learnable ``scale`` whose gradient is scaled by :func:`lsq_grad_factor`; ``zero_point`` is fixed."""
+    """LSQ: learnable ``scale`` whose gradient is scaled by :func:`lsq_grad_factor`; ``zero_point`` is fixed.
+
+    Arguments and result as :func:`fake_quantize`.
+    """
     factor = lsq_grad_factor(x, quant_max, ch_axis)
     s = broadcast_qparam(grad_scale(scale, factor), x, ch_axis)
     z = broadcast_qparam(zero_point.detach(), x, ch_axis)
@@ -59,7 +81,10 @@ def fake_quantize_lsq(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: i
 def fake_quantize_lsq_plus(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
                            ch_axis: int = -1) -> Tensor:
     """LSQ+: learnable ``scale`` and ``zero_point``; the zero point is rounded straight-through and
-    both gradients are scaled by :func:`lsq_grad_factor`."""
+    both gradients are scaled by :func:`lsq_grad_factor`.
+
+    Arguments and result as :func:`fake_quantize`.
+    """
     factor = lsq_grad_factor(x, quant_max, ch_axis)
     s = broadcast_qparam(grad_scale(scale, factor), x, ch_axis)
     z = broadcast_qparam(grad_scale(round_ste(zero_point), factor), x, ch_axis)

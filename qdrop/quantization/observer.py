@@ -5,7 +5,8 @@ import torch
 from torch import Tensor, nn
 
 from .functional import quant_range
-from .mse_search import (BoundedObjective, grid_candidates, grid_search, golden_search)
+from .grid_search import grid_candidates, grid_search
+from .scalar_search import BoundedObjective, golden_search
 
 _SCALE_FLOOR = 1e-8
 
@@ -29,7 +30,14 @@ class ObserverBase(nn.Module):
         return f'bit={self.bit}, symmetric={self.symmetric}, ch_axis={self.ch_axis}'
 
     def calculate_qparams(self, min_val: Tensor, max_val: Tensor) -> Tuple[Tensor, Tensor]:
-        """Scale and zero point of the range [min_val, max_val] (always widened to contain 0)."""
+        """Scale and zero point of the range [min_val, max_val] (always widened to contain 0).
+
+        Args:
+            min_val, max_val: the range, any equal shapes: 0-d per tensor, (C,) per channel, or (G, K) candidates.
+
+        Returns:
+            (scale, zero_point), shaped as ``min_val``; a symmetric grid has zero points 0.
+        """
         min_neg = torch.minimum(min_val, torch.zeros_like(min_val))
         max_pos = torch.maximum(max_val, torch.zeros_like(max_val))
         floor = torch.tensor(_SCALE_FLOOR, dtype=min_neg.dtype, device=min_neg.device)
@@ -45,10 +53,10 @@ class ObserverBase(nn.Module):
         """The observed values as (groups, values): one row per channel, or a single row."""
         x = x.detach().to(self.min_val.dtype)
         if self.ch_axis < 0:
-            return x.reshape(1, -1)
+            return x.reshape(1, -1)  # (1, numel)
         if self.ch_axis >= x.dim():
             raise ValueError(f'ch_axis={self.ch_axis} is out of range for an input of shape {tuple(x.shape)}')
-        return x.transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1)
+        return x.transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1)  # (C, values per channel)
 
     def _range_of(self, rows: Tensor) -> Tuple[Tensor, Tensor]:
         """This batch's range, one entry per row (a 0-d tensor per tensor)."""
@@ -128,8 +136,8 @@ class _MSEBase(ObserverBase):
 
 
 class MSEObserver(_MSEBase):
-    """Grid search over 100 candidate ranges (x every zero point for two-sided data), as the published code;
-    candidates are pruned with exact bounds, so the result equals the plain loop's."""
+    """Grid search over 100 candidate ranges (x every zero point for two-sided data); candidates are pruned with
+    exact bounds, so the result equals a plain loop's over every candidate."""
 
     def _range_of(self, rows: Tensor) -> Tuple[Tensor, Tensor]:
         two_sided = self._two_sided(rows)

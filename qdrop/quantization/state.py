@@ -1,46 +1,73 @@
-"""Switch observers and fake quantization on and off for a whole model, by quantizer kind."""
-from typing import Iterator, Tuple
+"""Finding the fake quantizers of a model, and switching their observers and fake quantization on and off by kind.
+
+A weight quantizer is the ``weight_fake_quant`` of a `QConv2d`/`QLinear`; every other fake quantizer quantizes an
+activation.
+"""
+from typing import Iterator, Tuple, Union
 
 from torch import nn
 
 from .fake_quant import FakeQuantizeBase
+from .layers import QConv2d, QLinear
 
 KINDS = ('activation', 'weight', 'all')
 
 
-def is_weight_quantizer(name: str) -> bool:
-    """Weight quantizers live under an attribute named ``weight_fake_quant``; every other one quantizes activations."""
-    return name.split('.')[-1] == 'weight_fake_quant'
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind: unknown value {kind!r}; allowed values: {', '.join(KINDS)}")
+
+
+def quantizer_kind(name: str) -> str:
+    """'weight' for a quantizer registered as ``weight_fake_quant``, else 'activation'.
+
+    Args:
+        name: the quantizer's qualified module name, e.g. ``backbone.conv1.module.weight_fake_quant``.
+    """
+    return 'weight' if name.split('.')[-1] == 'weight_fake_quant' else 'activation'
 
 
 def fake_quantizers(model: nn.Module, kind: str = 'all') -> Iterator[Tuple[str, FakeQuantizeBase]]:
-    """(name, quantizer) pairs of the given kind: 'activation', 'weight' or 'all'."""
-    if kind not in KINDS:
-        raise ValueError(f"kind: unknown value {kind!r}; allowed values: {', '.join(KINDS)}")
+    """Every fake quantizer of ``kind`` below ``model``, in registration order.
+
+    Args:
+        model: any module.
+        kind: 'activation', 'weight' or 'all'.
+
+    Returns:
+        An iterator of (qualified name, quantizer).
+    """
+    _check_kind(kind)
     for name, module in model.named_modules():
-        if isinstance(module, FakeQuantizeBase):
-            if kind == 'all' or (kind == 'weight') == is_weight_quantizer(name):
-                yield name, module
+        if isinstance(module, FakeQuantizeBase) and kind in ('all', quantizer_kind(name)):
+            yield name, module
+
+
+def weight_quantized_layers(model: nn.Module) -> Iterator[Tuple[Union[QConv2d, QLinear], FakeQuantizeBase]]:
+    """Every weight-quantized conv/linear below ``model`` with its weight quantizer, in registration order.
+
+    Returns:
+        An iterator of (``QConv2d`` or ``QLinear``, its ``weight_fake_quant``).
+    """
+    for module in model.modules():
+        if isinstance(module, (QConv2d, QLinear)):
+            yield module, module.weight_fake_quant
 
 
 def enable_calibration(model: nn.Module, kind: str = 'all') -> None:
     """Quantizers of ``kind`` observe without quantizing; the others are switched off."""
-    if kind not in KINDS:
-        raise ValueError(f"kind: unknown value {kind!r}; allowed values: {', '.join(KINDS)}")
+    _check_kind(kind)
     for name, quantizer in fake_quantizers(model):
-        selected = kind == 'all' or (kind == 'weight') == is_weight_quantizer(name)
-        quantizer.enable_observer(selected)
+        quantizer.enable_observer(kind in ('all', quantizer_kind(name)))
         quantizer.disable_fake_quant()
 
 
 def enable_quantization(model: nn.Module, kind: str = 'all') -> None:
     """Quantizers of ``kind`` quantize with their current parameters (observers off); the others are off."""
-    if kind not in KINDS:
-        raise ValueError(f"kind: unknown value {kind!r}; allowed values: {', '.join(KINDS)}")
+    _check_kind(kind)
     for name, quantizer in fake_quantizers(model):
-        selected = kind == 'all' or (kind == 'weight') == is_weight_quantizer(name)
         quantizer.disable_observer()
-        quantizer.enable_fake_quant(selected)
+        quantizer.enable_fake_quant(kind in ('all', quantizer_kind(name)))
 
 
 def disable_all(model: nn.Module) -> None:

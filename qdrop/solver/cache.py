@@ -9,8 +9,6 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
-CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 class CachedBatch(NamedTuple):
     """Tensors of images that share one shape, on the compute device in float32."""

@@ -10,27 +10,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from qdrop.model.quantize import weight_quantizers
-from qdrop.quantization import enable_calibration, enable_quantization, fake_quantizers
-from qdrop.solver.distributed import all_reduce_mean_, rank_and_world
+from mmdet.utils import all_reduce_mean_, get_dist_info
+from qdrop.quantization import enable_calibration, enable_quantization, fake_quantizers, weight_quantized_layers
 
 
 def _observer(quantizer: nn.Module) -> nn.Module:
     return quantizer.activation_post_process
-
-
-def set_qparams_from_observer(quantizer: nn.Module) -> None:
-    """Copy the observer's current range into the quantizer's scale and zero point (shapes follow the observer)."""
-    observer = _observer(quantizer)
-    qparams = observer.calculate_qparams(observer.min_val, observer.max_val)
-    with torch.no_grad():
-        for name, value in zip(("scale", "zero_point"), qparams):
-            current = getattr(quantizer, name)
-            value = value.reshape(-1).to(device=current.device, dtype=current.dtype)
-            if current.shape == value.shape:
-                current.copy_(value)
-            else:
-                current.data = value.clone()
 
 
 def _average_observer_ranges(quantizers: List[nn.Module]) -> None:
@@ -39,7 +24,7 @@ def _average_observer_ranges(quantizers: List[nn.Module]) -> None:
         if not torch.isfinite(observer.min_val).all() or not torch.isfinite(observer.max_val).all():
             raise RuntimeError(f"{type(observer).__name__} saw no data during calibration")
         all_reduce_mean_([observer.min_val, observer.max_val])
-        set_qparams_from_observer(quantizer)
+        quantizer.set_qparams_from_observer()
 
 
 @torch.no_grad()
@@ -47,12 +32,19 @@ def calibrate(model: nn.Module, batches: Iterable[dict], device: torch.device, r
               show_progress: bool = True) -> None:
     """Set the ranges of every quantizer of `model`; afterwards observers are off and fake quantization is on.
 
-    `batches` hold `img` (and `img_metas` for `run_heads`). The observers watch `extract_feat`, or the whole test
-    forward with `run_heads` (needed when the heads are quantized).
+    Args:
+        model: a quantized detector; activation observers watch its float forward (fake quantization off).
+        batches: this rank's calibration batches with `img` (B, 3, H, W) and, for `run_heads`, `img_metas`.
+        device: where the images go.
+        run_heads: observe the whole test forward instead of `extract_feat` (needed when the heads are quantized).
+        show_progress: a progress bar on rank 0.
+
+    Returns:
+        None; the activation ranges are averaged over ranks, the weight observers see each weight once.
     """
     enable_calibration(model, "activation")
     activations = [q for _, q in fake_quantizers(model, "activation")]
-    rank, _ = rank_and_world()
+    rank, _ = get_dist_info()
     for batch in tqdm(batches, desc="calibrate", disable=not show_progress or rank != 0, dynamic_ncols=True):
         img = batch["img"].to(device)
         if run_heads:
@@ -67,7 +59,7 @@ def calibrate(model: nn.Module, batches: Iterable[dict], device: torch.device, r
 def observe_weights(model: nn.Module) -> None:
     """Weight observers see each weight once; then every quantizer quantizes and no observer runs."""
     enable_calibration(model, "weight")
-    for layer, quantizer in weight_quantizers(model):
+    for layer, quantizer in weight_quantized_layers(model):
         quantizer(layer.weight)
     enable_quantization(model)
 

@@ -10,9 +10,9 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from mmdet.utils import barrier, get_dist_info
 from mmdet.utils.atomic_io import atomic_torch_save
 from qdrop.model.checkpoint import load_quantized_state, quantized_state_dict
-from qdrop.solver.distributed import barrier, rank_and_world
 
 PROGRESS_FILE = "recon_progress.pth"
 
@@ -37,7 +37,7 @@ class ReconProgress:
 
     def save(self, model: nn.Module, next_unit: int, finished_units: list) -> None:
         """Rank 0 writes the state; every rank waits for it."""
-        rank, _ = rank_and_world()
+        rank, _ = get_dist_info()
         if rank == 0:
             atomic_torch_save({"fingerprint": self.fingerprint, "next_unit": next_unit,
                                "finished_units": list(finished_units),

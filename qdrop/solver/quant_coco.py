@@ -1,9 +1,12 @@
-"""Quantize an mmdetection detector with QDrop and evaluate it on COCO (DESIGN.md, "One run").
+"""Quantize an mmdetection detector with QDrop and evaluate it on COCO.
 
     python qdrop/solver/quant_coco.py CONFIG CHECKPOINT --launcher {none,pytorch,slurm} --work-dir DIR \
         --fuse-conv-bn --eval bbox --q_config exp/config.yaml [--cfg-options k=v ...] [--seed 0]
+    qdrop-quant CONFIG CHECKPOINT ...        (the same, as an installed command)
 
-Running the same command again resumes after the last reconstructed unit (work dir file recon_progress.pth).
+Steps: build the float detector, wrap it, calibrate, reconstruct unit by unit, save the quantized checkpoint,
+evaluate. Running the same command again resumes after the last reconstructed unit (work dir file
+recon_progress.pth).
 """
 import argparse
 import json
@@ -15,24 +18,20 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-if __package__ in (None, ""):  # run as a script: make the repository importable without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch.distributed as dist
+import yaml
+from mmengine.config import DictAction
 
-import torch.distributed as dist  # noqa: E402
-import yaml  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-
-from mmdet.utils import get_dist_info, get_root_logger, init_dist, load_config  # noqa: E402
-from mmdet.utils.atomic_io import atomic_write_text  # noqa: E402
-from qdrop.model import format_placement_table, placement_table, quantize_detector  # noqa: E402
-from qdrop.model.checkpoint import save_quantized_checkpoint  # noqa: E402
-from qdrop.solver.calibration import calibrate  # noqa: E402
-from qdrop.solver.distributed import barrier  # noqa: E402
-from qdrop.solver.pipeline import (build_fp_detector, build_test_loader, calibration_batches,  # noqa: E402
-                                   default_device, evaluate, float_reference, seed_everything)
-from qdrop.solver.progress import ReconProgress  # noqa: E402
-from qdrop.solver.q_config import load_q_config  # noqa: E402
-from qdrop.solver.recon import ReconConfig, reconstruct  # noqa: E402
+from mmdet.apis.train import set_random_seed
+from mmdet.utils import barrier, default_device, get_dist_info, get_root_logger, init_dist, load_config
+from mmdet.utils.atomic_io import atomic_write_text
+from qdrop.model import format_placement_table, placement_table
+from qdrop.model.checkpoint import save_quantized_checkpoint
+from qdrop.q_config import QConfig, load_q_config
+from qdrop.solver.data import build_test_loader, calibration_batches
+from qdrop.solver.detector import build_fp_detector
+from qdrop.solver.progress import ReconProgress
+from qdrop.solver.steps import evaluate, run_calibration, run_reconstruction, wrap
 
 QUANTIZED_CHECKPOINT = "quantized.pth"
 PLACEMENT_FILE = "placement.txt"
@@ -42,7 +41,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="QDrop post-training quantization of an mmdetection detector")
     parser.add_argument("config", help="mmdetection config file")
     parser.add_argument("checkpoint", help="float checkpoint of that config")
-    parser.add_argument("--q_config", required=True, help="quantization YAML (exp/config.yaml is the seed's W2A4)")
+    parser.add_argument("--q_config", required=True,
+                        help="quantization YAML (exp/config.yaml: the published W2A4 setting)")
     parser.add_argument("--work-dir", help="where log, config, placement, progress, checkpoint and metrics go "
                                            "(default work_dirs/<config name>_quant)")
     parser.add_argument("--fuse-conv-bn", action="store_true",
@@ -63,10 +63,16 @@ def _shared_timestamp() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> Optional[dict]:
-    """Run the seven steps; returns the metrics on rank 0 (None elsewhere)."""
+    """Quantize, reconstruct and evaluate as the command line says.
+
+    Args:
+        argv: the command-line arguments (default: sys.argv[1:]).
+
+    Returns:
+        The metrics on rank 0 (bbox_mAP, ...), None on the other ranks.
+    """
     args = parse_args(argv)
     q_config = load_q_config(args.q_config)
-    recon_cfg = ReconConfig.from_mapping(q_config["recon"])
     cfg = load_config(args.config, args.cfg_options)
     if args.launcher != "none":
         init_dist(args.launcher)
@@ -79,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> Optional[dict]:
     log_file = osp.join(work_dir, f"{timestamp}.log")
     logger = get_root_logger(log_file=log_file)
     try:
-        return _run(args, cfg, q_config, recon_cfg, work_dir, timestamp, logger)
+        return _run(args, cfg, q_config, work_dir, timestamp, logger)
     finally:  # in-process callers (tests, notebooks) must not keep writing into this run's log
         for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)
                         and h.baseFilename == osp.abspath(log_file)]:
@@ -87,57 +93,50 @@ def main(argv: Optional[List[str]] = None) -> Optional[dict]:
             handler.close()
 
 
-def _run(args: argparse.Namespace, cfg, q_config: dict, recon_cfg: ReconConfig, work_dir: str, timestamp: str,
+def _run(args: argparse.Namespace, cfg, q_config: QConfig, work_dir: str, timestamp: str,
          logger: logging.Logger) -> Optional[dict]:
     rank, world = get_dist_info()
     device = default_device()
     logger.info(f"quant_coco {vars(args)}")
     logger.info(f"{world} process(es), device {device}, seed {args.seed}")
-    seed_everything(args.seed)
+    set_random_seed(args.seed)
 
     model = build_fp_detector(cfg, args.checkpoint, device, logger)
     if not args.fuse_conv_bn:
         logger.warning("--fuse-conv-bn not given: BatchNorm is folded anyway (quantized blocks need it)")
-    quantize_detector(model, q_config)
-    model.to(device)
+    model, fp_model = wrap(model, q_config, device)
     table = format_placement_table(placement_table(model))
     logger.info("quantizer placement:\n" + table)
-    fp_model = float_reference(model)
-    test_dataset, test_loader = build_test_loader(cfg)
+    test_data = build_test_loader(cfg)
     if rank == 0:
         cfg.dump(osp.join(work_dir, osp.basename(args.config)))
-        atomic_write_text(osp.join(work_dir, "q_config.yaml"), yaml.safe_dump(q_config, sort_keys=False))
+        atomic_write_text(osp.join(work_dir, "q_config.yaml"), yaml.safe_dump(q_config.to_dict(), sort_keys=False))
         atomic_write_text(osp.join(work_dir, PLACEMENT_FILE), table + "\n")
 
     fingerprint = {"config": args.config, "checkpoint": args.checkpoint, "cfg_options": dict(args.cfg_options or {}),
-                   "q_config": q_config, "seed": args.seed, "world_size": world}
+                   "q_config": q_config.to_dict(), "seed": args.seed, "world_size": world}
     progress = ReconProgress(work_dir, fingerprint)
-    batches = calibration_batches(cfg, int(q_config["calibrate"]), args.seed)
+    batches = calibration_batches(cfg, q_config.calibrate, args.seed)
     next_unit = progress.restore(model)
     if next_unit is None:
-        calibrate(model, batches, device, run_heads=bool(q_config.get("quant_head", False)))
+        run_calibration(model, batches, q_config, device)
         progress.save(model, next_unit=0, finished_units=[])
         next_unit = 0
     else:
         logger.info(f"resuming from {progress.path}: {next_unit} unit(s) already reconstructed")
-    images = [batch["img"] for batch in batches]
 
     def unit_done(done: int, names: List[str]) -> None:
         progress.save(model, next_unit=done, finished_units=names)
 
-    if recon_cfg.iters > 0:
-        units = reconstruct(model, fp_model, images, recon_cfg, device=device, seed=args.seed, logger=logger,
-                            start_unit=next_unit, on_unit_done=unit_done)
-    else:
-        units = []
-        logger.info("recon.iters is 0: no reconstruction (round-to-nearest weights, calibrated scales)")
+    units = run_reconstruction(model, fp_model, batches, q_config, device=device, seed=args.seed, logger=logger,
+                               start_unit=next_unit, on_unit_done=unit_done)
     del fp_model
     if rank == 0:
         save_quantized_checkpoint(model, osp.join(work_dir, QUANTIZED_CHECKPOINT), q_config,
                                   meta={"config": cfg.pretty_text, "finished_units": units})
     barrier()
 
-    metric = evaluate(model, test_dataset, test_loader, cfg, args.eval, logger=logger)
+    metric = evaluate(model, test_data, cfg, args.eval, logger=logger)
     if rank == 0:
         logger.info(f"metrics: {metric}")
         atomic_write_text(osp.join(work_dir, f"eval_{timestamp}.json"),
@@ -146,5 +145,11 @@ def _run(args: argparse.Namespace, cfg, q_config: dict, recon_cfg: ReconConfig, 
     return metric
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """The `qdrop-quant` command: runs `main` on the command line; the exit status is 0 once it completes."""
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

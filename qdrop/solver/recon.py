@@ -8,49 +8,21 @@ float one.
 """
 import logging
 import math
-from dataclasses import dataclass
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from qdrop.model.quantize import activation_quantizers, quantization_units, weight_quantizers
-from qdrop.quantization import AdaRoundFakeQuantize
-from qdrop.solver.cache import CACHE_DTYPES, ReconCache
+from mmdet.utils import all_reduce_mean_, get_dist_info
+from qdrop.model import quantization_units
+from qdrop.q_config import ReconConfig
+from qdrop.quantization import AdaRoundFakeQuantize, fake_quantizers, weight_quantized_layers
+from qdrop.quantization.fused import fast_path, fast_path_enabled, mix
+from qdrop.solver.cache import ReconCache
 from qdrop.solver.capture import capture_input, capture_input_output, forward_order
-from qdrop.solver.distributed import all_reduce_mean_, rank_and_world
-from qdrop.solver.q_config import RECON_DEFAULTS
 
 ERROR_BATCH_SIZE = 8  # images per forward when measuring a unit's output error
-
-
-@dataclass(frozen=True)
-class ReconConfig:
-    """The q_config's `recon` section."""
-    batch_size: int
-    scale_lr: float
-    warm_up: float
-    weight: float
-    iters: int
-    b_range: Tuple[float, float]
-    keep_gpu: bool
-    round_mode: str
-    drop_prob: float
-    cache_dtype: str = "float32"
-    round_lr: float = RECON_DEFAULTS["round_lr"]  # Adam's lr for AdaRound's alpha; short schedules need more
-
-    @classmethod
-    def from_mapping(cls, recon: Mapping) -> "ReconConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(recon) - known
-        if unknown:
-            raise KeyError(f"recon has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
-        values = dict(recon)
-        values["b_range"] = tuple(float(b) for b in values["b_range"])
-        if values.get("cache_dtype", "float32") not in CACHE_DTYPES:
-            raise ValueError(f"recon.cache_dtype={values['cache_dtype']!r}; allowed: {sorted(CACHE_DTYPES)}")
-        return cls(**values)
 
 
 class TemperatureDecay:
@@ -86,7 +58,7 @@ def unit_seed(seed: int, unit_index: int, rank: int) -> int:
 
 def build_cache(q_model: nn.Module, fp_model: nn.Module, q_unit: nn.Module, fp_unit: nn.Module,
                 images: Sequence[torch.Tensor], cfg: ReconConfig, device: torch.device) -> ReconCache:
-    cache = ReconCache(device, keep_on_device=cfg.keep_gpu, dtype=CACHE_DTYPES[cfg.cache_dtype],
+    cache = ReconCache(device, keep_on_device=cfg.keep_gpu, dtype=cfg.cache_torch_dtype,
                        keep_fp_input=cfg.drop_prob < 1.0)
     for img in images:
         img = img.to(device)
@@ -110,12 +82,12 @@ def unit_output_error(unit: nn.Module, cache: ReconCache) -> float:
 
 
 def _set_drop_prob(unit: nn.Module, drop_prob: float) -> None:
-    for quantizer in activation_quantizers(unit):
+    for _, quantizer in fake_quantizers(unit, "activation"):
         quantizer.drop_prob = drop_prob
 
 
 def _adaround_quantizers(unit: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
-    return [(layer, q) for layer, q in weight_quantizers(unit) if isinstance(q, AdaRoundFakeQuantize)]
+    return [(layer, q) for layer, q in weight_quantized_layers(unit) if isinstance(q, AdaRoundFakeQuantize)]
 
 
 def harden_weights(unit: nn.Module) -> None:
@@ -128,7 +100,24 @@ def harden_weights(unit: nn.Module) -> None:
 def _mix(quant: torch.Tensor, fp: Optional[torch.Tensor], drop_prob: float) -> torch.Tensor:
     if drop_prob >= 1.0:
         return quant
+    if fast_path_enabled():
+        return mix(quant, fp, drop_prob)
     return torch.where(torch.rand_like(quant) < drop_prob, quant, fp)
+
+
+def training_forward(unit: nn.Module, cfg: ReconConfig) -> Callable[[torch.Tensor, Optional[torch.Tensor]],
+                                                                     torch.Tensor]:
+    """The unit's forward during reconstruction, with the input mixed by `drop_prob`: on the fused path or the
+    plain one (`recon.fast`), compiled with torch.compile (`recon.compile`), convolutions under autocast
+    (`recon.amp`; the quantizers compute in float32)."""
+    module = torch.compile(unit) if cfg.compile else unit
+    amp_dtype = cfg.amp_torch_dtype
+
+    def forward(quant_input: torch.Tensor, fp_input: Optional[torch.Tensor]) -> torch.Tensor:
+        with fast_path(cfg.fast), torch.autocast(quant_input.device.type, dtype=amp_dtype,
+                                                 enabled=amp_dtype is not None):
+            return module(_mix(quant_input, fp_input, cfg.drop_prob))
+    return forward
 
 
 def _average_gradients(params: Sequence[torch.Tensor]) -> None:
@@ -142,9 +131,23 @@ def _average_gradients(params: Sequence[torch.Tensor]) -> None:
 
 def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed: int,
                      show_progress: bool = True, desc: str = "") -> Tuple[float, float]:
-    """Learn the unit's rounding and activation scales on the cache; returns the last step's (reconstruction loss,
-    total loss with the rounding regulariser)."""
-    rank, _ = rank_and_world()
+    """Learn the unit's rounding and activation scales on its cached inputs and outputs.
+
+    Args:
+        unit: a quantized layer or block, calibrated; its AdaRound quantizers end in hard mode and its drop_prob
+            back at 1.
+        cache: per image, the unit's input in the quantized model (N, C, H, W), its float output (N, C', H', W')
+            and, when drop_prob < 1, its float input.
+        cfg: the schedule (`iters` steps of `batch_size` images, learning rates, regulariser, drop_prob).
+        seed: seeds the image draw and the drop masks (e.g. `unit_seed(run seed, unit index, rank)`).
+        show_progress: a progress bar on rank 0.
+        desc: the progress bar's label.
+
+    Returns:
+        The last logged step's (reconstruction loss, loss with the rounding regulariser); NaN, NaN when the unit
+        has nothing learnable.
+    """
+    rank, _ = get_dist_info()
     torch.manual_seed(seed)
     sampler = torch.Generator().manual_seed(seed)
     for param in unit.parameters():
@@ -154,8 +157,8 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
         quantizer.init(layer.weight.data, cfg.round_mode)
     rounding_params = [q.alpha for _, q in adaround]
     adaround_ids = {id(q) for _, q in adaround}
-    scale_params = [p for q in activation_quantizers(unit) for p in q.parameters()]
-    scale_params += [p for _, q in weight_quantizers(unit) if id(q) not in adaround_ids for p in q.parameters()]
+    scale_params = [p for _, q in fake_quantizers(unit, "activation") for p in q.parameters()]
+    scale_params += [p for _, q in weight_quantized_layers(unit) if id(q) not in adaround_ids for p in q.parameters()]
     if not rounding_params and not scale_params:
         return math.nan, math.nan  # nothing learnable (fixed quantizers only)
     for param in rounding_params + scale_params:
@@ -171,18 +174,20 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
     temperature = TemperatureDecay(cfg.iters, cfg.warm_up, cfg.b_range)
     adaround_quantizers = [q for _, q in adaround]
     loss_value = reconstruction_value = math.nan
+    forward = training_forward(unit, cfg)
     bar = tqdm(range(cfg.iters), desc=desc, disable=not show_progress or rank != 0, leave=False, dynamic_ncols=True)
     for step in bar:
         images = torch.randperm(len(cache), generator=sampler)[:cfg.batch_size]
         error, positions = 0.0, 0
         for group in cache.gather(images.tolist()):
-            group_error, group_positions = output_error_sum(
-                unit(_mix(group.quant_input, group.fp_input, cfg.drop_prob)), group.fp_output)
+            group_error, group_positions = output_error_sum(forward(group.quant_input, group.fp_input),
+                                                            group.fp_output)
             error, positions = error + group_error, positions + group_positions
         reconstruction_loss = error / positions
         loss = reconstruction_loss
         if step >= temperature.start and adaround_quantizers:
-            loss = loss + cfg.weight * rounding_regulariser(adaround_quantizers, temperature(step))
+            with fast_path(cfg.fast):
+                loss = loss + cfg.weight * rounding_regulariser(adaround_quantizers, temperature(step))
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=False)
         loss.backward()
@@ -206,15 +211,30 @@ def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.
                 device: torch.device, seed: int, logger: Optional[logging.Logger] = None, start_unit: int = 0,
                 on_unit_done: Optional[Callable[[int, List[str]], None]] = None,
                 show_progress: bool = True) -> List[str]:
-    """Reconstruct every unit that extract_feat runs, in forward order, from `start_unit` on (the units before it
-    are done already); `fp_model` is `float_reference(q_model)` taken before any reconstruction. After each unit
-    `on_unit_done(next_unit, finished unit names)` is called (to save progress). Returns the unit names in order.
+    """Reconstruct every unit that extract_feat runs, in forward order, from `start_unit` on.
 
     Quantized heads (`quant_head: True`) are not reconstructed: they keep round-to-nearest weights and their
-    calibrated activation scales."""
+    calibrated activation scales.
+
+    Args:
+        q_model: the calibrated quantized detector, changed in place.
+        fp_model: `float_reference(q_model)` taken before any reconstruction.
+        images: this rank's calibration batches, each (B, 3, H, W).
+        cfg: the `recon` settings; `iters` must be at least 1.
+        device: the compute device.
+        seed: the run's seed; each unit draws from `unit_seed(seed, unit index, rank)`, so a resumed run draws
+            what an uninterrupted one draws.
+        logger: receives one line per unit (output error before and after, losses, cache size).
+        start_unit: the units before it are reconstructed already.
+        on_unit_done: called after each unit with (next unit, finished unit names), e.g. to save progress.
+        show_progress: progress bars on rank 0.
+
+    Returns:
+        The names of all units, in forward order.
+    """
     if cfg.iters <= 0:
         raise ValueError(f"recon.iters={cfg.iters}: reconstruction needs at least one iteration")
-    rank, _ = rank_and_world()
+    rank, _ = get_dist_info()
     fp_units = dict(fp_model.named_modules())
     units = forward_order(q_model, quantization_units(q_model), images[0].to(device))
     log = logger.info if logger is not None else (lambda message: None)

@@ -86,7 +86,8 @@ def fused_detector(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
 
 
 def q_config(w_bit: int = 4, a_bit: int = 4, quant_head: bool = False, **recon) -> dict:
-    """The seed's quantizers with min/max observers (the MSE searches cost seconds on a busy CPU)."""
+    """The quantizers of exp/config.yaml (AdaRound weights, LSQ activations) with min/max observers (the MSE
+    searches cost seconds on a busy CPU)."""
     config = dict(
         a_qconfig=dict(quantizer="LSQFakeQuantize", observer="AvgMinMaxObserver", bit=a_bit, symmetric=False,
                        ch_axis=-1),

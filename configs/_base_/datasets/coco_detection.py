@@ -1,4 +1,4 @@
-# COCO 2017 detection data, mmdetection 2.28 values (spec section 1.6).
+# COCO 2017 detection data, mmdetection 2.28 values.
 dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 img_norm_cfg = dict(

@@ -1,4 +1,4 @@
-# Faster R-CNN R50-FPN, mmdetection 2.28 values (spec section 1.3-1.5).
+# Faster R-CNN R50-FPN, mmdetection 2.28 values.
 model = dict(
     type='FasterRCNN',
     backbone=dict(

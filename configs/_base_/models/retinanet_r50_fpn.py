@@ -1,4 +1,4 @@
-# RetinaNet R50-FPN, mmdetection 2.28 values (spec section 1.3-1.5).
+# RetinaNet R50-FPN, mmdetection 2.28 values.
 model = dict(
     type='RetinaNet',
     backbone=dict(

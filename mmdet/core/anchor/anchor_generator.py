@@ -1,6 +1,7 @@
 """Anchor generator of mmdetection 2.x: float anchors, no rounding, centred on `stride * index`."""
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 
@@ -9,7 +10,7 @@ from ..builder import TASK_UTILS
 Stride = Union[int, float, Sequence[float]]
 
 
-def _as_pair(stride: Stride) -> Tuple[float, float]:
+def _as_pair(stride: Stride) -> tuple[float, float]:
     if isinstance(stride, (int, float)):
         return stride, stride
     if len(stride) != 2:
@@ -59,7 +60,7 @@ class AnchorGenerator:
         return len(self.strides)
 
     @property
-    def num_base_anchors(self) -> List[int]:
+    def num_base_anchors(self) -> list[int]:
         return [anchors.size(0) for anchors in self.base_anchors]
 
     num_base_priors = num_base_anchors
@@ -76,11 +77,11 @@ class AnchorGenerator:
         cx = cy = self.center_offset * base_size
         return torch.stack([cx - 0.5 * ws, cy - 0.5 * hs, cx + 0.5 * ws, cy + 0.5 * hs], dim=-1)
 
-    def _check_levels(self, featmap_sizes: Sequence[Tuple[int, int]]) -> None:
+    def _check_levels(self, featmap_sizes: Sequence[tuple[int, int]]) -> None:
         if len(featmap_sizes) != self.num_levels:
             raise ValueError(f"AnchorGenerator: got {len(featmap_sizes)} feature maps for {self.num_levels} strides")
 
-    def single_level_grid_priors(self, featmap_size: Tuple[int, int], level: int,
+    def single_level_grid_priors(self, featmap_size: tuple[int, int], level: int,
                                  dtype: torch.dtype = torch.float32, device='cpu') -> torch.Tensor:
         feat_h, feat_w = featmap_size
         stride_w, stride_h = self.strides[level]
@@ -92,15 +93,15 @@ class AnchorGenerator:
         base = self.base_anchors[level].to(device=device, dtype=dtype)
         return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
 
-    def grid_priors(self, featmap_sizes: Sequence[Tuple[int, int]], dtype: torch.dtype = torch.float32,
-                    device='cpu') -> List[torch.Tensor]:
+    def grid_priors(self, featmap_sizes: Sequence[tuple[int, int]], dtype: torch.dtype = torch.float32,
+                    device='cpu') -> list[torch.Tensor]:
         """Anchors of every level, each `(H * W * A, 4)`."""
         self._check_levels(featmap_sizes)
         return [self.single_level_grid_priors(tuple(size), level, dtype, device)
                 for level, size in enumerate(featmap_sizes)]
 
-    def valid_flags(self, featmap_sizes: Sequence[Tuple[int, int]], pad_shape: Sequence[int],
-                    device='cpu') -> List[torch.Tensor]:
+    def valid_flags(self, featmap_sizes: Sequence[tuple[int, int]], pad_shape: Sequence[int],
+                    device='cpu') -> list[torch.Tensor]:
         """Per level, True for anchors whose cell lies inside the image's own padded shape (not the batch padding)."""
         self._check_levels(featmap_sizes)
         pad_h, pad_w = pad_shape[:2]

@@ -1,6 +1,7 @@
 """(dx, dy, dw, dh) box coder of mmdetection 2.x: no +1, only dw/dh are clamped, decoded boxes clipped to img_shape."""
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 

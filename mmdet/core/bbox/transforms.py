@@ -1,5 +1,5 @@
 """Conversions between per-image box lists, RoI tensors and per-class result arrays."""
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ def bbox2roi(bbox_list: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(rois, dim=0)
 
 
-def bbox2result(bboxes, labels, num_classes: int) -> List[np.ndarray]:
+def bbox2result(bboxes, labels, num_classes: int) -> list[np.ndarray]:
     """Split `(k, 5)` detections into `num_classes` float32 arrays by label, keeping their order."""
     if isinstance(bboxes, torch.Tensor):
         bboxes = bboxes.detach().cpu().numpy()

@@ -1,5 +1,6 @@
 """mmcv-style NMS: coordinate-offset batched NMS with a single torchvision NMS call, and multi-class NMS."""
-from typing import Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Optional
 
 import torch
 from torchvision.ops import nms
@@ -35,7 +36,7 @@ def _nms_by_group(boxes_for_nms: torch.Tensor, scores: torch.Tensor, idxs: torch
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, nms_cfg: Mapping,
-                class_agnostic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                class_agnostic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """NMS run independently per group id `idxs`, with mmcv's semantics.
 
     Every box is shifted by `idx * (max coordinate of all boxes + 1)` so groups cannot overlap, and NMS runs on the

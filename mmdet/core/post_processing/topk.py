@@ -1,10 +1,9 @@
 """Top-k with the tie order of a stable descending sort, at the cost of a top-k."""
-from typing import Tuple
 
 import torch
 
 
-def sorted_topk(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def sorted_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Values and indices of the first `k` entries of `scores.sort(descending=True, stable=True)` (1-D scores).
 
     mmdetection selects candidates with a full sort; equal scores then keep their index order, which NMS can depend

@@ -1,5 +1,6 @@
 """Compose: run a list of transforms (config dicts or callables) in order."""
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Callable, Optional, Union
 
 from ..builder import PIPELINES
 

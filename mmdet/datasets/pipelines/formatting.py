@@ -1,5 +1,5 @@
-"""Turn numpy results into tensors and pick what a sample carries (spec 2.6)."""
-from typing import Sequence
+"""Turn numpy results into tensors and pick what a sample carries."""
+from collections.abc import Sequence
 
 import numpy as np
 import torch

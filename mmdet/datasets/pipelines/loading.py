@@ -1,4 +1,4 @@
-"""Image and annotation loading (spec 2.1): OpenCV decode, BGR uint8 HWC."""
+"""Image and annotation loading: OpenCV decode, BGR uint8 HWC."""
 import os.path as osp
 
 import cv2

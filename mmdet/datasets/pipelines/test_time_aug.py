@@ -1,5 +1,5 @@
 """MultiScaleFlipAug restricted to what the batch format can carry: one scale, no flip."""
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..builder import PIPELINES
 from .compose import Compose

@@ -1,6 +1,7 @@
-"""Geometric and photometric transforms with mmdetection 2.28 / mmcv numerics (spec 2.2-2.5)."""
+"""Geometric and photometric transforms with mmdetection 2.28 / mmcv numerics."""
 import math
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ _INTERPOLATIONS = {
 }
 
 
-def rescale_size(width: int, height: int, scale: Tuple[int, int]) -> Tuple[int, int]:
+def rescale_size(width: int, height: int, scale: tuple[int, int]) -> tuple[int, int]:
     """Keep-ratio target size: the largest factor fitting max(scale) on the long and min(scale) on the short
     side; each side rounded half up as int(side * s + 0.5)."""
     long_edge, short_edge = max(scale), min(scale)
@@ -71,7 +72,7 @@ class Resize:
         self.bbox_clip_border = bbox_clip_border
         self.interpolation = interpolation
 
-    def _choose_scale(self, results: dict) -> Tuple[int, int]:
+    def _choose_scale(self, results: dict) -> tuple[int, int]:
         if "scale" in results:
             return tuple(results["scale"])
         if not self.img_scale:
@@ -82,7 +83,8 @@ class Resize:
             return self.img_scale[np.random.randint(len(self.img_scale))]
         longs = [max(s) for s in self.img_scale]
         shorts = [min(s) for s in self.img_scale]
-        return (int(np.random.randint(min(longs), max(longs) + 1)), int(np.random.randint(min(shorts), max(shorts) + 1)))
+        long_edge = int(np.random.randint(min(longs), max(longs) + 1))
+        return long_edge, int(np.random.randint(min(shorts), max(shorts) + 1))
 
     def __call__(self, results: dict) -> dict:
         scale = self._choose_scale(results)
@@ -169,7 +171,7 @@ class RandomFlip:
 
 
 def normalize_image(img: np.ndarray, mean: np.ndarray, std: np.ndarray, to_rgb: bool) -> np.ndarray:
-    """float32 copy, optional BGR->RGB, then OpenCV in-place `(x - mean) * (1 / std)` (mmcv's calls, spec 2.4).
+    """float32 copy, optional BGR->RGB, then OpenCV in-place `(x - mean) * (1 / std)` (mmcv's calls).
 
     The reciprocal is taken in float64 from the float32 std: a multiplication by a reciprocal, not a
     division. How OpenCV forms the product is its own business (OpenCV 5.0 multiplies in float64 and
@@ -209,15 +211,16 @@ class Normalize:
 class Pad:
     """Pad bottom/right with `pad_val` to a fixed `size` (h, w) or to multiples of `size_divisor`."""
 
-    def __init__(self, size: Optional[Tuple[int, int]] = None, size_divisor: Optional[int] = None,
+    def __init__(self, size: Optional[tuple[int, int]] = None, size_divisor: Optional[int] = None,
                  pad_val: Union[float, dict] = 0):
         if (size is None) == (size_divisor is None):
-            raise ValueError(f"Pad needs exactly one of size / size_divisor, got size={size}, size_divisor={size_divisor}")
+            raise ValueError(f"Pad needs exactly one of size / size_divisor, got size={size}, "
+                             f"size_divisor={size_divisor}")
         self.size = size
         self.size_divisor = size_divisor
         self.pad_val = pad_val.get("img", 0) if isinstance(pad_val, dict) else pad_val
 
-    def _target(self, height: int, width: int) -> Tuple[int, int]:
+    def _target(self, height: int, width: int) -> tuple[int, int]:
         if self.size is not None:
             target_h, target_w = self.size
             if target_h < height or target_w < width:

@@ -1,7 +1,8 @@
 """ResNet backbone with mmdetection 2.x parameter names (torchvision v1.5 layout: the stride sits on the 3x3 conv)."""
 import logging
 import os
-from typing import List, Optional, Sequence, Tuple, Type, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -114,7 +115,7 @@ class ResLayer(nn.Sequential):
 
     def __init__(
         self,
-        block: Type[Block],
+        block: type[Block],
         inplanes: int,
         planes: int,
         num_blocks: int,
@@ -204,7 +205,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-        self.res_layers: List[str] = []
+        self.res_layers: list[str] = []
         inplanes = stem_channels
         for i, num_blocks in enumerate(self.stage_blocks):
             planes = base_channels * 2**i
@@ -219,7 +220,7 @@ class ResNet(nn.Module):
         self._freeze_stages()
 
     def init_weights(self) -> None:
-        """Initialisation for training from scratch (spec 13.6)."""
+        """Initialisation for training from scratch."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -278,7 +279,7 @@ class ResNet(nn.Module):
                     module.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = []
         for i, name in enumerate(self.res_layers):

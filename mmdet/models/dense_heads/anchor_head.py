@@ -1,5 +1,6 @@
 """Shared logic of the anchor-based dense heads (RPN, RetinaNet): anchors, training targets and losses."""
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,7 @@ from ..builder import build_loss
 _UNSAMPLED_LOSSES = ("FocalLoss",)
 
 
-def images_to_levels(per_image: List[torch.Tensor], num_per_level: Sequence[int]) -> List[torch.Tensor]:
+def images_to_levels(per_image: list[torch.Tensor], num_per_level: Sequence[int]) -> list[torch.Tensor]:
     """Stack per-image targets `(N_total, ...)` and split them into per-level `(B, N_level, ...)` tensors."""
     return list(torch.stack(per_image, dim=0).split(list(num_per_level), dim=1))
 
@@ -69,10 +70,10 @@ class AnchorHead(nn.Module):
                 self.sampler = PseudoSampler()
 
     # ----------------------------------------------------------------------------------------------- forward
-    def forward_single(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_single(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per level `(B, A * cls_out_channels, H, W)` scores and `(B, A * 4, H, W)` deltas."""
         cls_scores, bbox_preds = [], []
         for feat in feats:
@@ -81,9 +82,9 @@ class AnchorHead(nn.Module):
             bbox_preds.append(bbox_pred)
         return cls_scores, bbox_preds
 
-    def forward_train(self, x: Sequence[torch.Tensor], img_metas: List[dict], gt_bboxes: List[torch.Tensor],
-                      gt_labels: Optional[List[torch.Tensor]] = None,
-                      gt_bboxes_ignore: Optional[List[torch.Tensor]] = None,
+    def forward_train(self, x: Sequence[torch.Tensor], img_metas: list[dict], gt_bboxes: list[torch.Tensor],
+                      gt_labels: Optional[list[torch.Tensor]] = None,
+                      gt_bboxes_ignore: Optional[list[torch.Tensor]] = None,
                       proposal_cfg: Optional[Mapping] = None, **kwargs):
         """Losses, plus the detached proposals/detections of `get_bboxes(cfg=proposal_cfg)` when it is given.
 
@@ -96,8 +97,8 @@ class AnchorHead(nn.Module):
         return losses, self.get_bboxes(cls_scores, bbox_preds, img_metas, cfg=proposal_cfg)
 
     # ----------------------------------------------------------------------------------------------- targets
-    def get_anchors(self, featmap_sizes: List[Tuple[int, int]], img_metas: List[dict], device
-                    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def get_anchors(self, featmap_sizes: list[tuple[int, int]], img_metas: list[dict], device
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Anchors (same for every image) and per-image valid flags, each concatenated over levels."""
         anchors = torch.cat(self.prior_generator.grid_priors(featmap_sizes, device=device))
         valid_flags = [torch.cat(self.prior_generator.valid_flags(featmap_sizes, meta["pad_shape"], device))
@@ -144,10 +145,10 @@ class AnchorHead(nn.Module):
                 unmap(bbox_targets, num_anchors, inside), unmap(bbox_weights, num_anchors, inside),
                 pos_inds.numel(), neg_inds.numel())
 
-    def get_targets(self, anchor_list: List[torch.Tensor], valid_flag_list: List[torch.Tensor],
-                    gt_bboxes_list: List[torch.Tensor], img_metas: List[dict], num_per_level: Sequence[int],
-                    gt_bboxes_ignore_list: Optional[List[Optional[torch.Tensor]]] = None,
-                    gt_labels_list: Optional[List[torch.Tensor]] = None):
+    def get_targets(self, anchor_list: list[torch.Tensor], valid_flag_list: list[torch.Tensor],
+                    gt_bboxes_list: list[torch.Tensor], img_metas: list[dict], num_per_level: Sequence[int],
+                    gt_bboxes_ignore_list: Optional[list[Optional[torch.Tensor]]] = None,
+                    gt_labels_list: Optional[list[torch.Tensor]] = None):
         """Per-level `(B, N_level, ...)` labels, label weights, box targets and box weights, and the positive and
         negative counts summed over images (each image counting at least 1)."""
         if self.train_cfg is None:
@@ -170,7 +171,7 @@ class AnchorHead(nn.Module):
     # ----------------------------------------------------------------------------------------------- losses
     def loss_single(self, cls_score: torch.Tensor, bbox_pred: torch.Tensor, labels: torch.Tensor,
                     label_weights: torch.Tensor, bbox_targets: torch.Tensor, bbox_weights: torch.Tensor,
-                    num_total_samples: float) -> Tuple[torch.Tensor, torch.Tensor]:
+                    num_total_samples: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Losses of one level; the scores/deltas are flattened in anchor order `(y * W + x) * A + a`."""
         cls_score = cls_score.permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)
         loss_cls = self.loss_cls(cls_score, labels.reshape(-1), label_weights.reshape(-1),
@@ -180,9 +181,9 @@ class AnchorHead(nn.Module):
                                    avg_factor=num_total_samples)
         return loss_cls, loss_bbox
 
-    def loss(self, cls_scores: List[torch.Tensor], bbox_preds: List[torch.Tensor], gt_bboxes: List[torch.Tensor],
-             gt_labels: Optional[List[torch.Tensor]], img_metas: List[dict],
-             gt_bboxes_ignore: Optional[List[torch.Tensor]] = None) -> Dict[str, List[torch.Tensor]]:
+    def loss(self, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], gt_bboxes: list[torch.Tensor],
+             gt_labels: Optional[list[torch.Tensor]], img_metas: list[dict],
+             gt_bboxes_ignore: Optional[list[torch.Tensor]] = None) -> dict[str, list[torch.Tensor]]:
         """Per-level lists `loss_cls` and `loss_bbox` (their sum is the head's loss)."""
         featmap_sizes = [tuple(score.shape[-2:]) for score in cls_scores]
         anchor_list, valid_flag_list = self.get_anchors(featmap_sizes, img_metas, cls_scores[0].device)
@@ -201,11 +202,11 @@ class AnchorHead(nn.Module):
         return dict(loss_cls=losses_cls, loss_bbox=losses_bbox)
 
     # ----------------------------------------------------------------------------------------------- inference
-    def get_bboxes(self, cls_scores: List[torch.Tensor], bbox_preds: List[torch.Tensor], img_metas: List[dict],
+    def get_bboxes(self, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], img_metas: list[dict],
                    cfg: Optional[Mapping] = None, rescale: bool = False):
         raise NotImplementedError
 
-    def level_anchors(self, cls_scores: List[torch.Tensor]) -> List[torch.Tensor]:
+    def level_anchors(self, cls_scores: list[torch.Tensor]) -> list[torch.Tensor]:
         featmap_sizes = [tuple(score.shape[-2:]) for score in cls_scores]
         return self.prior_generator.grid_priors(featmap_sizes, dtype=cls_scores[0].dtype,
                                                 device=cls_scores[0].device)

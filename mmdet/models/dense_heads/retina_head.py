@@ -1,6 +1,7 @@
 """RetinaNet head: 4 stacked 3x3 conv+ReLU towers for classification and regression, sigmoid classes."""
 import math
-from typing import List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -58,7 +59,7 @@ class RetinaHead(AnchorHead):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Normal(0, 0.01) on every conv, bias 0, except `retina_cls` bias -ln((1 - 0.01) / 0.01) (spec 7.1)."""
+        """Normal(0, 0.01) on every conv, bias 0, except `retina_cls` bias -ln((1 - 0.01) / 0.01)."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, mean=0.0, std=0.01)
@@ -66,21 +67,21 @@ class RetinaHead(AnchorHead):
                     nn.init.zeros_(module.bias)
         nn.init.constant_(self.retina_cls.bias, -math.log((1 - _PRIOR_PROB) / _PRIOR_PROB))
 
-    def forward_single(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_single(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cls_feat = reg_feat = x
         for cls_conv, reg_conv in zip(self.cls_convs, self.reg_convs):
             cls_feat = cls_conv(cls_feat)
             reg_feat = reg_conv(reg_feat)
         return self.retina_cls(cls_feat), self.retina_reg(reg_feat)
 
-    def simple_test(self, feats: List[torch.Tensor], img_metas: List[dict], rescale: bool = False
-                    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def simple_test(self, feats: list[torch.Tensor], img_metas: list[dict], rescale: bool = False
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image `(det_bboxes (k, 5), det_labels (k,))`; original-image coordinates when `rescale`."""
         cls_scores, bbox_preds = self(feats)
         return self.get_bboxes(cls_scores, bbox_preds, img_metas, rescale=rescale)
 
-    def get_bboxes(self, cls_scores: List[torch.Tensor], bbox_preds: List[torch.Tensor], img_metas: List[dict],
-                   cfg: Optional[Mapping] = None, rescale: bool = False) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def get_bboxes(self, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], img_metas: list[dict],
+                   cfg: Optional[Mapping] = None, rescale: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.test_cfg if cfg is None else cfg
         anchors = self.level_anchors(cls_scores)
         return [self._detections_single([s[i].detach() for s in cls_scores], [b[i].detach() for b in bbox_preds],
@@ -88,9 +89,9 @@ class RetinaHead(AnchorHead):
                 for i in range(len(img_metas))]
 
     def _level_candidates(self, cls_score: torch.Tensor, bbox_pred: torch.Tensor, anchors: torch.Tensor,
-                          score_thr: float, nms_pre: int) -> Tuple[torch.Tensor, ...]:
+                          score_thr: float, nms_pre: int) -> tuple[torch.Tensor, ...]:
         """Scores, labels, anchors and deltas of one level's (anchor, class) pairs with score > score_thr, best
-        `nms_pre` first (threshold, then top-k over pairs, spec 7.2).
+        `nms_pre` first (threshold, then top-k over pairs).
 
         Works on the head's `(A * K, H, W)` layout: the sigmoid is monotonic, so a slightly looser test on the logits
         finds every candidate without a sigmoid (or a transposed copy) of all A * K * H * W elements; the exact
@@ -115,9 +116,9 @@ class RetinaHead(AnchorHead):
         deltas = bbox_pred.view(num_anchors, 4, *bbox_pred.shape[1:])[anchor_in_cell[picked], :, y[picked], x[picked]]
         return scores, labels[picked], anchors[anchor_index[picked]], deltas
 
-    def _detections_single(self, cls_scores: List[torch.Tensor], bbox_preds: List[torch.Tensor],
-                           anchors: List[torch.Tensor], img_meta: dict, cfg: Mapping, rescale: bool
-                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _detections_single(self, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor],
+                           anchors: list[torch.Tensor], img_meta: dict, cfg: Mapping, rescale: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
         where = "RetinaHead test_cfg"
         nms_pre = require(cfg, "nms_pre", where)
         score_thr = require(cfg, "score_thr", where)

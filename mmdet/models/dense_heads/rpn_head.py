@@ -1,5 +1,6 @@
 """RPN head of Faster R-CNN: one shared 3x3 conv, then per-anchor objectness and deltas; proposal generation."""
-from typing import Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -34,29 +35,29 @@ class RPNHead(AnchorHead):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Normal(0, 0.01) weights, zero biases (spec 5.3)."""
+        """Normal(0, 0.01) weights, zero biases."""
         for conv in (self.rpn_conv, self.rpn_cls, self.rpn_reg):
             nn.init.normal_(conv.weight, mean=0.0, std=0.01)
             nn.init.zeros_(conv.bias)
 
-    def forward_single(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_single(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = F.relu(self.rpn_conv(x))
         return self.rpn_cls(x), self.rpn_reg(x)
 
-    def loss(self, cls_scores: List[torch.Tensor], bbox_preds: List[torch.Tensor], gt_bboxes: List[torch.Tensor],
-             gt_labels: Optional[List[torch.Tensor]], img_metas: List[dict],
-             gt_bboxes_ignore: Optional[List[torch.Tensor]] = None) -> Dict[str, List[torch.Tensor]]:
+    def loss(self, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], gt_bboxes: list[torch.Tensor],
+             gt_labels: Optional[list[torch.Tensor]], img_metas: list[dict],
+             gt_bboxes_ignore: Optional[list[torch.Tensor]] = None) -> dict[str, list[torch.Tensor]]:
         """`loss_rpn_cls` and `loss_rpn_bbox` per level; gt labels are not used (class-agnostic)."""
         losses = super().loss(cls_scores, bbox_preds, gt_bboxes, None, img_metas, gt_bboxes_ignore=gt_bboxes_ignore)
         return dict(loss_rpn_cls=losses["loss_cls"], loss_rpn_bbox=losses["loss_bbox"])
 
-    def simple_test_rpn(self, x: List[torch.Tensor], img_metas: List[dict]) -> List[torch.Tensor]:
+    def simple_test_rpn(self, x: list[torch.Tensor], img_metas: list[dict]) -> list[torch.Tensor]:
         """Test-time proposals `(n, 5)` per image (box + objectness) in network-input coordinates."""
         cls_scores, bbox_preds = self(x)
         return self.get_bboxes(cls_scores, bbox_preds, img_metas)
 
-    def get_bboxes(self, cls_scores: List[torch.Tensor], bbox_preds: List[torch.Tensor], img_metas: List[dict],
-                   cfg: Optional[Mapping] = None, rescale: bool = False) -> List[torch.Tensor]:
+    def get_bboxes(self, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], img_metas: list[dict],
+                   cfg: Optional[Mapping] = None, rescale: bool = False) -> list[torch.Tensor]:
         """Proposals per image; `cfg` defaults to `test_cfg` (training passes `train_cfg.rpn_proposal`)."""
         if rescale:
             raise ValueError("RPNHead.get_bboxes: proposals stay in network-input coordinates (rescale=False)")
@@ -66,8 +67,8 @@ class RPNHead(AnchorHead):
                                        anchors, img_metas[i], cfg)
                 for i in range(len(img_metas))]
 
-    def _proposals_single(self, cls_scores: List[torch.Tensor], bbox_preds: List[torch.Tensor],
-                          anchors: List[torch.Tensor], img_meta: dict, cfg: Mapping) -> torch.Tensor:
+    def _proposals_single(self, cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor],
+                          anchors: list[torch.Tensor], img_meta: dict, cfg: Mapping) -> torch.Tensor:
         where = "RPNHead proposal cfg"
         nms_pre = require(cfg, "nms_pre", where)
         max_per_img = require(cfg, "max_per_img", where)

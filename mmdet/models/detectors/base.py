@@ -1,11 +1,12 @@
 """BaseDetector: the forward/train_step API shared by the detectors (mmdetection 2.x conventions)."""
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-LossValue = Union[torch.Tensor, List[torch.Tensor]]
+LossValue = Union[torch.Tensor, list[torch.Tensor]]
 
 
 def sub_cfg(cfg: Optional[dict], key: str) -> Optional[dict]:
@@ -30,12 +31,12 @@ def with_pretrained(backbone_cfg: dict, pretrained: Optional[str]) -> dict:
     return backbone_cfg
 
 
-def parse_losses(losses: Dict[str, LossValue]) -> Tuple[torch.Tensor, Dict[str, float]]:
+def parse_losses(losses: dict[str, LossValue]) -> tuple[torch.Tensor, dict[str, float]]:
     """Reduce each entry to a scalar (mean; a list is the sum of its means) and total those named '*loss*'.
 
     Returns the total (with its graph) and the logged values, averaged over processes when a process group runs.
     """
-    scalars: Dict[str, torch.Tensor] = {}
+    scalars: dict[str, torch.Tensor] = {}
     for name, value in losses.items():
         if isinstance(value, torch.Tensor):
             scalars[name] = value.mean()
@@ -62,7 +63,7 @@ class BaseDetector(nn.Module):
     def __init__(self, init_cfg: Optional[dict] = None):
         super().__init__()
         self.init_cfg = init_cfg
-        self.CLASSES: Optional[Tuple[str, ...]] = None
+        self.CLASSES: Optional[tuple[str, ...]] = None
 
     @property
     def with_neck(self) -> bool:
@@ -75,13 +76,15 @@ class BaseDetector(nn.Module):
     @property
     def with_bbox(self) -> bool:
         roi_head = getattr(self, "roi_head", None)
-        return (roi_head is not None and getattr(roi_head, "with_bbox", True)) or getattr(self, "bbox_head", None) is not None
+        if roi_head is not None and getattr(roi_head, "with_bbox", True):
+            return True
+        return getattr(self, "bbox_head", None) is not None
 
     @property
     def with_mask(self) -> bool:
         return False
 
-    def extract_feat(self, img: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def extract_feat(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Backbone, then neck when present."""
         x = self.backbone(img)
         if self.with_neck:
@@ -95,16 +98,18 @@ class BaseDetector(nn.Module):
         for meta in img_metas:
             meta.setdefault("batch_input_shape", batch_input_shape)
 
-    def forward_train(self, img: torch.Tensor, img_metas: List[dict], *args, **kwargs) -> Dict[str, LossValue]:
+    def forward_train(self, img: torch.Tensor, img_metas: list[dict], *args, **kwargs) -> dict[str, LossValue]:
         raise NotImplementedError
 
-    def simple_test(self, img: torch.Tensor, img_metas: List[dict], rescale: bool = False, **kwargs) -> list:
+    def simple_test(self, img: torch.Tensor, img_metas: list[dict], rescale: bool = False, **kwargs) -> list:
         raise NotImplementedError
 
     def forward(self, img, img_metas, return_loss: bool = True, **kwargs):
-        """``return_loss=True``: ``forward_train(img, img_metas, **kwargs)``; else ``simple_test(img, img_metas, **kwargs)``.
+        """``return_loss=True``: ``forward_train(img, img_metas, **kwargs)``;
+        else ``simple_test(img, img_metas, **kwargs)``.
 
-        For the test path, mmdetection's augmentation-list form (``[img]``, ``[img_metas]``) with one entry is accepted too.
+        For the test path, mmdetection's augmentation-list form (``[img]``, ``[img_metas]``) with one entry is accepted
+        too.
         """
         if return_loss:
             return self.forward_train(img, img_metas, **kwargs)
@@ -119,7 +124,8 @@ class BaseDetector(nn.Module):
     parse_losses = staticmethod(parse_losses)
 
     def train_step(self, data: dict, optimizer=None) -> dict:
-        """One training forward: ``dict(loss, log_vars, num_samples)``; the caller runs backward and the optimizer step."""
+        """One training forward: ``dict(loss, log_vars, num_samples)``; the caller runs backward and the optimizer
+        step."""
         losses = self(**data)
         loss, log_vars = self.parse_losses(losses)
         return dict(loss=loss, log_vars=log_vars, num_samples=len(data["img_metas"]))

@@ -1,5 +1,5 @@
 """Single-stage detectors: backbone -> neck -> dense head."""
-from typing import Dict, List, Optional
+from typing import Optional
 
 import torch
 
@@ -35,16 +35,16 @@ class SingleStageDetector(BaseDetector):
     def forward_train(
         self,
         img: torch.Tensor,
-        img_metas: List[dict],
-        gt_bboxes: List[torch.Tensor],
-        gt_labels: List[torch.Tensor],
-        gt_bboxes_ignore: Optional[List[torch.Tensor]] = None,
-    ) -> Dict[str, LossValue]:
+        img_metas: list[dict],
+        gt_bboxes: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+        gt_bboxes_ignore: Optional[list[torch.Tensor]] = None,
+    ) -> dict[str, LossValue]:
         self.set_batch_input_shape(img, img_metas)
         x = self.extract_feat(img)
         return self.bbox_head.forward_train(x, img_metas, gt_bboxes, gt_labels, gt_bboxes_ignore)
 
-    def simple_test(self, img: torch.Tensor, img_metas: List[dict], rescale: bool = False) -> list:
+    def simple_test(self, img: torch.Tensor, img_metas: list[dict], rescale: bool = False) -> list:
         """Per image: a list of ``num_classes`` float32 arrays (k, 5) = x1, y1, x2, y2, score."""
         self.set_batch_input_shape(img, img_metas)
         feats = self.extract_feat(img)

@@ -1,5 +1,5 @@
 """Two-stage detectors: backbone -> neck -> RPN proposals -> RoI head."""
-from typing import Dict, List, Optional
+from typing import Optional
 
 import torch
 
@@ -46,16 +46,16 @@ class TwoStageDetector(BaseDetector):
     def forward_train(
         self,
         img: torch.Tensor,
-        img_metas: List[dict],
-        gt_bboxes: List[torch.Tensor],
-        gt_labels: List[torch.Tensor],
-        gt_bboxes_ignore: Optional[List[torch.Tensor]] = None,
-        proposals: Optional[List[torch.Tensor]] = None,
+        img_metas: list[dict],
+        gt_bboxes: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+        gt_bboxes_ignore: Optional[list[torch.Tensor]] = None,
+        proposals: Optional[list[torch.Tensor]] = None,
         **kwargs,
-    ) -> Dict[str, LossValue]:
+    ) -> dict[str, LossValue]:
         self.set_batch_input_shape(img, img_metas)
         x = self.extract_feat(img)
-        losses: Dict[str, LossValue] = {}
+        losses: dict[str, LossValue] = {}
         if self.with_rpn:
             proposal_cfg = sub_cfg(self.train_cfg, "rpn_proposal") or sub_cfg(self.test_cfg, "rpn")
             rpn_losses, proposal_list = self.rpn_head.forward_train(
@@ -75,8 +75,8 @@ class TwoStageDetector(BaseDetector):
     def simple_test(
         self,
         img: torch.Tensor,
-        img_metas: List[dict],
-        proposals: Optional[List[torch.Tensor]] = None,
+        img_metas: list[dict],
+        proposals: Optional[list[torch.Tensor]] = None,
         rescale: bool = False,
     ) -> list:
         """Per image: a list of ``num_classes`` float32 arrays (k, 5) = x1, y1, x2, y2, score."""

@@ -1,5 +1,6 @@
 """Softmax cross-entropy (RoI head) and sigmoid binary cross-entropy (RPN)."""
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn

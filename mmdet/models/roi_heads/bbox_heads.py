@@ -1,5 +1,6 @@
 """Shared2FCBBoxHead: two shared fully connected layers, then softmax classes (background last) and per-class deltas."""
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -43,7 +44,7 @@ class Shared2FCBBoxHead(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Xavier-uniform shared FCs, Normal(0, 0.01) fc_cls, Normal(0, 0.001) fc_reg, zero biases (spec 6.3)."""
+        """Xavier-uniform shared FCs, Normal(0, 0.01) fc_cls, Normal(0, 0.001) fc_reg, zero biases."""
         for fc in self.shared_fcs:
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
@@ -52,7 +53,7 @@ class Shared2FCBBoxHead(nn.Module):
         nn.init.zeros_(self.fc_cls.bias)
         nn.init.zeros_(self.fc_reg.bias)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.flatten(1)
         for fc in self.shared_fcs:
             x = F.relu(fc(x))
@@ -85,7 +86,7 @@ class Shared2FCBBoxHead(nn.Module):
 
     def loss(self, cls_score: torch.Tensor, bbox_pred: torch.Tensor, labels: torch.Tensor,
              label_weights: torch.Tensor, bbox_targets: torch.Tensor, bbox_weights: torch.Tensor
-             ) -> Dict[str, torch.Tensor]:
+             ) -> dict[str, torch.Tensor]:
         """`loss_cls` (softmax CE over the weighted samples), `acc` (percent, logged only) and `loss_bbox`
         (L1 on the gt class's deltas of positives, averaged over all sampled RoIs)."""
         losses = {}

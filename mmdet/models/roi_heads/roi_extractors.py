@@ -1,5 +1,6 @@
 """RoI feature extraction from an FPN: each RoI is pooled on one level chosen by its scale."""
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -11,7 +12,7 @@ from ..builder import MODELS
 class RoIAlign(nn.Module):
     """mmcv-style RoIAlign (average pooling) on `torchvision.ops.roi_align`; `aligned=True` shifts by -0.5 pixel."""
 
-    def __init__(self, output_size: Union[int, Tuple[int, int]], spatial_scale: float, sampling_ratio: int = 0,
+    def __init__(self, output_size: Union[int, tuple[int, int]], spatial_scale: float, sampling_ratio: int = 0,
                  aligned: bool = True):
         super().__init__()
         self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)

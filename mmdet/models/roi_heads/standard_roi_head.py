@@ -1,5 +1,6 @@
 """Faster R-CNN second stage: sample proposals, pool their features, classify and refine them."""
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -43,13 +44,13 @@ class StandardRoIHead(nn.Module):
     def num_classes(self) -> int:
         return self.bbox_head.num_classes
 
-    def _bbox_forward(self, x: Sequence[torch.Tensor], rois: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _bbox_forward(self, x: Sequence[torch.Tensor], rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bbox_feats = self.bbox_roi_extractor(x[:self.bbox_roi_extractor.num_inputs], rois)
         return self.bbox_head(bbox_feats)
 
-    def forward_train(self, x: Sequence[torch.Tensor], img_metas: List[dict], proposal_list: List[torch.Tensor],
-                      gt_bboxes: List[torch.Tensor], gt_labels: List[torch.Tensor],
-                      gt_bboxes_ignore: Optional[List[torch.Tensor]] = None, **kwargs) -> Dict[str, torch.Tensor]:
+    def forward_train(self, x: Sequence[torch.Tensor], img_metas: list[dict], proposal_list: list[torch.Tensor],
+                      gt_bboxes: list[torch.Tensor], gt_labels: list[torch.Tensor],
+                      gt_bboxes_ignore: Optional[list[torch.Tensor]] = None, **kwargs) -> dict[str, torch.Tensor]:
         """`loss_cls`, `loss_bbox` and `acc`. Extra keyword arguments (other batch keys) are not used."""
         if self.train_cfg is None:
             raise ValueError("StandardRoIHead: training needs a train_cfg (assigner, sampler)")
@@ -67,9 +68,9 @@ class StandardRoIHead(nn.Module):
         targets = self.bbox_head.get_targets(sampling_results, self.train_cfg)
         return self.bbox_head.loss(cls_score, bbox_pred, *targets)
 
-    def simple_test_bboxes(self, x: Sequence[torch.Tensor], img_metas: List[dict], proposals: List[torch.Tensor],
+    def simple_test_bboxes(self, x: Sequence[torch.Tensor], img_metas: list[dict], proposals: list[torch.Tensor],
                            rcnn_test_cfg: Optional[Mapping], rescale: bool = False
-                           ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+                           ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per image `det_bboxes (k, 5)` and `det_labels (k,)`."""
         rois = bbox2roi(proposals)
         if rois.size(0) == 0:
@@ -92,8 +93,8 @@ class StandardRoIHead(nn.Module):
             det_labels.append(labels)
         return det_bboxes, det_labels
 
-    def simple_test(self, x: Sequence[torch.Tensor], proposal_list: List[torch.Tensor], img_metas: List[dict],
-                    rescale: bool = False) -> List[List[np.ndarray]]:
+    def simple_test(self, x: Sequence[torch.Tensor], proposal_list: list[torch.Tensor], img_metas: list[dict],
+                    rescale: bool = False) -> list[list[np.ndarray]]:
         """Per image a list of `num_classes` float32 arrays `(k, 5)`."""
         if self.test_cfg is None:
             raise ValueError("StandardRoIHead: testing needs a test_cfg (score_thr, nms, max_per_img)")

@@ -1,5 +1,6 @@
 """ConvModule: a conv with optional norm and activation, stored as `.conv`, `.bn`/`.gn`, `.activate` (mmcv's names)."""
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -41,7 +42,8 @@ class ConvModule(nn.Module):
             bias = norm_cfg is None
         self.order = tuple(order)
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=groups,
+            bias=bias
         )
         self.norm_name: Optional[str] = None
         if norm_cfg is not None:

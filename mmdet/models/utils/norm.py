@@ -1,5 +1,5 @@
 """Normalisation and activation layers named by mmcv-style config dicts."""
-from typing import Optional, Tuple
+from typing import Optional
 
 from torch import nn
 
@@ -19,7 +19,7 @@ _ACTIVATIONS = {
 }
 
 
-def build_norm_layer(cfg: dict, num_features: int, postfix: str = "") -> Tuple[str, nn.Module]:
+def build_norm_layer(cfg: dict, num_features: int, postfix: str = "") -> tuple[str, nn.Module]:
     """Build a normalisation layer from e.g. ``dict(type='BN', requires_grad=True)``.
 
     Returns ``(name, layer)`` where name is ``'bn' + postfix`` (``'gn'`` for GroupNorm), the attribute name

@@ -1,5 +1,5 @@
-"""init_detector / inference_detector and tools/test.py end to end on a tiny RetinaNet (CPU, seconds)."""
-import importlib.util
+"""init_detector / inference_detector and the checkpoint evaluation of tools/test.py, end to end on a tiny RetinaNet
+(CPU, seconds)."""
 import json
 import os
 import pickle
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.coco_files import ann, write_tiny_coco
 from mmdet.apis import inference_detector, init_detector
 from mmdet.utils import save_checkpoint
-from helpers.coco_files import ann, write_tiny_coco
+from qdrop.solver.evaluate_checkpoint import main as evaluate_checkpoint
 
 TINY_CONFIG = """
 classes = ('cat', 'dog', 'bird')
@@ -104,13 +105,10 @@ def test_checkpoint_meta_classes_and_tools_test(tiny_setup):
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(a, b), name
 
-    spec = importlib.util.spec_from_file_location("tools_test", "tools/test.py")
-    tools_test = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tools_test)
     work_dir = root / "work"
-    metric = tools_test.main([str(config), str(checkpoint), "--eval", "bbox", "--work-dir", str(work_dir),
-                              "--out", str(root / "results.pkl"), "--fuse-conv-bn",
-                              "--cfg-options", "model.test_cfg.max_per_img=5"])
+    metric = evaluate_checkpoint([str(config), str(checkpoint), "--eval", "bbox", "--work-dir", str(work_dir),
+                                  "--out", str(root / "results.pkl"), "--fuse-conv-bn",
+                                  "--cfg-options", "model.test_cfg.max_per_img=5"])
     assert set(metric) >= {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_copypaste"}
     eval_files = list(work_dir.glob("eval_*.json"))
     assert len(eval_files) == 1 and len(list(work_dir.glob("*.log"))) == 1

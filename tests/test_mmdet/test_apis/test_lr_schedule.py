@@ -1,4 +1,4 @@
-"""Step decay with warm-up, as mmcv's StepLrUpdaterHook computes it (spec 13.7)."""
+"""Step decay with warm-up, as mmcv's StepLrUpdaterHook computes it."""
 import pytest
 import torch
 

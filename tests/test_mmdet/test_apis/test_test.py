@@ -8,9 +8,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from helpers.coco_files import CLASSES, TEST_PIPELINE, ann, write_tiny_coco
 from mmdet.apis import multi_gpu_test, single_gpu_test
 from mmdet.datasets import build_dataloader, build_dataset
-from helpers.coco_files import CLASSES, TEST_PIPELINE, ann, write_tiny_coco
 
 NUM_IMAGES = 5  # odd: the second rank gets a padded (repeated) image
 

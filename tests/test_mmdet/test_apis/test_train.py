@@ -3,15 +3,22 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 import torch
+from mmengine.config import Config
 
-from mmdet.apis.train import build_optimizer, parse_losses, train_detector, train_step
+from mmdet.apis.cli_train import parse_args
+from mmdet.apis.train import train_detector
+from mmdet.apis.training.log import LogWindow
+from mmdet.apis.training.optimizer import build_optimizer, train_step
+from mmdet.apis.training.settings import TrainSettings
 from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.datasets.synthetic import SYNTHETIC_CLASSES, make_synthetic_coco
 from mmdet.models import build_detector
+from mmdet.models.detectors.base import parse_losses
 from mmdet.utils import load_checkpoint, load_config
 
 TINY_CONFIGS = ("configs/tiny/retinanet_tiny_synth.py", "configs/tiny/faster_rcnn_tiny_synth.py")
@@ -123,14 +130,35 @@ def test_build_optimizer_rejects_bad_config(config, match):
     ({"optimizer_config": {"grad_clip": None, "cumulative_iters": 4}}, "optimizer_config"),
     ({"resume_from": "work_dirs/x/latest.pth"}, "resume_from"),
     ({"work_dir": None}, "work_dir"),
+    ({"checkpoint_config": {"interval": 0}}, "checkpoint_config.interval"),
+    ({"checkpoint_config": {"max_keep_ckpts": "3"}}, "checkpoint_config.max_keep_ckpts"),
+    ({"log_config": {"interval": 1.5}}, "log_config.interval"),
+    ({"evaluation": {"interval": -1, "metric": "bbox"}}, "evaluation.interval"),
 ])
 def test_train_detector_rejects_unsupported_settings(options, match, tmp_path):
-    from mmengine.config import Config
-
     cfg = Config(dict({"work_dir": str(tmp_path), "runner": {"type": "EpochBasedRunner", "max_epochs": 1},
                        "optimizer_config": {"grad_clip": None}}, **options))
     with pytest.raises(ValueError, match=match):
         train_detector(torch.nn.Linear(1, 1), [object()], cfg)
+
+
+def test_checkpoints_and_evaluation_follow_their_intervals_and_the_last_epoch(tmp_path):
+    cfg = Config(dict(work_dir=str(tmp_path), runner=dict(type="EpochBasedRunner", max_epochs=7),
+                      checkpoint_config=dict(interval=3), evaluation=dict(interval=2, save_best="auto", metric="bbox")))
+    settings = TrainSettings.from_config(cfg)
+    assert [epoch for epoch in range(1, 8) if settings.checkpoint_due(epoch)] == [3, 6, 7]
+    assert [epoch for epoch in range(1, 8) if settings.evaluation_due(epoch)] == [2, 4, 6, 7]
+    assert settings.eval_kwargs == {"metric": "bbox"}
+    assert (settings.log_interval, settings.max_keep_ckpts, settings.grad_clip) == (50, -1, None)
+
+
+def test_log_window_averages_since_the_last_record():
+    window = LogWindow()
+    window.add({"loss": 1.0, "time": 0.5})
+    window.add({"loss": 2.0, "time": 1.5, "grad_norm": 4.0})
+    assert window.pop_averages() == {"loss": 1.5, "time": 1.0, "grad_norm": 4.0}
+    window.add({"loss": 3.0})
+    assert window.pop_averages() == {"loss": 3.0}
 
 
 # ----------------------------------------------------------------------------------------------- learning
@@ -144,6 +172,17 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(config, tiny_data):
     optimizer = build_optimizer(model, cfg.optimizer)
     losses = [train_step(model, batch, optimizer, grad_clip=dict(max_norm=35))["loss"] for _ in range(8)]
     assert losses[-1] < 0.95 * losses[0], losses
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def test_qdrop_train_is_the_command_of_tools_train(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)  # parse_args sets it for the launcher
+    scripts = entry_points()
+    scripts = scripts.select(group="console_scripts") if hasattr(scripts, "select") else scripts["console_scripts"]
+    assert {script.name: script.value for script in scripts}["qdrop-train"] == "mmdet.apis.cli_train:main"
+    args = parse_args(["configs/tiny/retinanet_tiny_synth.py", "--seed", "3", "--cfg-options", "runner.max_epochs=2"])
+    assert (args.config, args.seed, args.cfg_options, args.launcher) == (
+        "configs/tiny/retinanet_tiny_synth.py", 3, {"runner.max_epochs": 2}, "none")
 
 
 # ----------------------------------------------------------------------------------------------- round trip

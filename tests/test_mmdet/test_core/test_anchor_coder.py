@@ -1,4 +1,4 @@
-"""AnchorGenerator (spec 5.1) and DeltaXYWHBBoxCoder (spec 5.2)."""
+"""AnchorGenerator and DeltaXYWHBBoxCoder."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""bbox_overlaps, MaxIoUAssigner (spec 13.2) and the samplers (spec 13.3, 13.4) against hand-worked cases."""
+"""bbox_overlaps, MaxIoUAssigner and the samplers against hand-worked cases."""
 import pytest
 import torch
 
@@ -67,7 +67,7 @@ def test_assigner_without_gts_and_min_pos_iou_zero_edge_case():
     assert result.gt_inds.tolist() == [0, 0]
     assert result.labels.tolist() == [-1, -1]
 
-    # RetinaNet's min_pos_iou=0: a zero-area gt claims every candidate it has IoU 0 with (spec 13.2).
+    # RetinaNet's min_pos_iou=0: a zero-area gt claims every candidate it has IoU 0 with.
     retina = MaxIoUAssigner(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0)
     gts = torch.tensor([[0.0, 0.0, 10.0, 10.0], [100.0, 100.0, 100.0, 100.0]])
     assert retina.assign(candidates, gts).gt_inds.tolist() == [2, 2]

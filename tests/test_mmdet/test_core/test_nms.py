@@ -1,4 +1,4 @@
-"""batched_nms / multiclass_nms (spec 8, 6.4), bbox2roi and bbox2result (spec 10.1)."""
+"""batched_nms / multiclass_nms, bbox2roi and bbox2result."""
 import numpy as np
 import pytest
 import torch

@@ -1,12 +1,10 @@
 """CocoDataset: json parsing, filtering rules, class/category mapping, errors naming the file."""
-import json
 
-import cv2
 import numpy as np
 import pytest
 
+from helpers.coco_files import CLASSES, TEST_PIPELINE, TRAIN_PIPELINE, ann, write_tiny_coco
 from mmdet.datasets import CocoDataset, build_dataset
-from helpers.coco_files import CATEGORIES, CLASSES, TEST_PIPELINE, TRAIN_PIPELINE, ann, write_tiny_coco
 
 
 @pytest.fixture

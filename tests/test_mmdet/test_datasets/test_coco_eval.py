@@ -4,14 +4,15 @@ import json
 import numpy as np
 import pytest
 
-from mmdet.datasets import CocoDataset
 from helpers.coco_files import CLASSES, TEST_PIPELINE, ann, write_tiny_coco
+from mmdet.datasets import CocoDataset
 
 
 @pytest.fixture
 def eval_dataset(tmp_path):
     # Large boxes (area > 96^2) so only the 'large' bucket has ground truth.
-    images = [dict(id=21, file_name="a.png", width=300, height=200), dict(id=8, file_name="b.png", width=200, height=300)]
+    images = [dict(id=21, file_name="a.png", width=300, height=200),
+              dict(id=8, file_name="b.png", width=200, height=300)]
     anns = [ann(1, 21, [0, 0, 100, 100], 7), ann(2, 21, [150, 50, 120, 120], 11), ann(3, 8, [10, 10, 150, 200], 2)]
     write_tiny_coco(tmp_path, images, anns)
     return CocoDataset(str(tmp_path / "ann.json"), TEST_PIPELINE, classes=CLASSES, test_mode=True)

@@ -3,10 +3,18 @@ import numpy as np
 import pytest
 import torch
 
-from mmdet.datasets import (CocoDataset, DistributedGroupSampler, DistributedTestSampler, GroupSampler,
-                            build_dataloader, collate, interleave_shards, interleaved_indices)
-from mmdet.utils import to_device
 from helpers.coco_files import CLASSES, TEST_PIPELINE, TRAIN_PIPELINE, ann, write_tiny_coco
+from mmdet.datasets import (
+    CocoDataset,
+    DistributedGroupSampler,
+    DistributedTestSampler,
+    GroupSampler,
+    build_dataloader,
+    collate,
+    interleave_shards,
+    interleaved_indices,
+)
+from mmdet.utils import to_device
 
 
 def _sample(h, w, n_boxes):

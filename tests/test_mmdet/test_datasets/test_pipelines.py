@@ -1,10 +1,20 @@
-"""Pipeline numerics (spec 2.2-2.6): resize rounding, normalisation, padding, flipping, formatting."""
+"""Pipeline numerics: resize rounding, normalisation, padding, flipping, formatting."""
 import cv2
 import numpy as np
 import pytest
 
-from mmdet.datasets.pipelines import (Collect, Compose, LoadImageFromFile, MultiScaleFlipAug, Normalize, Pad,
-                                      RandomFlip, Resize, flip_bboxes, rescale_size)
+from mmdet.datasets.pipelines import (
+    Collect,
+    Compose,
+    LoadImageFromFile,
+    MultiScaleFlipAug,
+    Normalize,
+    Pad,
+    RandomFlip,
+    Resize,
+    flip_bboxes,
+    rescale_size,
+)
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -28,7 +38,7 @@ TEST_PIPELINE = [
     ((500, 375), (1067, 800), (2.134, 2.1333334), (1088, 800)),
     ((333, 500), (800, 1201), (2.4024024, 2.402), (800, 1216)),
 ])
-def test_resize_and_pad_match_spec_table(size, resized, scales, padded):
+def test_resize_and_pad_match_mmdetection_values(size, resized, scales, padded):
     width, height = size
     assert rescale_size(width, height, (1333, 800)) == resized
     results = dict(img=np.zeros((height, width, 3), np.uint8), scale=(1333, 800))

@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from mmdet.datasets.synthetic import (SIDE_RANGE, SYNTHETIC_CATEGORIES, SYNTHETIC_CLASSES,
-                                      make_synthetic_coco, occludes_too_much, render_image,
-                                      visible_boxes)
+from mmdet.datasets.synthetic import (
+    SIDE_RANGE,
+    SYNTHETIC_CATEGORIES,
+    SYNTHETIC_CLASSES,
+    make_synthetic_coco,
+    occludes_too_much,
+    render_image,
+    visible_boxes,
+)
 
 SPLITS = ("train2017", "val2017")
 

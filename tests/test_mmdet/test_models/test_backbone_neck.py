@@ -1,4 +1,4 @@
-"""ResNet and FPN: parameter names/shapes, feature sizes (spec 3, 4, 17), frozen stages, norm_eval, init."""
+"""ResNet and FPN: parameter names/shapes, feature sizes, frozen stages, norm_eval, init."""
 import pytest
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ def narrow_features():
         return backbone(torch.randn(1, 3, 800, 1088))
 
 
-def test_resnet50_names_and_counts_match_spec():
+def test_resnet50_names_and_counts_match_the_model_zoo():
     model = build_backbone(dict(type="ResNet", depth=50))
     state = model.state_dict()
     assert sum(p.numel() for p in model.parameters()) == 23_508_032
@@ -70,8 +70,9 @@ def test_feature_sizes_for_800x1088(narrow_features):
     assert all(p.shape[1] == 16 for p in faster_outs + retina_outs)
 
 
-def test_fpn_forward_follows_spec(narrow_features):
-    """Recompute the FPN outputs by hand from its convs (size-based nearest upsampling, P6 from C5, no ReLU before P7)."""
+def test_fpn_forward_matches_a_hand_computation(narrow_features):
+    """Recompute the FPN outputs by hand from its convs (size-based nearest upsampling, P6 from C5, no ReLU before
+    P7)."""
     fpn = FPN(CHANNELS, 16, num_outs=5, start_level=1, add_extra_convs="on_input").eval()
     c3, c4, c5 = narrow_features[1:]
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""RPNHead (spec 5.3, 5.4, 13.3) and RetinaHead (spec 7, 13.5): layers, post-processing, targets, losses, training."""
+"""RPNHead and RetinaHead: layers, post-processing, targets, losses, training."""
 import math
 
 import numpy as np
@@ -108,7 +108,8 @@ def test_retina_threshold_then_topk_over_anchor_class_pairs():
 
 
 def reference_retina_detections(head, cls_scores, bbox_preds, img_meta, cfg):
-    """Spec 7.2 written plainly: flatten (anchor, class) pairs, threshold, sort, top-k, decode, batched NMS."""
+    """RetinaHead's test-time post-processing written plainly: flatten (anchor, class) pairs, threshold, sort, top-k,
+    decode, batched NMS."""
     from mmdet.core import batched_nms
     anchors = head.prior_generator.grid_priors([s.shape[-2:] for s in cls_scores])
     all_scores, all_labels, all_boxes = [], [], []
@@ -127,7 +128,7 @@ def reference_retina_detections(head, cls_scores, bbox_preds, img_meta, cfg):
     return dets[:cfg["max_per_img"]], labels[keep][:cfg["max_per_img"]]
 
 
-def test_retina_detections_match_the_plain_spec_procedure():
+def test_retina_detections_match_the_plain_procedure():
     head = retina_head(anchor_generator=dict(type="AnchorGenerator", octave_base_scale=4, scales_per_octave=3,
                                              ratios=[0.5, 1.0, 2.0], strides=[8, 16]))
     cls_scores = [torch.randn(1, 27, 12, 10) * 2 - 2, torch.randn(1, 27, 6, 5) * 2 - 2]

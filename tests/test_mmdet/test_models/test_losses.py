@@ -1,4 +1,4 @@
-"""Each loss against its written formula (spec 13.1, 13.3-13.5)."""
+"""Each loss against its written formula."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""SingleRoIExtractor (spec 6.2), Shared2FCBBoxHead (6.3, 6.4) and StandardRoIHead training (13.4)."""
+"""SingleRoIExtractor, Shared2FCBBoxHead and StandardRoIHead training."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""load_checkpoint / save_checkpoint (spec 12.1) and fuse_conv_bn (spec 11) on small models."""
+"""load_checkpoint / save_checkpoint and fuse_conv_bn on small models."""
 import logging
 from collections import OrderedDict
 

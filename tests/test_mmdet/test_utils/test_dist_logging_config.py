@@ -17,8 +17,10 @@ def config_file(tmp_path):
     (tmp_path / "base.py").write_text(
         "data_root = 'data/coco/'\n"
         "data = dict(samples_per_gpu=2, workers_per_gpu=2,\n"
-        "    train=dict(type='CocoDataset', ann_file=data_root + 'annotations/train.json', img_prefix=data_root + 'train/'),\n"
-        "    test=dict(type='CocoDataset', ann_file=data_root + 'annotations/val.json', img_prefix=data_root + 'val/'))\n"
+        "    train=dict(type='CocoDataset', ann_file=data_root + 'annotations/train.json',\n"
+        "               img_prefix=data_root + 'train/'),\n"
+        "    test=dict(type='CocoDataset', ann_file=data_root + 'annotations/val.json',\n"
+        "              img_prefix=data_root + 'val/'))\n"
         "model = dict(type='RetinaNet', backbone=dict(depth=50))\n")
     (tmp_path / "child.py").write_text("_base_ = './base.py'\nmodel = dict(backbone=dict(depth=101))\n")
     return tmp_path / "child.py"

@@ -1,12 +1,18 @@
 """Which modules of a detector get which quantizers (qdrop.model.quantize_detector)."""
+import copy
+import inspect
+import re
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from mmdet.models.necks import FPN
 from qdrop.model import (QuantizedBasicBlock, QuantizedBottleneck, format_placement_table, placement_table,
                          quantization_units, quantize_detector)
-from qdrop.quantization import QuantizedLayer
+from qdrop.model.quantize import CHILD_ROLES, HEADS, TRUNK
+from qdrop.quantization import QuantizedLayer, disable_all
 from helpers.qdrop_models import (
     faster_rcnn_cfg, fused_detector, q_config, retinanet_cfg)
 
@@ -86,11 +92,12 @@ def test_quant_head_retinanet():
     assert not head.retina_cls.qoutput and not head.retina_reg.qoutput
 
 
-class _ToyNeck(nn.Module):
-    """A ReLU before any conv, then lateral/output convs, then a sibling registered after `fpn_convs`."""
+class _ToyNeck(FPN):
+    """An FPN-like neck: a ReLU before any conv, then lateral/output convs, then a sibling registered after
+    `fpn_convs`."""
 
     def __init__(self):
-        super().__init__()
+        nn.Module.__init__(self)
         self.relu = nn.ReLU()
         self.lateral_convs = nn.ModuleList([nn.Conv2d(4, 4, 1)])
         self.fpn_convs = nn.ModuleList([nn.Conv2d(4, 4, 3, padding=1)])
@@ -132,3 +139,49 @@ def test_units_and_table():
     table = format_placement_table(placement_table(model))
     assert "backbone.conv1.module.weight_fake_quant" in table and "AdaRoundFakeQuantize" in table
     assert "neck.fpn_convs.0.block_post_act_fake_quantize" not in table
+
+
+def _tiny_detectors():
+    return [fused_detector(faster_rcnn_cfg(50)), fused_detector(retinanet_cfg(18))]
+
+
+def test_child_roles_name_existing_children_and_functional_relus():
+    """Fails when an mmdet module the placement rules describe renames a child or stops applying its ReLU."""
+    detectors = _tiny_detectors()
+    for parent_type, roles in CHILD_ROLES.items():
+        parents = [m for model in detectors for m in model.modules() if isinstance(m, parent_type)]
+        assert parents, f"no {parent_type.__name__} in the tiny detectors"
+        source = inspect.getsource(parent_type)
+        for parent in parents:
+            for name, role in roles.items():
+                assert isinstance(getattr(parent, name, None), nn.Module), f"{parent_type.__name__}.{name}"
+                if role.relu_after:
+                    assert re.search(rf"F\.relu\(self\.{name}\(", source), f"F.relu after {name}"
+                if role.relu_after_each:
+                    loop = rf"for (\w+) in self\.{name}:\s*\n\s*\w+ = F\.relu\(\1\("
+                    assert re.search(loop, source), f"F.relu after each of {name}"
+    for model in detectors:
+        assert all(isinstance(getattr(model, part), nn.Module) for part in TRUNK)
+        assert any(isinstance(getattr(model, head, None), nn.Module) for head in HEADS)
+
+
+def _head_outputs(model, feats, rois):
+    if hasattr(model, "rpn_head"):
+        return model.rpn_head(feats), model.roi_head.bbox_head(rois)
+    return model.bbox_head(feats)
+
+
+@pytest.mark.parametrize("model_cfg", [faster_rcnn_cfg(50), retinanet_cfg(18)], ids=["faster_r50", "retina_r18"])
+def test_folded_relus_sit_where_the_float_model_applies_them(model_cfg):
+    """With every quantizer off, a fully quantized detector computes the float detector's outputs: no ReLU was
+    folded where mmdet's forward applies none."""
+    float_model = fused_detector(model_cfg)
+    model = quantize_detector(copy.deepcopy(float_model), q_config(quant_head=True))
+    disable_all(model)
+    img = torch.randn(1, 3, 64, 96)
+    rois = torch.randn(3, 16, 7, 7)
+    with torch.no_grad():
+        expected_feats, feats = float_model.extract_feat(img), model.extract_feat(img)
+        expected, actual = _head_outputs(float_model, expected_feats, rois), _head_outputs(model, feats, rois)
+    torch.testing.assert_close(feats, expected_feats)
+    torch.testing.assert_close(actual, expected)

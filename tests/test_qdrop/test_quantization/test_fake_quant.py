@@ -34,6 +34,19 @@ def test_disabled_observer_keeps_qparams(quantizer_cls):
     torch.testing.assert_close(fq.scale.detach(), scale)
 
 
+@pytest.mark.parametrize('quantizer_cls', QUANTIZERS)
+def test_set_qparams_from_observer_follows_a_changed_range(quantizer_cls):
+    fq = quantizer_cls(MinMaxObserver, bit=4, ch_axis=0)
+    fq(torch.tensor([[-1.0, 2.0], [0.0, 3.0], [-2.0, 1.0]]))
+    assert fq.scale.shape == (3,)
+    fq.disable_observer()
+    observer = fq.activation_post_process
+    observer.min_val, observer.max_val = torch.tensor([-1.5]), torch.tensor([3.0])  # as averaged over ranks
+    fq.set_qparams_from_observer()
+    torch.testing.assert_close(fq.scale.detach(), torch.tensor([0.3]))
+    torch.testing.assert_close(fq.zero_point.detach(), torch.tensor([5.0]))
+
+
 @pytest.mark.parametrize('ch_axis', [0, 1])
 def test_per_channel_quantizer(ch_axis):
     fq = FixedFakeQuantize(MinMaxObserver, bit=4, ch_axis=ch_axis)
@@ -109,7 +122,8 @@ def test_adaround_initial_alpha_soft_and_hard_values():
     # soft value at initialisation reproduces the weight wherever it is not clamped
     torch.testing.assert_close(soft, (torch.clamp(weight / s + z, 0, 15) - z) * s, atol=1e-5, rtol=1e-5)
     hard = fq.get_hard_value(weight)
-    torch.testing.assert_close(hard, (torch.clamp(torch.floor(weight / s) + (fq.alpha >= 0).float() + z, 0, 15) - z) * s)
+    expected = (torch.clamp(torch.floor(weight / s) + (fq.alpha >= 0).float() + z, 0, 15) - z) * s
+    torch.testing.assert_close(hard, expected)
     fq.soft_targets = False
     torch.testing.assert_close(fq(weight), hard)
     # hard rounding rounds up exactly where the rectified sigmoid is at least 0.5 (alpha >= 0)

@@ -4,8 +4,10 @@ import torch
 
 from qdrop.quantization import (AvgMinMaxObserver, AvgMSEFastObserver, AvgMSEObserver, MinMaxObserver,
                                 MSEFastObserver, MSEObserver)
-from qdrop.quantization.mse_search import (ExactObjective, golden_search, grid_candidates, lp_error,
-                                           plain_grid_search)
+from qdrop.quantization.grid_search import grid_candidates
+from qdrop.quantization.mse_objective import lp_error
+from qdrop.quantization.scalar_search import ExactObjective, golden_search
+from helpers.plain_search import plain_grid_search
 
 
 ALL_OBSERVERS = [MinMaxObserver, AvgMinMaxObserver, MSEObserver, AvgMSEObserver, MSEFastObserver,

@@ -4,8 +4,9 @@ import torch
 from torch import nn
 
 from qdrop.quantization import (ActivationQuantizer, AdaRoundFakeQuantize, LSQFakeQuantize, QConv2d, QLinear,
-                                QuantizedBlock, QuantizedLayer, Quantizer, WeightQuantizer, disable_all,
-                                enable_calibration, enable_quantization, fake_quantizers, is_weight_quantizer)
+                                QuantizedBlock, QuantizedLayer, QuantizedUnit, WeightQuantizer, disable_all,
+                                enable_calibration, enable_quantization, fake_quantizers, quantizer_kind,
+                                weight_quantized, weight_quantized_layers)
 
 A_CFG = {'quantizer': 'LSQFakeQuantize', 'observer': 'AvgMSEFastObserver', 'bit': 4, 'symmetric': False,
          'ch_axis': -1}
@@ -41,17 +42,17 @@ def test_builder_rejects_missing_key():
         ActivationQuantizer(cfg)
 
 
-def test_quantizer_keeps_parameters_and_names():
+def test_weight_quantized_keeps_parameters_and_names():
     conv = nn.Conv2d(3, 4, 3, padding=1, bias=True)
-    qconv = Quantizer(conv, W_CFG)
+    qconv = weight_quantized(conv, W_CFG)
     assert isinstance(qconv, QConv2d)
     assert qconv.weight is conv.weight and qconv.bias is conv.bias
     assert {'weight', 'bias'} <= set(dict(qconv.named_parameters()))
     linear = nn.Linear(5, 2)
-    qlinear = Quantizer(linear, W_CFG)
+    qlinear = weight_quantized(linear, W_CFG)
     assert isinstance(qlinear, QLinear) and qlinear.weight is linear.weight
     with pytest.raises(ValueError, match='nn.Conv2d, nn.Linear'):
-        Quantizer(nn.ReLU(), W_CFG)
+        weight_quantized(nn.ReLU(), W_CFG)
 
 
 def test_quantized_layer_forward_and_full_precision_when_disabled():
@@ -82,8 +83,14 @@ def test_quantized_block_base_class():
     assert block.qoutput
     names = [name for name, _ in fake_quantizers(block)]
     assert names == ['block_post_act_fake_quantize', 'layer.module.weight_fake_quant']
-    with pytest.raises(ValueError, match='a_cfg'):
+    with pytest.raises(ValueError, match='QuantizedBlock: qoutput=True needs an a_qconfig'):
         QuantizedBlock(qoutput=True)
+
+
+def test_layers_and_blocks_are_units_and_a_layer_is_no_block():
+    layer = QuantizedLayer(nn.Conv2d(2, 2, 1), None, W_CFG, qoutput=False)
+    assert isinstance(layer, QuantizedUnit) and not isinstance(layer, QuantizedBlock)
+    assert issubclass(QuantizedBlock, QuantizedUnit)
 
 
 def _model():
@@ -93,17 +100,27 @@ def _model():
 
 def test_state_helpers_by_kind():
     model = _model()
-    assert [is_weight_quantizer(n) for n, _ in fake_quantizers(model)] == [False, True, False, True]
+    assert [quantizer_kind(n) for n, _ in fake_quantizers(model)] == ['activation', 'weight'] * 2
     enable_calibration(model, 'activation')
     for name, q in fake_quantizers(model):
-        assert q.observer_enabled == (not is_weight_quantizer(name)) and not q.fake_quant_enabled
+        assert q.observer_enabled == (quantizer_kind(name) == 'activation') and not q.fake_quant_enabled
     enable_quantization(model, 'weight')
     for name, q in fake_quantizers(model):
-        assert not q.observer_enabled and q.fake_quant_enabled == is_weight_quantizer(name)
+        assert not q.observer_enabled and q.fake_quant_enabled == (quantizer_kind(name) == 'weight')
     disable_all(model)
     assert not any(q.observer_enabled or q.fake_quant_enabled for _, q in fake_quantizers(model))
     with pytest.raises(ValueError, match='activation, weight, all'):
         enable_calibration(model, 'weights')
+    with pytest.raises(ValueError, match='activation, weight, all'):
+        list(fake_quantizers(model, 'weights'))
+
+
+def test_weight_quantized_layers_pair_each_layer_with_its_quantizer():
+    model = nn.Sequential(_model(), QuantizedLayer(nn.Linear(3, 2), nn.ReLU(), W_CFG, A_CFG))
+    pairs = list(weight_quantized_layers(model))
+    assert [type(layer) for layer, _ in pairs] == [QConv2d, QConv2d, QLinear]
+    assert all(quantizer is layer.weight_fake_quant for layer, quantizer in pairs)
+    assert [q for _, q in pairs] == [q for _, q in fake_quantizers(model, 'weight')]
 
 
 def test_quantized_model_state_dict_round_trip():

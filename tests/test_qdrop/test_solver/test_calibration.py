@@ -7,13 +7,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg
 from qdrop.model import quantize_detector
+from qdrop.q_config import QConfig, ReconConfig
 from qdrop.quantization import fake_quantizers
 from qdrop.solver.calibration import calibrate
-from qdrop.solver.pipeline import float_reference
-from qdrop.solver.recon import ReconConfig, build_cache, reconstruct_unit, unit_seed
-from helpers.qdrop_models import (
-    faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg)
+from qdrop.solver.detector import float_reference
+from qdrop.solver.recon import build_cache, reconstruct_unit, unit_seed
+from qdrop.solver.steps import run_calibration, shares_calibration, wrap
 
 CPU = torch.device("cpu")
 
@@ -95,3 +96,18 @@ def test_quant_head_calibration_runs_the_heads():
                       model.roi_head.bbox_head.shared_fcs[1].block_post_act_fake_quantize):
         observer = quantizer.activation_post_process
         assert torch.isfinite(observer.min_val).all() and observer.max_val > 0
+
+
+def test_shared_calibration_matches_own_calibration():
+    batches = random_batches(1)
+    w4, w2 = QConfig.from_mapping(q_config(w_bit=4)), QConfig.from_mapping(q_config(w_bit=2))
+    assert shares_calibration(w4, w2) and not shares_calibration(w4, QConfig.from_mapping(q_config(a_bit=2)))
+    lender, _ = wrap(fused_detector(retinanet_cfg(18)), w4, CPU)
+    run_calibration(lender, batches, w4, CPU)
+    borrower, _ = wrap(fused_detector(retinanet_cfg(18)), w2, CPU)
+    run_calibration(borrower, batches, w2, CPU, calibrated=lender)
+    alone, _ = wrap(fused_detector(retinanet_cfg(18)), w2, CPU)
+    run_calibration(alone, batches, w2, CPU)
+    assert borrower.state_dict().keys() == alone.state_dict().keys()
+    for key, value in alone.state_dict().items():
+        assert torch.equal(borrower.state_dict()[key], value), key

@@ -1,10 +1,12 @@
-"""q_config YAML loading: the seed config, root: inheritance, and errors naming key, file and allowed values."""
+"""q_config YAML loading: the published config, root: inheritance, and errors naming key, file and allowed values."""
 import pytest
+import torch
 import yaml
 
-from qdrop.solver.q_config import load_q_config, validate_q_config
+from qdrop.q_config import QConfig, ReconConfig, load_q_config
+from qdrop.quantization import QuantizerConfig
 
-SEED = {
+PUBLISHED = {
     'a_qconfig': {'quantizer': 'LSQFakeQuantize', 'observer': 'AvgMSEFastObserver', 'bit': 4, 'symmetric': False,
                   'ch_axis': -1},
     'w_qconfig': {'quantizer': 'AdaRoundFakeQuantize', 'observer': 'MSEObserver', 'bit': 2, 'symmetric': False,
@@ -14,7 +16,7 @@ SEED = {
               'b_range': [20, 2], 'keep_gpu': True, 'round_mode': 'learned_hard_sigmoid', 'drop_prob': 0.5},
 }
 
-SEED_TEXT = """\
+PUBLISHED_TEXT = """\
 a_qconfig:
     quantizer: LSQFakeQuantize
     observer: AvgMSEFastObserver
@@ -46,25 +48,41 @@ def _write(path, data):
     return path
 
 
-def test_seed_config_loads(tmp_path):
-    cfg = load_q_config(_write(tmp_path / 'config.yaml', SEED_TEXT))
-    assert cfg['a_qconfig'] == SEED['a_qconfig'] and cfg['w_qconfig'] == SEED['w_qconfig']
-    assert cfg['calibrate'] == 256
-    assert cfg['recon']['scale_lr'] == pytest.approx(4e-5)
-    assert cfg['recon']['b_range'] == [20, 2]
-    assert cfg['recon']['cache_dtype'] == 'float32'
-    assert cfg['recon']['round_lr'] == pytest.approx(1e-3)
+def test_published_config_loads(tmp_path):
+    cfg = load_q_config(_write(tmp_path / 'config.yaml', PUBLISHED_TEXT))
+    assert isinstance(cfg.a_qconfig, QuantizerConfig) and isinstance(cfg.recon, ReconConfig)
+    assert cfg.a_qconfig.to_dict() == PUBLISHED['a_qconfig'] and cfg.w_qconfig.to_dict() == PUBLISHED['w_qconfig']
+    assert cfg.calibrate == 256 and cfg.quant_head is False
+    assert cfg.recon.scale_lr == pytest.approx(4e-5)
+    assert cfg.recon.b_range == (20.0, 2.0)
+    assert cfg.recon.cache_dtype == 'float32' and cfg.recon.cache_torch_dtype == torch.float32
+    assert cfg.recon.round_lr == pytest.approx(1e-3)
+    assert cfg.recon.fast is True and cfg.recon.compile is False and cfg.recon.amp is None
+
+
+def test_to_dict_round_trips_through_yaml(tmp_path):
+    cfg = load_q_config(_write(tmp_path / 'config.yaml', PUBLISHED_TEXT))
+    written = yaml.safe_dump(cfg.to_dict())
+    assert load_q_config(_write(tmp_path / 'again.yaml', written)) == cfg
+    assert cfg.to_dict()['recon']['b_range'] == [20.0, 2.0]
+
+
+def test_speed_switches_are_optional_and_checked(tmp_path):
+    cfg = load_q_config(_write(tmp_path / 'amp.yaml', _with('recon', 'amp', 'bfloat16')))
+    assert cfg.recon.amp == 'bfloat16' and cfg.recon.amp_torch_dtype == torch.bfloat16
+    cfg = load_q_config(_write(tmp_path / 'slow.yaml', _with('recon', 'fast', False)))
+    assert cfg.recon.fast is False
 
 
 def test_root_inheritance_is_resolved_relative_to_the_file(tmp_path):
-    _write(tmp_path / 'config.yaml', SEED_TEXT)
+    _write(tmp_path / 'config.yaml', PUBLISHED_TEXT)
     (tmp_path / 'sub').mkdir()
     _write(tmp_path / 'sub' / 'mid.yaml', {'root': '../config.yaml', 'w_qconfig': {'bit': 4}})
     child = _write(tmp_path / 'sub' / 'w4a4.yaml', {'root': 'mid.yaml', 'recon': {'cache_dtype': 'bfloat16'}})
     cfg = load_q_config(child)
-    assert cfg['w_qconfig']['bit'] == 4 and cfg['w_qconfig']['quantizer'] == 'AdaRoundFakeQuantize'
-    assert cfg['recon']['cache_dtype'] == 'bfloat16' and cfg['recon']['drop_prob'] == 0.5
-    assert 'root' not in cfg
+    assert cfg.w_qconfig.bit == 4 and cfg.w_qconfig.quantizer == 'AdaRoundFakeQuantize'
+    assert cfg.recon.cache_dtype == 'bfloat16' and cfg.recon.drop_prob == 0.5
+    assert 'root' not in cfg.to_dict()
 
 
 def test_root_cycle_is_an_error(tmp_path):
@@ -75,7 +93,7 @@ def test_root_cycle_is_an_error(tmp_path):
 
 
 def _with(section, key, value):
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in SEED.items()}
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PUBLISHED.items()}
     if section is None:
         data[key] = value
     elif value is KeyError:
@@ -99,7 +117,11 @@ def _with(section, key, value):
     ('recon', 'iters', KeyError, r'recon\.iters: missing key'),
     ('recon', 'round_lr', 0.0, r'recon\.round_lr.*a number in \(0, inf\)'),
     ('recon', 'lr', 0.1, r'recon\.lr: unknown key.*batch_size'),
+    ('recon', 'amp', 'float16', r'recon\.amp.*allowed values: bfloat16, null'),
+    ('recon', 'compile', 'yes', r'recon\.compile.*true, false'),
+    ('recon', 'fast', 1, r'recon\.fast.*true, false'),
     (None, 'calibration', 5, r'calibration: unknown key.*a_qconfig'),
+    (None, 'quant_head', 'yes', r'quant_head.*true, false'),
 ])
 def test_bad_values_name_key_file_and_allowed_values(tmp_path, section, key, value, match):
     path = _write(tmp_path / 'bad.yaml', _with(section, key, value))
@@ -109,7 +131,16 @@ def test_bad_values_name_key_file_and_allowed_values(tmp_path, section, key, val
 
 
 def test_missing_section_and_dict_source():
-    data = {k: v for k, v in SEED.items() if k != 'recon'}
+    data = {k: v for k, v in PUBLISHED.items() if k != 'recon'}
     with pytest.raises(ValueError, match=r'<dict>: recon: missing key'):
-        validate_q_config(data)
-    assert validate_q_config(SEED)['quant_head'] is False
+        QConfig.from_mapping(data)
+    assert QConfig.from_mapping(PUBLISHED).quant_head is False
+
+
+def test_quantizer_config_validates_and_builds():
+    cfg = QuantizerConfig.from_mapping(PUBLISHED['w_qconfig'], 'w_qconfig')
+    quantizer = cfg.build()
+    assert type(quantizer).__name__ == 'AdaRoundFakeQuantize' and quantizer.bit == 2 and quantizer.ch_axis == 0
+    assert QuantizerConfig.from_mapping(cfg) is cfg
+    with pytest.raises(ValueError, match=r'w_qconfig\.bits: unknown key'):
+        QuantizerConfig.from_mapping({**PUBLISHED['w_qconfig'], 'bits': 2}, 'w_qconfig')

@@ -5,21 +5,22 @@ import os
 import socket
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from helpers.qdrop_models import faster_rcnn_cfg, q_config, retinanet_cfg, write_tiny_config
 from mmdet.apis import single_gpu_test
 from mmdet.datasets.synthetic import make_synthetic_coco
 from mmdet.models import build_detector
 from mmdet.utils import CheckpointMismatchError, load_config, save_checkpoint
 from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
-from qdrop.solver import quant_coco
-from qdrop.solver.pipeline import build_test_loader
-from helpers.qdrop_models import (
-    faster_rcnn_cfg, q_config, retinanet_cfg, write_tiny_config)
+from qdrop.q_config import load_q_config
+from qdrop.solver import demo, quant_coco
+from qdrop.solver.data import build_test_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -135,24 +136,25 @@ def test_torchrun_two_processes_writes_metrics(tiny_setup):
 
 
 def test_exp_configs_load():
-    from qdrop.solver.q_config import load_q_config
     w2a4 = load_q_config(str(REPO_ROOT / "exp/config.yaml"))
-    assert w2a4["w_qconfig"]["bit"] == 2 and w2a4["a_qconfig"]["bit"] == 4 and w2a4["calibrate"] == 256
-    assert w2a4["recon"]["iters"] == 20000 and w2a4["recon"]["drop_prob"] == 0.5
+    assert w2a4.w_qconfig.bit == 2 and w2a4.a_qconfig.bit == 4 and w2a4.calibrate == 256
+    assert w2a4.recon.iters == 20000 and w2a4.recon.drop_prob == 0.5
     w4a4 = load_q_config(str(REPO_ROOT / "exp/w4a4.yaml"))
-    assert w4a4["w_qconfig"]["bit"] == 4 and w4a4["w_qconfig"]["quantizer"] == "AdaRoundFakeQuantize"
-    assert w4a4["recon"] == w2a4["recon"]
+    assert w4a4.w_qconfig.bit == 4 and w4a4.w_qconfig.quantizer == "AdaRoundFakeQuantize"
+    assert w4a4.recon == w2a4.recon
 
 
 def test_demo_without_checkpoints_explains_and_fails(tmp_path, capsys):
-    sys.path.insert(0, str(REPO_ROOT / "exp"))
-    try:
-        import demo
-    finally:
-        sys.path.remove(str(REPO_ROOT / "exp"))
     assert demo.main(["--work-dir", str(tmp_path / "demo"), "--checkpoint-dir", str(tmp_path / "none")]) == 1
     message = capsys.readouterr().err
     assert "retinanet_tiny_synth.pth is missing" in message and "tools/train.py" in message
     assert not (tmp_path / "demo").exists()
     table = demo.format_table({"retinanet": {column: 0.5 for column in demo.COLUMNS}})
     assert "W2A4 QDrop" in table and "50.0" in table
+
+
+def test_console_scripts_point_at_the_command_modules():
+    scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
+    assert scripts["qdrop-quant"] == "qdrop.solver.quant_coco:cli"
+    assert scripts["qdrop-test"] == "qdrop.solver.evaluate_checkpoint:cli"
+    assert scripts["qdrop-demo"] == "qdrop.solver.demo:main"

@@ -2,17 +2,23 @@
 import pytest
 import torch
 
-from qdrop.model import activation_quantizers, quantize_detector
-from qdrop.quantization import AdaRoundFakeQuantize, MSEObserver
+from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg
+from qdrop.model import quantize_detector
+from qdrop.q_config import ReconConfig
+from qdrop.quantization import AdaRoundFakeQuantize, MSEObserver, fake_quantizers
 from qdrop.quantization.functional import fake_quantize
 from qdrop.solver.cache import ReconCache
 from qdrop.solver.calibration import calibrate
-from qdrop.solver.pipeline import float_reference
+from qdrop.solver.detector import float_reference
 from qdrop.solver.progress import ReconProgress
-from qdrop.solver.recon import (ReconConfig, TemperatureDecay, build_cache, reconstruct, reconstruct_unit,
-                                rounding_regulariser, unit_output_error)
-from helpers.qdrop_models import (
-    faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg)
+from qdrop.solver.recon import (
+    TemperatureDecay,
+    build_cache,
+    reconstruct,
+    reconstruct_unit,
+    rounding_regulariser,
+    unit_output_error,
+)
 
 CPU = torch.device("cpu")
 
@@ -44,7 +50,7 @@ def test_reconstruction_lowers_block_error_against_round_to_nearest():
     quantizer = layer.weight_fake_quant
     assert not quantizer.soft_targets
     assert torch.equal(quantizer(layer.weight), quantizer.get_hard_value(layer.weight))
-    assert all(q.drop_prob == 1.0 for q in activation_quantizers(_unit(model, name)))
+    assert all(q.drop_prob == 1.0 for _, q in fake_quantizers(_unit(model, name), "activation"))
 
 
 def test_drop_prob_mixes_block_input_and_inner_activations():

@@ -1,16 +1,16 @@
-"""The ResNet residual blocks as quantized blocks (one reconstruction unit each).
+"""mmdet's ResNet BasicBlock and Bottleneck as quantized blocks, each reconstructed as one unit.
 
 Inner layers are `QuantizedLayer`s (weight-quantized conv, folded ReLU, optional output quantizer); the block adds
 the shortcut, applies the final ReLU and quantizes its output once, where the next unit's input is quantized in
 deployment.
 """
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qdrop.quantization import QuantizedBlock, QuantizedLayer
+from qdrop.quantization import QuantizedBlock, QuantizedLayer, QuantizerConfig
 
 
 def _fused_conv(block: nn.Module, conv_name: str, bn_name: str) -> nn.Conv2d:
@@ -22,7 +22,8 @@ def _fused_conv(block: nn.Module, conv_name: str, bn_name: str) -> nn.Conv2d:
     return getattr(block, conv_name)
 
 
-def _downsample(block: nn.Module, w_cfg: Mapping[str, Any]) -> Optional[QuantizedLayer]:
+def _downsample(block: nn.Module, w_cfg: QuantizerConfig) -> Optional[QuantizedLayer]:
+    """The shortcut's conv as a layer without output quantizer (the sum is quantized after the block's ReLU)."""
     if block.downsample is None:
         return None
     convs = [m for m in block.downsample if isinstance(m, nn.Conv2d)]
@@ -34,6 +35,8 @@ def _downsample(block: nn.Module, w_cfg: Mapping[str, Any]) -> Optional[Quantize
 
 
 class _QuantizedResidual(QuantizedBlock):
+    """relu(residual(x) + shortcut(x)), then the block's output quantizer."""
+
     downsample: Optional[QuantizedLayer]
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +51,7 @@ class QuantizedBasicBlock(_QuantizedResidual):
     """ResNet BasicBlock: conv1+ReLU (quantized output), conv2, optional downsample conv, add, ReLU, output
     quantizer."""
 
-    def __init__(self, block: nn.Module, w_cfg: Mapping[str, Any], a_cfg: Mapping[str, Any]):
+    def __init__(self, block: nn.Module, w_cfg: QuantizerConfig, a_cfg: QuantizerConfig):
         super().__init__(qoutput=True, a_cfg=a_cfg)
         self.conv1 = QuantizedLayer(_fused_conv(block, "conv1", "bn1"), nn.ReLU(), w_cfg, a_cfg)
         self.conv2 = QuantizedLayer(_fused_conv(block, "conv2", "bn2"), None, w_cfg, qoutput=False)
@@ -62,7 +65,7 @@ class QuantizedBottleneck(_QuantizedResidual):
     """ResNet Bottleneck: conv1+ReLU, conv2+ReLU (both quantized), conv3, optional downsample conv, add, ReLU,
     output quantizer."""
 
-    def __init__(self, block: nn.Module, w_cfg: Mapping[str, Any], a_cfg: Mapping[str, Any]):
+    def __init__(self, block: nn.Module, w_cfg: QuantizerConfig, a_cfg: QuantizerConfig):
         super().__init__(qoutput=True, a_cfg=a_cfg)
         self.conv1 = QuantizedLayer(_fused_conv(block, "conv1", "bn1"), nn.ReLU(), w_cfg, a_cfg)
         self.conv2 = QuantizedLayer(_fused_conv(block, "conv2", "bn2"), nn.ReLU(), w_cfg, a_cfg)

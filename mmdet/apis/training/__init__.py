@@ -1,0 +1,1 @@
+"""The parts of the training loop: settings, loaders, optimizer, one epoch, log, checkpoints and evaluation."""
