@@ -4,11 +4,13 @@ Random weights (BatchNorm folded); the W8A8 model's activation ranges come from 
 reconstruction: speed does not depend on it). Weights are 8-bit symmetric per output channel (INT8), activations
 8-bit asymmetric per tensor (UINT8), heads included (`quant_head`). ONNX Runtime (CPU, all graph optimizations) fuses
 DequantizeLinear -> Conv -> QuantizeLinear into integer kernels; the optimized graph is saved and its integer convs
-(QLinearConv, ConvInteger) counted. Float and W8A8 runs alternate; the median of the repeats is printed.
+(QLinearConv, ConvInteger) counted. Float and W8A8 runs alternate; the median of the repeats is printed, then the
+share of the W8A8 run's kernel time per op type (one profiled run).
 
     python benchmarks/onnx_runtime.py --threads 2 --repeats 5 [--models retinanet faster_rcnn]
 """
 import argparse
+import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -68,6 +70,25 @@ def optimized_op_counts(model_proto, threads: int, folder: str, name: str) -> di
     return counts
 
 
+def kernel_time_shares(model_proto, feed: dict, threads: int, folder: str, name: str) -> dict:
+    """Share of one profiled run's kernel time per op type, largest first (ONNX Runtime's own profiler)."""
+    ort = import_onnxruntime()
+    options = session_options("all", threads)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(folder) / name)
+    session = ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, feed)
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    totals: dict = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op_type = event["args"]["op_name"]
+            totals[op_type] = totals.get(op_type, 0) + event["dur"]
+    whole = sum(totals.values())
+    return {op: duration / whole for op, duration in sorted(totals.items(), key=lambda item: -item[1])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=["retinanet", "faster_rcnn"])
@@ -88,13 +109,16 @@ def main() -> None:
             graphs = {"float": export_detector(float_detector(CONFIGS[name]))[NETWORK],
                       "W8A8": export_detector(w8a8_detector(CONFIGS[name], images))[NETWORK]}
             sessions = {kind: create_session(graph, "all", args.threads) for kind, graph in graphs.items()}
-            times = time_interleaved({kind: (lambda s=session: s.run(None, feed)) for kind, session in sessions.items()},
-                                     warmup=args.warmup, repeats=args.repeats, reduce=statistics.median)
+            runs = {kind: (lambda s=session: s.run(None, feed)) for kind, session in sessions.items()}
+            times = time_interleaved(runs, warmup=args.warmup, repeats=args.repeats, reduce=statistics.median)
             counts = optimized_op_counts(graphs["W8A8"], args.threads, folder, name)
             integer = sum(counts.get(op, 0) for op in INTEGER_CONVS)
             float_convs = counts.get("Conv", 0) + counts.get("FusedConv", 0) + counts.get("NchwcConv", 0)
             print(f"{name:<12} {times['float'] * 1e3:>9.0f} {times['W8A8'] * 1e3:>9.0f} "
                   f"{times['float'] / times['W8A8']:>8.2f}x {integer:>14} {float_convs:>12}")
+            shares = kernel_time_shares(graphs["W8A8"], feed, args.threads, folder, name)
+            print(f"{'':<12} W8A8 kernel time by op: "
+                  + ", ".join(f"{op} {share:.0%}" for op, share in shares.items() if share >= 0.01))
 
 
 if __name__ == "__main__":

@@ -115,6 +115,15 @@ def effective_settings(name: str, base: ModuleSettings, entries: Sequence[Module
     return settings
 
 
+def is_kept_float(name: str, entries: Sequence[ModuleOverride]) -> bool:
+    """Whether the last entry that applies to module `name` and sets `quantize` keeps it float."""
+    quantize = True
+    for entry in entries:
+        if entry.quantize is not None and entry.matches(name):
+            quantize = entry.quantize
+    return not quantize
+
+
 def check_every_entry_matches(entries: Sequence[ModuleOverride], names: Iterable[str]) -> None:
     """Raise ValueError for the first entry that applies to none of `names` (the quantizable modules), naming its
     glob and the nearest module names."""

@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Set, Tuple, Union
 import torch
 import yaml
 
+from qdrop.overrides import ModuleOverride, parse_overrides
 from qdrop.quantization import QuantizerConfig
 from qdrop.quantization.fake_quant import ROUND_MODES
 
@@ -19,6 +20,10 @@ CACHE_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': 
 # Autocast precision of the reconstruction forward (recon.amp); null keeps float32.
 AMP_DTYPES = {'bfloat16': torch.bfloat16}
 REQUIRED_KEYS = ('a_qconfig', 'w_qconfig', 'calibrate', 'recon')
+# The axes a quantizer may keep one scale per channel along: weights are (out, in, kh, kw) or (out, in), activations
+# (N, C, H, W) whose batch and spatial sizes change from one forward to the next.
+WEIGHT_CH_AXES = {-1: 'per tensor', 0: 'per output channel'}
+ACTIVATION_CH_AXES = {-1: 'per tensor', 1: 'per channel of (N, C, H, W) activations'}
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,7 @@ class QConfig:
     calibrate: int  # calibration images in total, over all ranks
     recon: ReconConfig
     quant_head: bool = False  # quantize the detection heads too
+    overrides: Tuple[ModuleOverride, ...] = ()  # per-module settings, applied in order (qdrop.overrides)
 
     @classmethod
     def from_mapping(cls, mapping: Union['QConfig', Mapping[str, Any]], source: str = '<dict>') -> 'QConfig':
@@ -157,6 +163,8 @@ class QConfig:
             w_qconfig = QuantizerConfig.from_mapping(mapping['w_qconfig'], 'w_qconfig')
         except ValueError as error:
             raise ValueError(f'{source}: {error}') from None
+        _check_ch_axis(a_qconfig, 'a_qconfig', ACTIVATION_CH_AXES, source)
+        _check_ch_axis(w_qconfig, 'w_qconfig', WEIGHT_CH_AXES, source)
         calibrate = mapping['calibrate']
         if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 1:
             raise ValueError(f'{source}: calibrate: got {calibrate!r}; allowed values: a positive number of images')
@@ -164,12 +172,23 @@ class QConfig:
         if not isinstance(quant_head, bool):
             raise ValueError(f'{source}: quant_head: got {quant_head!r}; allowed values: true, false')
         recon = ReconConfig.from_mapping(mapping['recon'], source)
-        return cls(a_qconfig, w_qconfig, calibrate, recon, quant_head)
+        overrides = parse_overrides(mapping.get('overrides'), source)
+        return cls(a_qconfig, w_qconfig, calibrate, recon, quant_head, overrides)
 
     def to_dict(self) -> Dict[str, Any]:
-        """The YAML form: plain dicts, lists and scalars, every optional key written out."""
-        return {'a_qconfig': self.a_qconfig.to_dict(), 'w_qconfig': self.w_qconfig.to_dict(),
-                'calibrate': self.calibrate, 'recon': self.recon.to_dict(), 'quant_head': self.quant_head}
+        """The YAML form: plain dicts, lists and scalars, every optional key written out (``overrides`` only when
+        there are some)."""
+        values = {'a_qconfig': self.a_qconfig.to_dict(), 'w_qconfig': self.w_qconfig.to_dict(),
+                  'calibrate': self.calibrate, 'recon': self.recon.to_dict(), 'quant_head': self.quant_head}
+        if self.overrides:
+            values['overrides'] = [entry.to_dict() for entry in self.overrides]
+        return values
+
+
+def _check_ch_axis(cfg: QuantizerConfig, section: str, allowed: Dict[int, str], source: str) -> None:
+    if cfg.ch_axis not in allowed:
+        choices = ', '.join(f'{axis} ({meaning})' for axis, meaning in allowed.items())
+        raise ValueError(f'{source}: {section}.ch_axis: got {cfg.ch_axis!r}; allowed values: {choices}')
 
 
 def q_config_keys() -> Tuple[str, ...]:

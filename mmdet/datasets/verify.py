@@ -6,7 +6,8 @@ header, and the end marker that a truncated file lacks.
 import os
 import os.path as osp
 import struct
-from typing import BinaryIO, Iterable, List, NamedTuple, Optional, Tuple
+from collections.abc import Iterable
+from typing import BinaryIO, NamedTuple, Optional
 
 from tqdm import tqdm
 
@@ -116,11 +117,12 @@ def read_image_header(filename: str) -> ImageHeader:
         else:
             raise ImageFileError(f"{filename}: not a JPEG, PNG or BMP image (starts with {magic!r})")
     if header.width == 0 or header.height == 0:
-        raise ImageFileError(f"{filename}: {header.format.upper()} header declares a {header.width}x{header.height} image")
+        raise ImageFileError(f"{filename}: {header.format.upper()} header declares a "
+                             f"{header.width}x{header.height} image")
     return header
 
 
-def verify_image_files(filenames: Iterable[str], source: str, progress: Optional[bool] = None) -> List[ImageHeader]:
+def verify_image_files(filenames: Iterable[str], source: str, progress: Optional[bool] = None) -> list[ImageHeader]:
     """Check every file with :func:`read_image_header`; fail once, listing every bad file.
 
     Args:
@@ -136,8 +138,8 @@ def verify_image_files(filenames: Iterable[str], source: str, progress: Optional
     """
     filenames = list(filenames)
     show = len(filenames) >= _PROGRESS_MIN_IMAGES if progress is None else progress
-    headers: List[ImageHeader] = []
-    problems: List[Tuple[str, str]] = []
+    headers: list[ImageHeader] = []
+    problems: list[tuple[str, str]] = []
     for filename in tqdm(filenames, desc="checking images", unit="img", disable=not show):
         try:
             headers.append(read_image_header(filename))
@@ -151,7 +153,7 @@ def verify_image_files(filenames: Iterable[str], source: str, progress: Optional
     return headers
 
 
-def verify_dataset_images(dataset, progress: Optional[bool] = None) -> List[ImageHeader]:
+def verify_dataset_images(dataset, progress: Optional[bool] = None) -> list[ImageHeader]:
     """Check that every image of a CocoDataset-like dataset exists and is a complete image file.
 
     Args:

@@ -14,6 +14,13 @@ class StageTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self._last_lap = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """Charge the time since the previous lap (or since the timer was made) to stage `name`."""
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last_lap
+        self._last_lap = now
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -3,8 +3,16 @@
 Needs the `deploy` extra (``pip install -e .[deploy]``: onnx, onnxruntime); importing this package does not.
 """
 from .dependencies import INSTALL_HINT, import_onnx, import_onnxruntime
-from .export import (BOX_HEAD, DEFAULT_OPSET, NETWORK, box_head_path, export_detector, is_two_stage, load_detector,
-                     save_graphs)
+from .export import (
+    BOX_HEAD,
+    DEFAULT_OPSET,
+    NETWORK,
+    box_head_path,
+    export_detector,
+    is_two_stage,
+    load_detector,
+    save_graphs,
+)
 from .qdq import QuantParams, integer_type, integer_weight, quant_params
 from .runtime import OnnxDetector, create_session, session_options
 

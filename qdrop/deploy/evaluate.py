@@ -4,7 +4,8 @@ import json
 import os
 import os.path as osp
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from mmdet.apis import evaluation_kwargs, single_gpu_test
 from mmdet.apis.inference import prepare_test_config

@@ -6,7 +6,8 @@ graph ``roi_feats`` (N, C, 7, 7) -> ``cls_score``, ``bbox_pred``; proposals, the
 between in the project's own code.
 """
 import os.path as osp
-from typing import Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Optional
 
 from torch import nn
 
@@ -34,7 +35,7 @@ def is_two_stage(model: nn.Module) -> bool:
     return getattr(model, "roi_head", None) is not None
 
 
-def load_detector(config_path: str, checkpoint_path: str, require_quantized: bool = False) -> Tuple[nn.Module, bool]:
+def load_detector(config_path: str, checkpoint_path: str, require_quantized: bool = False) -> tuple[nn.Module, bool]:
     """The detector of ``config_path`` with ``checkpoint_path`` loaded and BatchNorm folded, in eval mode.
 
     Returns:
@@ -61,7 +62,7 @@ def load_detector(config_path: str, checkpoint_path: str, require_quantized: boo
 
 
 def export_detector(model: nn.Module, opset: int = DEFAULT_OPSET,
-                    shape: Optional[Sequence[int]] = None) -> Dict[str, object]:
+                    shape: Optional[Sequence[int]] = None) -> dict[str, object]:
     """The detector's graphs as ONNX ModelProtos: {'network': ...} and, for two-stage detectors, {'bbox_head': ...}.
 
     Args:
@@ -79,7 +80,8 @@ def export_detector(model: nn.Module, opset: int = DEFAULT_OPSET,
     unknown_4d = [None] * 4
     if is_two_stage(model):
         cls_scores, bbox_preds = writer.dense_head(model.rpn_head, feats)
-        named = ([(f"feat_{i}", t) for i, t in enumerate(feats)] + [(f"rpn_cls_{i}", t) for i, t in enumerate(cls_scores)]
+        named = ([(f"feat_{i}", t) for i, t in enumerate(feats)]
+                 + [(f"rpn_cls_{i}", t) for i, t in enumerate(cls_scores)]
                  + [(f"rpn_reg_{i}", t) for i, t in enumerate(bbox_preds)])
     else:
         cls_scores, bbox_preds = writer.dense_head(model.bbox_head, feats)
@@ -112,7 +114,7 @@ def _rename(graph: GraphBuilder, tensor: str, output: str) -> str:
     return graph.node("Identity", [tensor], output)
 
 
-def save_graphs(graphs: Dict[str, object], path: str) -> Dict[str, str]:
+def save_graphs(graphs: dict[str, object], path: str) -> dict[str, str]:
     """Write the network graph to ``path`` and a box-head graph next to it; returns {part: file}."""
     onnx = import_onnx()
     files = {NETWORK: path}

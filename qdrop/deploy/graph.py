@@ -1,5 +1,6 @@
 """A small ONNX graph writer: unique names, initializers, single-output nodes, and QDQ pairs from quantizers."""
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -19,9 +20,9 @@ class GraphBuilder:
     def __init__(self, opset: int):
         self.onnx = import_onnx()
         self.opset = opset
-        self.nodes: List = []
-        self.initializers: List = []
-        self._used: Dict[str, int] = {}
+        self.nodes: list = []
+        self.initializers: list = []
+        self._used: dict[str, int] = {}
 
     def unique(self, prefix: str) -> str:
         count = self._used.get(prefix, 0)

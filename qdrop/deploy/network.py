@@ -4,7 +4,7 @@ Quantized layers and blocks keep their quantizers: every enabled activation quan
 enabled weight quantizer an integer initializer with a DequantizeLinear; everything else is float. BatchNorm must be
 folded into the convs first.
 """
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 from torch import nn
@@ -32,7 +32,7 @@ class NetworkWriter:
 
     def __init__(self, graph: GraphBuilder, root: nn.Module):
         self.graph = graph
-        self.names: Dict[int, str] = {id(module): name for name, module in root.named_modules()}
+        self.names: dict[int, str] = {id(module): name for name, module in root.named_modules()}
 
     def name_of(self, module: nn.Module) -> str:
         return self.names.get(id(module), type(module).__name__)
@@ -173,7 +173,7 @@ class NetworkWriter:
         return out
 
     # ------------------------------------------------------------------------------------------------ detector parts
-    def resnet(self, backbone: ResNet, x: str) -> List[str]:
+    def resnet(self, backbone: ResNet, x: str) -> list[str]:
         """The stem, every stage, and the outputs of the stages in ``out_indices``."""
         for part in (backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool):
             x = self.module(part, x)
@@ -184,7 +184,7 @@ class NetworkWriter:
                 outs.append(x)
         return outs
 
-    def fpn(self, neck: FPN, inputs: Sequence[str]) -> List[str]:
+    def fpn(self, neck: FPN, inputs: Sequence[str]) -> list[str]:
         """Laterals, the top-down path (nearest upsampling to the finer level's size), output convs, extra levels."""
         if len(inputs) != neck.num_ins:
             raise ValueError(f"FPN expects {neck.num_ins} inputs, got {len(inputs)}")
@@ -205,7 +205,9 @@ class NetworkWriter:
                           "on_output": outs[-1]}[neck.add_extra_convs]
                 outs.append(self.module(neck.fpn_convs[used], source))
                 for i in range(used + 1, neck.num_outs):
-                    previous = self.relu(outs[-1], f"{name}/extra_relu{i}") if neck.relu_before_extra_convs else outs[-1]
+                    previous = outs[-1]
+                    if neck.relu_before_extra_convs:
+                        previous = self.relu(previous, f"{name}/extra_relu{i}")
                     outs.append(self.module(neck.fpn_convs[i], previous))
         return outs
 
@@ -226,7 +228,7 @@ class NetworkWriter:
         return graph.node("Resize", [x, "", "", sizes], name, mode="nearest",
                           coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
-    def dense_head(self, head: nn.Module, feats: Sequence[str]) -> Tuple[List[str], List[str]]:
+    def dense_head(self, head: nn.Module, feats: Sequence[str]) -> tuple[list[str], list[str]]:
         """Per level (class scores, box deltas) of a RetinaHead or an RPNHead."""
         cls_scores, bbox_preds = [], []
         for feat in feats:
@@ -245,7 +247,7 @@ class NetworkWriter:
                 raise ValueError(f"ONNX export: dense head {type(head).__name__} is not written (RetinaHead, RPNHead)")
         return cls_scores, bbox_preds
 
-    def box_head(self, head: nn.Module, roi_feats: str) -> Tuple[str, str]:
+    def box_head(self, head: nn.Module, roi_feats: str) -> tuple[str, str]:
         """Shared2FCBBoxHead: flatten the (N, C, 7, 7) RoI features, shared fcs with ReLU, then fc_cls, fc_reg."""
         name = self.name_of(head)
         x = self.graph.node("Flatten", [roi_feats], f"{name}/flatten", axis=1)  # (N, C * 7 * 7)

@@ -1,7 +1,6 @@
 """A fake quantizer's parameters as ONNX QuantizeLinear/DequantizeLinear data: integer types, zero points and the
 integer weights (AdaRound's learned rounding where it has one, round-to-nearest otherwise)."""
 from dataclasses import dataclass
-from typing import Tuple
 
 import numpy as np
 import torch
@@ -31,9 +30,9 @@ class QuantParams:
     scale: np.ndarray
     zero_point: np.ndarray
     axis: int
-    quant_range: Tuple[int, int]
+    quant_range: tuple[int, int]
     onnx_type: str
-    type_range: Tuple[int, int]
+    type_range: tuple[int, int]
 
     @property
     def per_channel(self) -> bool:
@@ -44,7 +43,7 @@ class QuantParams:
         return self.quant_range != self.type_range
 
 
-def integer_type(bit: int, symmetric: bool) -> Tuple[str, Tuple[int, int]]:
+def integer_type(bit: int, symmetric: bool) -> tuple[str, tuple[int, int]]:
     """(ONNX type name, its range) holding ``bit``-bit values: INT4/UINT4 up to 4 bits, INT8/UINT8 up to 8."""
     if not 2 <= bit <= 8:
         raise ValueError(f"bit: got {bit}; ONNX export supports 2..8-bit quantizers")
@@ -66,12 +65,13 @@ def quant_params(quantizer: FakeQuantizeBase, name: str, channels_axis: int) -> 
                          "(is the model calibrated?)")
     qmin, qmax = quantizer.quant_min, quantizer.quant_max
     if np.any(zero_point < qmin) or np.any(zero_point > qmax):
-        raise ValueError(f"{name}: zero point outside its range [{qmin}, {qmax}]: {zero_point.min()}..{zero_point.max()}")
+        raise ValueError(f"{name}: zero point outside its range [{qmin}, {qmax}]: "
+                         f"{zero_point.min()}..{zero_point.max()}")
     onnx_type, type_range = integer_type(quantizer.bit, quantizer.symmetric)
     return QuantParams(scale, zero_point, channels_axis, (qmin, qmax), onnx_type, type_range)
 
 
-def integer_weight(weight: torch.Tensor, quantizer: FakeQuantizeBase, name: str) -> Tuple[np.ndarray, QuantParams]:
+def integer_weight(weight: torch.Tensor, quantizer: FakeQuantizeBase, name: str) -> tuple[np.ndarray, QuantParams]:
     """The weight as the integers its fake quantizer maps it to, with per-output-channel parameters (axis 0).
 
     AdaRound quantizers with a learned ``alpha`` use clamp(floor(w / s) + (alpha >= 0) + z, qmin, qmax); every

@@ -1,6 +1,6 @@
 """A detector whose network runs in ONNX Runtime and whose pre- and post-processing are the project's own."""
 import copy
-from typing import Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -51,13 +51,14 @@ class OnnxDetector(nn.Module):
         sessions: {'network': session} and, for two-stage detectors, {'bbox_head': session}.
     """
 
-    def __init__(self, model: nn.Module, sessions: Dict[str, object]):
+    def __init__(self, model: nn.Module, sessions: dict[str, object]):
         super().__init__()
         self.detector = model.eval()
         self.sessions = dict(sessions)
         expected = {NETWORK, BOX_HEAD} if is_two_stage(model) else {NETWORK}
         if set(self.sessions) != expected:
-            raise ValueError(f"{type(model).__name__} needs ONNX graphs {sorted(expected)}, got {sorted(self.sessions)}")
+            raise ValueError(f"{type(model).__name__} needs ONNX graphs {sorted(expected)}, "
+                             f"got {sorted(self.sessions)}")
 
     @classmethod
     def from_file(cls, model: nn.Module, onnx_path: str, optimization: str = "all", threads: int = 0
@@ -76,7 +77,7 @@ class OnnxDetector(nn.Module):
         graphs = export_detector(model)
         return cls(model, {part: create_session(graph, optimization, threads) for part, graph in graphs.items()})
 
-    def raw_outputs(self, img: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def raw_outputs(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network graph's outputs by name for a (B, 3, H, W) batch."""
         session = self.sessions[NETWORK]
         names = [output.name for output in session.get_outputs()]
@@ -105,7 +106,7 @@ class OnnxDetector(nn.Module):
                                   rescale=rescale)
         return [bbox2result(bboxes, labels, head.num_classes) for bboxes, labels in results]
 
-    def _two_stage(self, outputs: Dict[str, torch.Tensor], img_metas: List[dict], rescale: bool) -> list:
+    def _two_stage(self, outputs: dict[str, torch.Tensor], img_metas: list[dict], rescale: bool) -> list:
         detector = self.detector
         roi_head = detector.roi_head
         proposals = detector.rpn_head.get_bboxes(_levels(outputs, "rpn_cls_"), _levels(outputs, "rpn_reg_"), img_metas)
@@ -131,7 +132,7 @@ class OnnxDetector(nn.Module):
         return results
 
 
-def _levels(outputs: Dict[str, torch.Tensor], prefix: str) -> List[torch.Tensor]:
+def _levels(outputs: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:
     """The outputs named ``<prefix><level>`` in level order."""
     names = sorted((name for name in outputs if name.startswith(prefix)), key=lambda name: int(name[len(prefix):]))
     return [outputs[name] for name in names]

@@ -11,7 +11,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from mmdet.utils import fuse_conv_bn, save_checkpoint
+from mmdet.utils import check_finite, fuse_conv_bn, read_checkpoint, save_checkpoint
 from qdrop.model.quantize import quantize_detector
 from qdrop.q_config import QConfig
 from qdrop.quantization import enable_quantization
@@ -58,7 +58,7 @@ def is_quantized_checkpoint(checkpoint: Mapping) -> bool:
 
 def is_quantized_checkpoint_file(filename: str) -> bool:
     """Whether `filename` was written by `save_quantized_checkpoint` (tools/test.py uses it to pick the loader)."""
-    checkpoint = torch.load(filename, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(filename, map_location="cpu")
     return isinstance(checkpoint, Mapping) and is_quantized_checkpoint(checkpoint)
 
 
@@ -73,11 +73,16 @@ def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu
 
     Returns:
         The checkpoint dict {'state_dict', 'meta'}.
+
+    Raises:
+        CheckpointFileError: the file is empty, truncated or not a checkpoint.
+        NonFiniteWeightsError: naming every tensor (weights, scales, alphas) that holds NaN or Inf.
     """
-    checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or not is_quantized_checkpoint(checkpoint):
+    checkpoint = read_checkpoint(filename, map_location=map_location)
+    if not is_quantized_checkpoint(checkpoint):
         raise ValueError(f"{filename} is not a quantized checkpoint written by qdrop (meta.format != "
                          f"{QUANTIZED_FORMAT!r}); load float checkpoints with mmdet.utils.load_checkpoint")
+    check_finite(checkpoint["state_dict"], filename)
     meta = checkpoint["meta"]
     fuse_conv_bn(model)
     quantize_detector(model, QConfig.from_mapping(meta["q_config"], source=f"{filename}: meta.q_config"))

@@ -9,9 +9,10 @@ Backbone and neck are always quantized, the heads only with `quant_head: True`. 
   not show: a functional ReLU after a child (folded into the child's layer), or outputs that are final (FPN levels,
   class scores, box deltas), below which no output quantizer is placed.
 
-The first layer's weights keep 8 bits.
+The q_config's `overrides:` then set the quantizers of single modules (qdrop.overrides); their default first entry
+keeps the first layer's weights at 8 bits.
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from torch import nn
@@ -23,8 +24,10 @@ from mmdet.models.necks import FPN
 from mmdet.models.roi_heads import Shared2FCBBoxHead
 from mmdet.models.utils.conv_module import ConvModule
 from qdrop.model.resnet_blocks import QuantizedBasicBlock, QuantizedBottleneck
+from qdrop.overrides import (ModuleOverride, ModuleSettings, check_every_entry_matches, effective_settings,
+                             is_kept_float)
 from qdrop.q_config import QConfig
-from qdrop.quantization import QuantizedLayer, QuantizedUnit, QuantizerConfig, WeightQuantizer
+from qdrop.quantization import QuantizedLayer, QuantizedUnit, QuantizerConfig
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class _WalkContext:
     a_cfg: QuantizerConfig
     quantize_output: bool
     relu_after_each_child: bool = False
+    overrides: Tuple[ModuleOverride, ...] = ()
+    sites: List[str] = field(default_factory=list)  # every quantizable module met, wrapped or kept float
 
 
 def quantize_detector(model: nn.Module, q_config: Union[QConfig, Mapping]) -> nn.Module:
@@ -133,13 +138,14 @@ def quantize_detector(model: nn.Module, q_config: Union[QConfig, Mapping]) -> nn
         if not isinstance(getattr(model, part, None), nn.Module):
             raise ValueError(f"{type(model).__name__} has no '{part}': only detectors with a backbone and a neck "
                              "(extract_feat = backbone + neck) can be quantized")
-    context = _WalkContext(q_config.w_qconfig, q_config.a_qconfig, quantize_output=True)
+    overrides = (first_layer_override(model.backbone),) + q_config.overrides
+    context = _WalkContext(q_config.w_qconfig, q_config.a_qconfig, quantize_output=True, overrides=overrides)
     parts = TRUNK + (HEADS if q_config.quant_head else ())
     for part in parts:
         module = getattr(model, part, None)
         if module is not None:
             _quantize_children(module, part + ".", context)
-    _keep_first_layer_8bit(model.backbone, q_config.w_qconfig)
+    _apply_overrides(model, overrides, ModuleSettings(q_config.w_qconfig, q_config.a_qconfig), context.sites)
     return model
 
 
@@ -161,6 +167,10 @@ def _quantize_children(parent: nn.Module, prefix: str, context: _WalkContext) ->
             raise ValueError(f"{site.name} is already quantized")
         build = _lookup(QUANTIZED_FORMS, child)
         if build is not None:
+            context.sites.append(site.name)
+            if is_kept_float(site.name, context.overrides):
+                previous = None  # kept float
+                continue
             unit = build(child, site)
             setattr(parent, name, unit)
             previous = unit if isinstance(unit, QuantizedLayer) and unit.activation is None else None
@@ -175,16 +185,45 @@ def _quantize_children(parent: nn.Module, prefix: str, context: _WalkContext) ->
                              "(mmdet.utils.fuse_conv_bn / --fuse-conv-bn) before quantizing")
         else:
             child_context = _WalkContext(context.w_cfg, context.a_cfg, site.quantize_output,
-                                         relu_after_each_child=role.relu_after_each)
+                                         relu_after_each_child=role.relu_after_each, overrides=context.overrides,
+                                         sites=context.sites)
             _quantize_children(child, site.name + ".", child_context)
             previous = None
 
 
-def _keep_first_layer_8bit(backbone: nn.Module, w_cfg: QuantizerConfig) -> None:
-    first = next((m for m in backbone.modules() if isinstance(m, QuantizedLayer)), None)
+def first_layer_override(backbone: nn.Module) -> ModuleOverride:
+    """The default first entry of `overrides:`: the backbone's first conv/linear (the one that sees the image)
+    keeps 8-bit weights."""
+    first = next((name for name, module in backbone.named_modules(prefix="backbone")
+                  if isinstance(module, (ConvModule, nn.Conv2d, nn.Linear))), None)
     if first is None:
         raise ValueError(f"backbone {type(backbone).__name__} has no quantizable layer")
-    first.module.weight_fake_quant = WeightQuantizer(replace(w_cfg, bit=FIRST_LAYER_WEIGHT_BITS))
+    return ModuleOverride(first, w_qconfig=(("bit", FIRST_LAYER_WEIGHT_BITS),))
+
+
+def _apply_overrides(model: nn.Module, overrides: Tuple[ModuleOverride, ...], base: ModuleSettings,
+                     sites: List[str]) -> None:
+    """Rebuild every quantizer whose module's effective settings differ from the q_config's sections.
+
+    `overrides` are the default first-layer entry and the q_config's entries; `sites` the quantizable modules met
+    by the walk. Every q_config entry must apply to one of them or to a layer inside a block.
+    """
+    inner_layers = []
+    for name, unit in model.named_modules():
+        if not isinstance(unit, QuantizedUnit):
+            continue
+        settings = effective_settings(name, base, overrides)
+        if not settings.quantize:
+            raise ValueError(f"q_config overrides: quantize: False keeps whole units (layers or residual blocks) "
+                             f"float; {name} is a part of one: name its unit instead")
+        if isinstance(unit, QuantizedLayer):
+            if name not in sites:
+                inner_layers.append(name)
+            if settings.w_cfg != base.w_cfg:
+                unit.module.weight_fake_quant = settings.w_cfg.build()
+        if unit.qoutput and settings.a_cfg != base.a_cfg:
+            unit.block_post_act_fake_quantize = settings.a_cfg.build()
+    check_every_entry_matches(overrides[1:], sites + inner_layers)  # the q_config's own, after the default entry
 
 
 def quantization_units(model: nn.Module) -> List[Tuple[str, QuantizedUnit]]:

@@ -80,146 +80,168 @@ def _prune(g_idx: Tensor, c_idx: Tensor, lower: Tensor, upper: Tensor, slack: Te
     return g_idx[keep], c_idx[keep]
 
 
-def _tail_bounds(count: Tensor, mean: Tensor, low: Tensor, high: Tensor, level: Tensor,
-                 below: bool) -> Tuple[Tensor, Tensor]:
-    """Bounds of sum (level - t)_+^p (``below``) or (t - level)_+^p over cells (count, mean, low, high) of sorted
-    values: the function is convex in t, so Jensen (at the cell mean) and the chord bound each cell."""
-    sign = 1.0 if below else -1.0
-    f_low = (sign * (level - low)).clamp_min(0).pow(LP_NORM)
-    f_high = (sign * (level - high)).clamp_min(0).pow(LP_NORM)
-    jensen = (sign * (level - mean)).clamp_min(0).pow(LP_NORM)
-    width = high - low
-    chord = torch.where(width > 0, ((high - mean) * f_low + (mean - low) * f_high) / width.clamp_min(1e-30), f_low)
-    return (count * jensen).sum(-1, dtype=torch.float64), (count * chord).sum(-1, dtype=torch.float64)
+class _SortedRows:
+    """Sorted values of every group with cumulative sums of the values and of their squares (float64, each row
+    with a leading 0), for counts and moments of any interval from two searches."""
+
+    def __init__(self, x2d: Tensor):
+        self.values = torch.sort(x2d, dim=1).values.to(torch.float64)  # (G, n)
+        zeros = self.values.new_zeros(x2d.shape[0], 1)
+        self.sum1 = torch.cat([zeros, torch.cumsum(self.values, dim=1)], dim=1)  # (G, n + 1)
+        self.sum2 = torch.cat([zeros, torch.cumsum(self.values * self.values, dim=1)], dim=1)
+
+    def rows(self, start: int, stop: int) -> '_SortedRows':
+        """The same summaries for the groups start:stop (views)."""
+        picked = _SortedRows.__new__(_SortedRows)
+        picked.values, picked.sum1, picked.sum2 = (t[start:stop] for t in (self.values, self.sum1, self.sum2))
+        return picked
 
 
-def _range_bounds(x_sorted: Tensor, x_cumsum: Tensor, scale: Tensor, quant_min: int,
-                  quant_max: int) -> Tuple[Tensor, Tensor]:
-    """Bounds (rows, zero points) of the objective for one range of a two-sided grid: one pass over the values
-    serves every zero point.
+def _power_mean_cost(count: Tensor, first: Tensor, second: Tensor, level: Tensor) -> Tensor:
+    """Lower bound of sum |t - level|^p over values of the given count, sum and sum of squares:
+    count * (mean of (t - level)^2)^(p/2) (power means, p >= 2; exact for a single value)."""
+    square = ((second - 2 * level * first) / count.clamp_min(1) + level * level).clamp_min(0)
+    return count * square.pow(LP_NORM / 2)
 
-    In units of the range's scale (t = x / s), zero point z keeps [L, U] = [qmin - z, qmax - z]: values inside
-    cost |t - round(t)|^p (exact, from a cumulative sum over the sorted values), values outside cost their
-    distance to L or U to the power p (bounded per unit cell of t by convexity). The candidates of one range
-    share its scale up to float rounding, which the slack RTOL covers. ``x_cumsum`` is the float64 cumulative sum
-    of the sorted values with a leading 0.
+
+def _window_bounds(rows: _SortedRows, scale: Tensor, levels: int, sub: int, tails_by_cell: bool) -> Tensor:
+    """Lower bounds of the objective for every zero point of the given ranges.
+
+    In units of a range's scale (t = x / s), zero point z keeps [L, U] = [qmin - z, qmax - z], and a value in the
+    rounding cell centred at m lands on clamp(m, L, U). Every window lies inside [-levels, levels]; those cells
+    are split into ``sub`` sub-cells each. A group of values landing on one level l costs at least
+    count * (mean of (t - l)^2)^(p/2). With ``tails_by_cell`` every sub-cell is a group for every zero point;
+    otherwise (cheaper, looser) the sub-cells inside the window are groups and each clamped side is one group.
+
+    Args:
+        rows: summaries of P groups.
+        scale: (P, R): R ranges per group, float64.
+        levels: quant_max - quant_min.
+        sub: sub-cells per rounding cell.
+        tails_by_cell: bound the clamped values sub-cell by sub-cell.
+
+    Returns:
+        float64 (P, R, levels + 1): the bound per zero point, slot k for zero point quant_min + k.
     """
-    n = x_sorted.shape[1]
-    s = scale.unsqueeze(1)
-    t = x_sorted / s
-    inside_cost = torch.cumsum(F.pad((t - torch.round(t)).abs().pow(LP_NORM), (1, 0)), dim=1, dtype=torch.float64)
-    first, last = math.floor(float(t[:, 0].min())), math.ceil(float(t[:, -1].max()))
-    edges = torch.arange(first, last + 1, dtype=t.dtype, device=t.device)
-    at = torch.searchsorted(t, edges.expand(t.shape[0], -1).contiguous())  # first value >= each edge
-    count = (at[:, 1:] - at[:, :-1]).to(t.dtype)
-    total = (x_cumsum.gather(1, at[:, 1:]) - x_cumsum.gather(1, at[:, :-1])) / s.to(torch.float64)
-    filled = count > 0
-    mean = torch.where(filled, (total / count.clamp_min(1)).to(t.dtype), edges[:-1])
-    low = torch.where(filled, t.gather(1, at[:, :-1].clamp_max(n - 1)), mean)
-    high = torch.where(filled, t.gather(1, (at[:, 1:] - 1).clamp_min(0)), mean)
-    zero_points = torch.arange(quant_min, quant_max + 1, dtype=t.dtype, device=t.device)
-    lo_level = (quant_min - zero_points).expand(t.shape[0], -1).contiguous()
-    hi_level = (quant_max - zero_points).expand(t.shape[0], -1).contiguous()
-    inside = (inside_cost.gather(1, torch.searchsorted(t, hi_level, side='right'))
-              - inside_cost.gather(1, torch.searchsorted(t, lo_level, side='left')))
-    # L <= 0 <= U for every zero point, so lower tails lie in cells left of 0 and upper tails right of it.
-    split = max(0, min(-first, edges.numel() - 1))
-    cell = edges[:-1].view(1, 1, -1)
-    below, above = cell[..., :split] + 1 <= lo_level.unsqueeze(2), cell[..., split:] >= hi_level.unsqueeze(2)
-    tail_lower, tail_upper = [], []
-    step = _chunk_size(lo_level.shape[1] * count.shape[1])
-    for start in range(0, t.shape[0], step):
-        rows = slice(start, start + step)
-        stats = [v[rows].unsqueeze(1) for v in (count, mean, low, high)]
-        left = [v[..., :split] for v in stats]
-        right = [v[..., split:] for v in stats]
-        low_lb, low_ub = _tail_bounds(left[0] * below[rows], *left[1:], lo_level[rows].unsqueeze(2), True)
-        high_lb, high_ub = _tail_bounds(right[0] * above[rows], *right[1:], hi_level[rows].unsqueeze(2), False)
-        tail_lower.append(low_lb + high_lb)
-        tail_upper.append(low_ub + high_ub)
-    scale_p = s.to(torch.float64) ** LP_NORM / n
-    return ((inside + torch.cat(tail_lower)) * scale_p * (1 - RTOL),
-            (inside + torch.cat(tail_upper)) * scale_p * (1 + RTOL))
+    groups, n = rows.values.shape
+    num_ranges = scale.shape[1]
+    cells = 2 * levels + 1
+    device = scale.device
+    edges_t = torch.arange(cells * sub + 1, dtype=torch.float64, device=device) / sub - levels - 0.5
+    s = scale.unsqueeze(2)  # (P, R, 1)
+    at = torch.searchsorted(rows.values, (edges_t * s).view(groups, -1)).view(groups, num_ranges, -1)
+
+    def moments(lo: Tensor, hi: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        # count, sum and sum of squares (in units of s) of the sorted values lo:hi
+        def between(cumulative: Tensor) -> Tensor:
+            return (cumulative.gather(1, hi.flatten(1)) - cumulative.gather(1, lo.flatten(1))).view(lo.shape)
+        return (hi - lo).to(torch.float64), between(rows.sum1) / s, between(rows.sum2) / (s * s)
+
+    slots = torch.arange(levels + 1, device=device)
+    centres = torch.arange(-levels, levels + 1, dtype=torch.float64, device=device).repeat_interleave(sub)
+    if tails_by_cell:
+        # Groups: the values below the cells, the sub-cells, the values above the cells.
+        lo = torch.cat([torch.zeros_like(at[..., :1]), at], dim=2)  # (P, R, cells * sub + 2)
+        hi = torch.cat([at, torch.full_like(at[..., :1], n)], dim=2)
+        count, first, second = (m.unsqueeze(2) for m in moments(lo, hi))  # (P, R, 1, groups)
+        centres = torch.cat([centres.new_tensor([-math.inf]), centres, centres.new_tensor([math.inf])])
+        low, high = -slots.to(torch.float64).unsqueeze(1), (levels - slots).to(torch.float64).unsqueeze(1)
+        level = torch.minimum(torch.maximum(centres, low), high)  # (K, groups)
+        total = _power_mean_cost(count, first, second, level).sum(3)  # (P, R, K)
+    else:
+        count, first, second = moments(at[..., :-1], at[..., 1:])  # (P, R, cells * sub)
+        inside_cells = _power_mean_cost(count, first, second, centres).view(groups, num_ranges, cells, sub).sum(3)
+        inside_cum = torch.cumsum(F.pad(inside_cells, (1, 0)), dim=2)  # (P, R, cells + 1)
+        # Slot k keeps the cells levels - k .. 2 * levels - k.
+        inside = inside_cum[..., levels + 1:].flip(2) - inside_cum[..., :levels + 1].flip(2)  # (P, R, K)
+        at_low, at_high = at[..., (levels - slots) * sub], at[..., (2 * levels + 1 - slots) * sub]  # edges L, U
+        below = _power_mean_cost(*moments(torch.zeros_like(at_low), at_low), -slots.to(torch.float64))
+        end = torch.full_like(at_high, n)
+        above = _power_mean_cost(*moments(at_high, end), (levels - slots).to(torch.float64))
+        total = inside + below + above
+    return total * s.pow(LP_NORM) / n * (1 - RTOL)
 
 
-def _cheap_range_lower_bound(x_sorted: Tensor, x_cumsum: Tensor, x2_cumsum: Tensor, scale: Tensor,
-                             quant_min: int, quant_max: int) -> Tensor:
-    """A lower bound (per row) of the objective of every zero point of a range, from cumulative sums only.
+def _two_sided_candidates(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_range: int, quant_min: int,
+                          quant_max: int, slack: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The candidates of a two-sided grid that can still win: flat group and candidate indices, their lower
+    bounds, and the exact objective of one candidate per group (an upper bound of the group's least).
 
-    In units of the scale (t = x / s) the values fall into rounding cells [m - 1/2, m + 1/2). For zero point z a
-    cell inside [L, U] = [qmin - z, qmax - z] costs |t - m|^p per value, at least (mean of (t - m)^2)^(p/2)
-    (power means, p >= 2); the cells below L cost (L - t)^p, bounded from their count and first two moments
-    (Jensen, power means), and likewise above U.
+    Every range is bounded coarsely (one cell per rounding step), the ranges that can still win more finely (four
+    sub-cells), then with the clamped values bounded sub-cell by sub-cell; a candidate survives while its bound
+    does not exceed the least exact objective of its group's most promising candidates so far. The candidates of one range share its scale up to float rounding, which RTOL covers;
+    a candidate whose zero point differs from its slot's by float rounding reads its own zero point's bound.
     """
-    s = scale.to(torch.float64).unsqueeze(1)
-    t_first = float((x_sorted[:, 0:1] / scale.unsqueeze(1)).min())
-    t_last = float((x_sorted[:, -1:] / scale.unsqueeze(1)).max())
-    centres = torch.arange(math.floor(t_first) - 1, math.ceil(t_last) + 2, dtype=torch.float64,
-                           device=x_sorted.device)
-    edges = ((centres - 0.5).unsqueeze(0) * s).to(x_sorted.dtype)
-    at = torch.searchsorted(x_sorted, edges.contiguous())
-    count = (at[:, 1:] - at[:, :-1]).to(torch.float64)
-    sum_t = (x_cumsum.gather(1, at[:, 1:]) - x_cumsum.gather(1, at[:, :-1])) / s
-    sum_t2 = (x2_cumsum.gather(1, at[:, 1:]) - x2_cumsum.gather(1, at[:, :-1])) / s ** 2
-    m = centres[:-1].unsqueeze(0)
-    second = ((sum_t2 - 2 * m * sum_t + count * m ** 2) / count.clamp_min(1)).clamp_min(0)
-    pad = (1, 0)
-    inside_cum = torch.cumsum(F.pad(count * second.pow(LP_NORM / 2), pad), dim=1)
-    count_cum, sum_cum = torch.cumsum(F.pad(count, pad), dim=1), torch.cumsum(F.pad(sum_t, pad), dim=1)
-    sum2_cum = torch.cumsum(F.pad(sum_t2, pad), dim=1)
-    zero_points = torch.arange(quant_min, quant_max + 1, dtype=torch.float64, device=x_sorted.device)
-    # Index of the cell centred at level v is v - centres[0]; cells [lo, hi] inclusive are inside.
-    lo = ((quant_min - zero_points) - centres[0]).long().clamp(0, count.shape[1]).expand(count.shape[0], -1)
-    hi = ((quant_max - zero_points) - centres[0] + 1).long().clamp(0, count.shape[1]).expand(count.shape[0], -1)
-    inside = inside_cum.gather(1, hi) - inside_cum.gather(1, lo)
-    level_lo, level_hi = (quant_min - zero_points).unsqueeze(0), (quant_max - zero_points).unsqueeze(0)
+    groups, n = x2d.shape
+    levels = quant_max - quant_min
+    num_ranges = scale.shape[1] // per_range
+    sorted_rows = _SortedRows(x2d)
+    range_scale = scale[:, ::per_range].to(torch.float64)  # (G, R)
+    slot = (zero_point.long() - quant_min).view(groups, num_ranges, per_range)
 
-    def tail(n: Tensor, first: Tensor, second: Tensor, level: Tensor) -> Tensor:
-        # sum |t - level|^p over n values of the given sums: Jensen on |t - level| and power means on (t - level)^2
-        mean = first / n.clamp_min(1)
-        square = ((second - 2 * level * first) / n.clamp_min(1) + level ** 2).clamp_min(0)
-        return n * torch.maximum((mean - level).abs().pow(LP_NORM), square.pow(LP_NORM / 2))
+    def bounds(ranges_scale: Tensor, sub: int, tails_by_cell: bool) -> Tensor:
+        # (G, R') scales -> (G, R', K) bounds, in chunks of groups
+        per_range = ((2 * levels + 1) * sub + 2) * (levels + 1 if tails_by_cell else 1)
+        step = max(1, _MAX_CHUNK // (ranges_scale.shape[1] * per_range))
+        return torch.cat([_window_bounds(sorted_rows.rows(start, start + step), ranges_scale[start:start + step],
+                                         levels, sub, tails_by_cell) for start in range(0, groups, step)])
 
-    below = tail(count_cum.gather(1, lo), sum_cum.gather(1, lo), sum2_cum.gather(1, lo), level_lo)
-    above = tail(count_cum[:, -1:] - count_cum.gather(1, hi), sum_cum[:, -1:] - sum_cum.gather(1, hi),
-                 sum2_cum[:, -1:] - sum2_cum.gather(1, hi), level_hi)
-    bound = (inside + below + above).amin(1) * s.squeeze(1) ** LP_NORM / x_sorted.shape[1]
-    # A value within float rounding of a cell edge costs about 0.5^p in either cell; the slack covers the rest.
-    return bound * (1 - RTOL)
+    all_rows = torch.arange(groups, device=x2d.device)
+    best = torch.full((groups,), math.inf, dtype=torch.float64, device=x2d.device)
+    order = torch.arange(num_ranges, device=x2d.device).expand(groups, -1)  # (G, W): the open ranges
+    is_open = torch.ones_like(order, dtype=torch.bool)
+    sub = max(1, min(4, n // (2 * levels + 1)))  # finer than one value per sub-cell gains nothing
+    for cell_split, tails_by_cell in ((1, False), (sub, False), (sub, True)):
+        lower = bounds(range_scale.gather(1, order), cell_split, tails_by_cell)  # (G, W, K)
+        lower = lower.gather(2, slot.gather(1, order.unsqueeze(2).expand(-1, -1, per_range)))
+        lower = lower.masked_fill(~is_open.unsqueeze(2), math.inf)
+        likely = lower.flatten(1).argmin(1)
+        likely = order[all_rows, likely // per_range] * per_range + likely % per_range
+        best = torch.minimum(best, lp_error(x2d, scale[all_rows, likely], zero_point[all_rows, likely], quant_min,
+                                            quant_max))
+        keep = lower <= (best * (1 + RTOL) + slack).view(groups, 1, 1)
+        # The ranges still open in each group first, in range order; groups with fewer repeat closed ones.
+        still_open = keep.any(2)
+        position = torch.argsort((~still_open).to(torch.int8), dim=1, stable=True)[:, :int(still_open.sum(1).max())]
+        order, is_open = order.gather(1, position), still_open.gather(1, position)
+        lower = lower.gather(1, position.unsqueeze(2).expand(-1, -1, per_range))
+        keep = keep.gather(1, position.unsqueeze(2).expand(-1, -1, per_range))
+    g_idx, pos, zero_slot = keep.nonzero(as_tuple=True)
+    return g_idx, order[g_idx, pos] * per_range + zero_slot, lower[g_idx, pos, zero_slot], best
 
 
-def _grid_bounds_by_range(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_range: int, quant_min: int,
-                          quant_max: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Bounds of the two-sided grid candidates that can still win. Cheap per-range lower bounds
-    (``_cheap_range_lower_bound``) order the ranges and rule most of them out; the others get one full pass each,
-    most promising first."""
-    groups, candidates = scale.shape
-    num_ranges = candidates // per_range
-    x_sorted = torch.sort(x2d, dim=1).values
-    x64 = F.pad(x_sorted, (1, 0)).to(torch.float64)
-    x_cumsum, x2_cumsum = torch.cumsum(x64, dim=1), torch.cumsum(x64 * x64, dim=1)
-    slack = absolute_slack(x2d)
-    cheap = torch.stack([_cheap_range_lower_bound(x_sorted, x_cumsum, x2_cumsum, scale[:, r * per_range],
-                                                  quant_min, quant_max)
-                         for r in range(num_ranges)])  # (ranges, rows)
-    best_upper = torch.full((groups,), math.inf, dtype=torch.float64, device=x2d.device)
-    found = []
-    # The bound is close to the objective: visiting likely winners first tightens the upper bounds early.
-    for r in torch.argsort(cheap.mean(1), stable=True).tolist():
-        rows = (cheap[r] <= best_upper * (1 + RTOL) + slack).nonzero().squeeze(1)
-        if rows.numel() == 0:
+def _evaluate_in_rounds(x2d: Tensor, g_idx: Tensor, c_idx: Tensor, lower: Tensor, best: Tensor, scale: Tensor,
+                        zero_point: Tensor, quant_min: int, quant_max: int, slack: Tensor,
+                        per_round: int = 2) -> Tuple[Tensor, Tensor, Tensor]:
+    """Exact objectives of the candidates that can still win, most promising first: each round evaluates the next
+    ``per_round`` candidates of every group by lower bound, and the least objective found so far rules out the
+    candidates whose bound exceeds it.
+
+    Returns:
+        (groups, candidates, objectives) of the evaluated candidates, flat.
+    """
+    order = torch.argsort(lower, stable=True)
+    order = order[torch.argsort(g_idx[order], stable=True)]  # by group, then by bound
+    g_idx, c_idx, lower = g_idx[order], c_idx[order], lower[order]
+    position = torch.arange(g_idx.numel(), device=x2d.device)
+    group_start = torch.zeros_like(best, dtype=torch.long).scatter_reduce_(0, g_idx, position, reduce='amin',
+                                                                            include_self=False)
+    rank = position - group_start[g_idx]
+    best = best.clone()
+    done_g, done_c, done_e = [], [], []
+    for first in range(0, int(rank.max()) + 1 if rank.numel() else 0, per_round):
+        pick = (rank >= first) & (rank < first + per_round) & (lower <= best[g_idx] * (1 + RTOL) + slack[g_idx])
+        if not bool(pick.any()):
+            if not bool(((rank >= first) & (lower <= best[g_idx] * (1 + RTOL) + slack[g_idx])).any()):
+                break
             continue
-        column = r * per_range
-        every = rows.numel() == groups
-        lower, upper = _range_bounds(x_sorted if every else x_sorted[rows], x_cumsum if every else x_cumsum[rows],
-                                     scale[rows, column], quant_min, quant_max)
-        columns = torch.arange(column, column + per_range, device=x2d.device)
-        slot = zero_point[rows][:, columns].long() - quant_min
-        lower, upper = lower.gather(1, slot), upper.gather(1, slot)
-        best_upper[rows] = torch.minimum(best_upper[rows], upper.min(1).values)
-        found.append((rows.repeat_interleave(per_range), columns.repeat(rows.numel()), lower.flatten(),
-                      upper.flatten()))
-    return tuple(torch.cat(parts) for parts in zip(*found))
+        g, c = g_idx[pick], c_idx[pick]
+        errors = _exact_errors(x2d, g, scale[g, c], zero_point[g, c], quant_min, quant_max)
+        best.scatter_reduce_(0, g, errors, reduce='amin')
+        done_g.append(g)
+        done_c.append(c)
+        done_e.append(errors)
+    return torch.cat(done_g), torch.cat(done_c), torch.cat(done_e)
 
 
 def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qparams: QParamsFn,
@@ -242,8 +264,10 @@ def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qpara
     scale, zero_point = scale.expand(groups, candidates), zero_point.expand(groups, candidates)
     slack = absolute_slack(x2d)
     if per_range > 1 and x2d.shape[1] < _SMALL_GROUP_VALUES:
-        g_idx, c_idx, lower, upper = _grid_bounds_by_range(x2d, scale, zero_point, per_range, quant_min, quant_max)
-        g_idx, c_idx = _prune(g_idx, c_idx, lower, upper, slack)
+        g_idx, c_idx, lower, best = _two_sided_candidates(x2d, scale, zero_point, per_range, quant_min, quant_max,
+                                                          slack)
+        g_idx, c_idx, errors = _evaluate_in_rounds(x2d, g_idx, c_idx, lower, best, scale, zero_point, quant_min,
+                                                   quant_max, slack)
     else:
         binned = BinnedGroups(x2d)
         g_idx = torch.arange(groups, device=x2d.device).repeat_interleave(candidates)
@@ -257,7 +281,7 @@ def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qpara
                 lower.append(lo)
                 upper.append(hi)
             g_idx, c_idx = _prune(g_idx, c_idx, torch.cat(lower), torch.cat(upper), slack)
-    errors = _exact_errors(x2d, g_idx, scale[g_idx, c_idx], zero_point[g_idx, c_idx], quant_min, quant_max)
+        errors = _exact_errors(x2d, g_idx, scale[g_idx, c_idx], zero_point[g_idx, c_idx], quant_min, quant_max)
     # Per group: least error, then earliest candidate.
     order = torch.argsort(c_idx, stable=True)
     g_idx, c_idx, errors = g_idx[order], c_idx[order], errors[order]

@@ -4,7 +4,7 @@ Activation observers watch the float forward (fake quantization off) over this p
 ranges are then averaged over ranks, so that every rank starts reconstruction from the same scales. Weight observers
 see each weight once.
 """
-from typing import Iterable, List
+from typing import Iterable, List, Tuple
 
 import torch
 from torch import nn
@@ -18,13 +18,41 @@ def _observer(quantizer: nn.Module) -> nn.Module:
     return quantizer.activation_post_process
 
 
-def _average_observer_ranges(quantizers: List[nn.Module]) -> None:
-    for quantizer in quantizers:
+class NonFiniteCalibrationError(RuntimeError):
+    """The float model's activations, or a range or scale computed from them, hold NaN or Inf."""
+
+
+def _is_finite(tensor: torch.Tensor) -> bool:
+    return bool(torch.isfinite(tensor).all())
+
+
+def _check_scale(name: str, quantizer: nn.Module) -> None:
+    if not _is_finite(quantizer.scale) or not _is_finite(quantizer.zero_point):
+        raise NonFiniteCalibrationError(f"calibration gave {name} a non-finite scale or zero point "
+                                        f"(scale {quantizer.scale.flatten()[:4].tolist()})")
+
+
+def _average_observer_ranges(quantizers: List[Tuple[str, nn.Module]]) -> None:
+    for name, quantizer in quantizers:
         observer = _observer(quantizer)
-        if not torch.isfinite(observer.min_val).all() or not torch.isfinite(observer.max_val).all():
-            raise RuntimeError(f"{type(observer).__name__} saw no data during calibration")
         all_reduce_mean_([observer.min_val, observer.max_val])
+        if not _is_finite(observer.min_val) or not _is_finite(observer.max_val):
+            if bool((observer.min_val == float("inf")).all() and (observer.max_val == float("-inf")).all()):
+                raise RuntimeError(f"{name}: {type(observer).__name__} saw no data during calibration")
+            raise NonFiniteCalibrationError(f"calibration gave {name} a non-finite range (min "
+                                            f"{observer.min_val.flatten()[:4].tolist()}, max "
+                                            f"{observer.max_val.flatten()[:4].tolist()})")
         quantizer.set_qparams_from_observer()
+        _check_scale(name, quantizer)
+
+
+def _refuse_non_finite_input(name: str):
+    """A forward pre-hook that stops calibration when the quantizer's input holds NaN or Inf."""
+    def hook(module: nn.Module, inputs: tuple) -> None:
+        if not _is_finite(inputs[0]):
+            raise NonFiniteCalibrationError(f"calibration stopped: the float model's activations at {name} hold NaN "
+                                            "or Inf (weights or inputs that overflow before this layer?)")
+    return hook
 
 
 @torch.no_grad()
@@ -43,14 +71,19 @@ def calibrate(model: nn.Module, batches: Iterable[dict], device: torch.device, r
         None; the activation ranges are averaged over ranks, the weight observers see each weight once.
     """
     enable_calibration(model, "activation")
-    activations = [q for _, q in fake_quantizers(model, "activation")]
+    activations = list(fake_quantizers(model, "activation"))
+    hooks = [quantizer.register_forward_pre_hook(_refuse_non_finite_input(name)) for name, quantizer in activations]
     rank, _ = get_dist_info()
-    for batch in tqdm(batches, desc="calibrate", disable=not show_progress or rank != 0, dynamic_ncols=True):
-        img = batch["img"].to(device)
-        if run_heads:
-            model.simple_test(img, batch["img_metas"])
-        else:
-            model.extract_feat(img)
+    try:
+        for batch in tqdm(batches, desc="calibrate", disable=not show_progress or rank != 0, dynamic_ncols=True):
+            img = batch["img"].to(device)
+            if run_heads:
+                model.simple_test(img, batch["img_metas"])
+            else:
+                model.extract_feat(img)
+    finally:
+        for hook in hooks:
+            hook.remove()
     _average_observer_ranges(activations)
     observe_weights(model)
 
@@ -59,8 +92,10 @@ def calibrate(model: nn.Module, batches: Iterable[dict], device: torch.device, r
 def observe_weights(model: nn.Module) -> None:
     """Weight observers see each weight once; then every quantizer quantizes and no observer runs."""
     enable_calibration(model, "weight")
+    names = {id(quantizer): name for name, quantizer in fake_quantizers(model, "weight")}
     for layer, quantizer in weight_quantized_layers(model):
         quantizer(layer.weight)
+        _check_scale(names.get(id(quantizer), type(layer).__name__), quantizer)
     enable_quantization(model)
 
 

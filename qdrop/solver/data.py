@@ -1,6 +1,6 @@
 """The data of a run: this rank's calibration batches and the test set's loader."""
 import copy
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 from torch.utils.data import DataLoader, Dataset
 
@@ -17,7 +17,7 @@ class TestData(NamedTuple):
     loader: DataLoader
 
 
-def calibration_batches(cfg, num_images: int, seed: int) -> List[Dict]:
+def calibration_batches(cfg, num_images: int, seed: int, dataset: Optional[Dataset] = None) -> List[Dict]:
     """This rank's share of the calibration images, drawn from the train split with the train pipeline.
 
     The draw is seeded, so a rerun (resume) sees the same images.
@@ -26,6 +26,7 @@ def calibration_batches(cfg, num_images: int, seed: int) -> List[Dict]:
         cfg: the mmdetection config (`data.train`).
         num_images: images over all ranks (the q_config's `calibrate`), split evenly.
         seed: the run's seed.
+        dataset: the train split when already built from `cfg.data.train`.
 
     Returns:
         Batches of `CALIBRATION_BATCH_SIZE` images (the last may be smaller), kept in host memory, each with
@@ -35,7 +36,7 @@ def calibration_batches(cfg, num_images: int, seed: int) -> List[Dict]:
     per_rank = num_images // world
     if per_rank < 1:
         raise ValueError(f"calibrate={num_images} is fewer than the {world} processes: each needs at least 1 image")
-    dataset = build_dataset(cfg.data.train)
+    dataset = build_dataset(cfg.data.train) if dataset is None else dataset
     if len(dataset) < num_images:
         raise ValueError(f"calibrate={num_images} exceeds the {len(dataset)} images of the train set")
     set_random_seed(seed + rank)

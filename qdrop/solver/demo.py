@@ -1,5 +1,6 @@
 """Demo: the tiny synthetic-data detectors in float, W4A4 and W2A4, without reconstruction, with BRECQ-style
-reconstruction (drop_prob 1.0) and with QDrop (drop_prob 0.5); prints a bbox mAP table and writes summary.json.
+reconstruction (drop_prob 1.0) and with QDrop (drop_prob 0.5); prints a bbox mAP table and writes summary.json,
+summary.png and the run report of the first model's W2A4 QDrop run (report_<model>/).
 
     python exp/demo.py --work-dir work_dirs/demo      (what `make demo` runs, after `make data`)
     qdrop-demo --work-dir work_dirs/demo              (the same, as an installed command)
@@ -26,7 +27,10 @@ import torch
 from mmdet.apis.train import set_random_seed
 from mmdet.utils import default_device, get_root_logger, load_config
 from mmdet.utils.atomic_io import atomic_write_text
+from qdrop.analysis import RunRecord, peak_memory_mib, write_run_report
+from qdrop.analysis.plots import plot_summary
 from qdrop.deploy import OnnxDetector
+from qdrop.model import placement_table
 from qdrop.q_config import load_q_config
 from qdrop.solver.data import build_test_loader, calibration_batches
 from qdrop.solver.detector import build_fp_detector
@@ -39,6 +43,7 @@ MODELS = {  # name: (config, checkpoint file name under --checkpoint-dir)
 SETTINGS = {"W4A4": "exp/demo/w4a4.yaml", "W2A4": "exp/demo/w2a4.yaml"}
 COLUMNS = ["FP"] + [f"{setting} {variant}" for setting in SETTINGS for variant in ("none", "BRECQ", "QDrop")] + [
     "ONNX W4A4 QDrop"]
+REPORTED_RUN = "W2A4 QDrop"  # the column whose run report `make demo` writes
 HOW_TO_TRAIN = ("make the synthetic data (`make data`), train the tiny models with tools/train.py "
                 "(`.venv/bin/python tools/train.py {config} --work-dir work_dirs/{stem}`) and copy the last "
                 "checkpoint to {checkpoint}")
@@ -67,8 +72,9 @@ def _missing_checkpoints(args) -> List[str]:
     return problems
 
 
-def run_model(name: str, checkpoint: str, seed: int, logger) -> Dict[str, float]:
-    """bbox mAP of every column for one model; settings with the same activation quantizers share a calibration."""
+def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optional[str] = None) -> Dict[str, float]:
+    """bbox mAP of every column for one model; settings with the same activation quantizers share a calibration.
+    With `report_dir`, the run report of the REPORTED_RUN column goes there."""
     config_path, _ = MODELS[name]
     cfg = load_config(config_path)
     device = default_device()
@@ -94,15 +100,24 @@ def run_model(name: str, checkpoint: str, seed: int, logger) -> Dict[str, float]
         else:
             run_calibration(q_model, batches, q_config, device)
             calibrated = (q_model, q_config)
-        logger.info(f"{name} {setting}: calibrated in {time.time() - started:.0f} s")
+        calibrate_seconds = time.time() - started
+        logger.info(f"{name} {setting}: calibrated in {calibrate_seconds:.0f} s")
         row[f"{setting} none"] = mean_ap(q_model, f"{setting} none")
         for variant, drop_prob in (("BRECQ", 1.0), ("QDrop", q_config.recon.drop_prob)):
             model = copy.deepcopy(q_model)
             started = time.time()
+            results = []
             run_reconstruction(model, reference, batches, q_config, device=device, seed=seed, logger=logger,
-                               drop_prob=drop_prob)
-            logger.info(f"{name} {setting} {variant}: reconstructed in {time.time() - started:.0f} s")
+                               drop_prob=drop_prob, results=results)
+            reconstruct_seconds = time.time() - started
+            logger.info(f"{name} {setting} {variant}: reconstructed in {reconstruct_seconds:.0f} s")
             row[f"{setting} {variant}"] = mean_ap(model, f"{setting} {variant}")
+            if report_dir is not None and f"{setting} {variant}" == REPORTED_RUN:
+                record = RunRecord(f"python exp/demo.py ({name}, column {REPORTED_RUN})", q_config.to_dict(),
+                                   placement_table(model), {"calibrate": calibrate_seconds,
+                                                            "reconstruct": reconstruct_seconds},
+                                   peak_memory_mib(device), {"bbox_mAP": row[REPORTED_RUN]}, results)
+                write_run_report(report_dir, record)
             if setting == "W4A4" and variant == "QDrop":  # the same model exported to ONNX, run in ONNX Runtime
                 row["ONNX W4A4 QDrop"] = mean_ap(OnnxDetector.from_model(model), "ONNX W4A4 QDrop")
             del model
@@ -137,9 +152,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger = get_root_logger(log_file=osp.join(args.work_dir, f"demo_{time.strftime('%Y%m%d_%H%M%S')}.log"))
     started = time.time()
     summary = {}
+    report_dir = osp.join(args.work_dir, f"report_{args.models[0]}")
     for name in args.models:
         model_started = time.time()
-        summary[name] = run_model(name, osp.join(args.checkpoint_dir, MODELS[name][1]), args.seed, logger)
+        summary[name] = run_model(name, osp.join(args.checkpoint_dir, MODELS[name][1]), args.seed, logger,
+                                  report_dir=report_dir if name == args.models[0] else None)
         logger.info(f"{name}: done in {time.time() - model_started:.0f} s")
     table = format_table(summary) + "\n" + "\n".join(
         f"{name}: W4A4 QDrop is {100 * (row['FP'] - row['W4A4 QDrop']):.1f} points below FP; W2A4 QDrop is "
@@ -149,4 +166,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     atomic_write_text(osp.join(args.work_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     atomic_write_text(osp.join(args.work_dir, "summary.txt"), table + "\n")
     print(table)
+    try:
+        plot_summary(summary, osp.join(args.work_dir, "summary.png"))
+        print(f"figure: {osp.join(args.work_dir, 'summary.png')}")
+    except ImportError as error:
+        print(f"summary.png not drawn: {error}")
+    print(f"run report of {args.models[0]} {REPORTED_RUN}: {osp.join(report_dir, 'report.md')}")
     return 0

@@ -31,6 +31,7 @@ from mmdet.utils import (
     load_config,
 )
 from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
+from qdrop.solver.preflight import check_metric_names, check_test_set
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -66,6 +67,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     """
     args = parse_args(argv)
     cfg = prepare_test_config(load_config(args.config, args.cfg_options))
+    if args.eval:
+        check_metric_names(cfg, args.eval)
 
     distributed = args.launcher != "none"
     if distributed:
@@ -80,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     logger = get_root_logger(log_file=log_file, log_level=cfg.get("log_level", "INFO"))
 
     dataset = build_dataset(cfg.data.test)
+    check_test_set(dataset, show_progress=None if rank == 0 else False)
     loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=cfg.data.get("workers_per_gpu", 2),
                               dist=distributed, shuffle=False)
 

@@ -23,14 +23,17 @@ import yaml
 from mmengine.config import DictAction
 
 from mmdet.apis.train import set_random_seed
+from mmdet.datasets import build_dataset
 from mmdet.utils import barrier, default_device, get_dist_info, get_root_logger, init_dist, load_config
 from mmdet.utils.atomic_io import atomic_write_text
+from qdrop.analysis import RunRecord, StageTimer, command_line, peak_memory_mib, write_run_report
 from qdrop.model import format_placement_table, placement_table
 from qdrop.model.checkpoint import save_quantized_checkpoint
 from qdrop.q_config import QConfig, load_q_config
 from qdrop.solver.data import build_test_loader, calibration_batches
 from qdrop.solver.detector import build_fp_detector
-from qdrop.solver.progress import ReconProgress
+from qdrop.solver.preflight import check_calibration_size, check_calibration_split, check_metric_names, check_test_set
+from qdrop.solver.progress import ReconProgress, run_fingerprint
 from qdrop.solver.steps import evaluate, run_calibration, run_reconstruction, wrap
 
 QUANTIZED_CHECKPOINT = "quantized.pth"
@@ -72,11 +75,14 @@ def main(argv: Optional[List[str]] = None) -> Optional[dict]:
         The metrics on rank 0 (bbox_mAP, ...), None on the other ranks.
     """
     args = parse_args(argv)
+    args.command = command_line(["qdrop/solver/quant_coco.py"] + list(sys.argv[1:] if argv is None else argv))
     q_config = load_q_config(args.q_config)
     cfg = load_config(args.config, args.cfg_options)
+    check_metric_names(cfg, args.eval)
     if args.launcher != "none":
         init_dist(args.launcher)
-    rank, _ = get_dist_info()
+    rank, world = get_dist_info()
+    check_calibration_split(q_config, args.q_config, world)
     work_dir = args.work_dir or osp.join("work_dirs", Path(args.config).stem + "_quant")
     if rank == 0:
         os.makedirs(work_dir, exist_ok=True)
@@ -97,29 +103,36 @@ def _run(args: argparse.Namespace, cfg, q_config: QConfig, work_dir: str, timest
          logger: logging.Logger) -> Optional[dict]:
     rank, world = get_dist_info()
     device = default_device()
+    timer = StageTimer()
     logger.info(f"quant_coco {vars(args)}")
     logger.info(f"{world} process(es), device {device}, seed {args.seed}")
     set_random_seed(args.seed)
+
+    # Inputs are checked before any long step, and the progress before any record is written.
+    train_set = build_dataset(cfg.data.train)
+    check_calibration_size(q_config, args.q_config, train_set)
+    test_data = build_test_loader(cfg)
+    check_test_set(test_data.dataset, show_progress=None if rank == 0 else False)
+    progress = ReconProgress(work_dir, run_fingerprint(cfg, args.checkpoint, q_config, args.seed, world))
+    next_unit = progress.check()
 
     model = build_fp_detector(cfg, args.checkpoint, device, logger)
     if not args.fuse_conv_bn:
         logger.warning("--fuse-conv-bn not given: BatchNorm is folded anyway (quantized blocks need it)")
     model, fp_model = wrap(model, q_config, device)
+    timer.lap("load and quantize")
     table = format_placement_table(placement_table(model))
     logger.info("quantizer placement:\n" + table)
-    test_data = build_test_loader(cfg)
     if rank == 0:
         cfg.dump(osp.join(work_dir, osp.basename(args.config)))
         atomic_write_text(osp.join(work_dir, "q_config.yaml"), yaml.safe_dump(q_config.to_dict(), sort_keys=False))
         atomic_write_text(osp.join(work_dir, PLACEMENT_FILE), table + "\n")
 
-    fingerprint = {"config": args.config, "checkpoint": args.checkpoint, "cfg_options": dict(args.cfg_options or {}),
-                   "q_config": q_config.to_dict(), "seed": args.seed, "world_size": world}
-    progress = ReconProgress(work_dir, fingerprint)
-    batches = calibration_batches(cfg, q_config.calibrate, args.seed)
+    batches = calibration_batches(cfg, q_config.calibrate, args.seed, dataset=train_set)
     next_unit = progress.restore(model)
     if next_unit is None:
         run_calibration(model, batches, q_config, device)
+        timer.lap("calibrate")
         progress.save(model, next_unit=0, finished_units=[])
         next_unit = 0
     else:
@@ -128,8 +141,10 @@ def _run(args: argparse.Namespace, cfg, q_config: QConfig, work_dir: str, timest
     def unit_done(done: int, names: List[str]) -> None:
         progress.save(model, next_unit=done, finished_units=names)
 
+    recon_results = []
     units = run_reconstruction(model, fp_model, batches, q_config, device=device, seed=args.seed, logger=logger,
-                               start_unit=next_unit, on_unit_done=unit_done)
+                               start_unit=next_unit, on_unit_done=unit_done, results=recon_results)
+    timer.lap("reconstruct")
     del fp_model
     if rank == 0:
         save_quantized_checkpoint(model, osp.join(work_dir, QUANTIZED_CHECKPOINT), q_config,
@@ -137,10 +152,15 @@ def _run(args: argparse.Namespace, cfg, q_config: QConfig, work_dir: str, timest
     barrier()
 
     metric = evaluate(model, test_data, cfg, args.eval, logger=logger)
+    timer.lap("evaluate")
     if rank == 0:
         logger.info(f"metrics: {metric}")
         atomic_write_text(osp.join(work_dir, f"eval_{timestamp}.json"),
                           json.dumps({"config": args.config, "metric": metric}, indent=2))
+        written = write_run_report(work_dir, RunRecord(
+            args.command, q_config.to_dict(), placement_table(model), timer.seconds, peak_memory_mib(device), metric,
+            recon_results, placement_file=PLACEMENT_FILE))
+        logger.info("run report: " + ", ".join(written))
     barrier()
     return metric
 

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mmdet.utils import all_reduce_mean_, get_dist_info
+from qdrop.analysis.report import UnitReconstruction
 from qdrop.model import quantization_units
 from qdrop.q_config import ReconConfig
 from qdrop.quantization import AdaRoundFakeQuantize, fake_quantizers, weight_quantized_layers
@@ -81,6 +82,23 @@ def unit_output_error(unit: nn.Module, cache: ReconCache) -> float:
     return (total[0] / total[1]).item()
 
 
+class NonFiniteReconstructionError(RuntimeError):
+    """A unit's output error, loss or quantization parameters became NaN or Inf."""
+
+
+def check_finite_unit(unit: nn.Module, output_error: float, stage: str) -> None:
+    """Raise NonFiniteReconstructionError when the unit's output error or any quantizer parameter or buffer (scale,
+    zero point, alpha) is NaN or Inf, naming the first offending tensors."""
+    if not math.isfinite(output_error):
+        raise NonFiniteReconstructionError(f"output error {output_error} {stage} (its quantized input or float "
+                                           "target holds NaN or Inf)")
+    bad = [f"{name}.{key}" for name, quantizer in fake_quantizers(unit)
+           for key, value in [*quantizer.named_parameters(recurse=False), *quantizer.named_buffers(recurse=False)]
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise NonFiniteReconstructionError(f"non-finite quantization parameters {stage}: {', '.join(bad[:5])}")
+
+
 def _set_drop_prob(unit: nn.Module, drop_prob: float) -> None:
     for _, quantizer in fake_quantizers(unit, "activation"):
         quantizer.drop_prob = drop_prob
@@ -130,7 +148,8 @@ def _average_gradients(params: Sequence[torch.Tensor]) -> None:
 
 
 def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed: int,
-                     show_progress: bool = True, desc: str = "") -> Tuple[float, float]:
+                     show_progress: bool = True, desc: str = "",
+                     curve: Optional[List[Tuple[int, float]]] = None) -> Tuple[float, float]:
     """Learn the unit's rounding and activation scales on its cached inputs and outputs.
 
     Args:
@@ -142,6 +161,7 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
         seed: seeds the image draw and the drop masks (e.g. `unit_seed(run seed, unit index, rank)`).
         show_progress: a progress bar on rank 0.
         desc: the progress bar's label.
+        curve: receives (step, reconstruction loss) every 50 steps and at the last step.
 
     Returns:
         The last logged step's (reconstruction loss, loss with the rounding regulariser); NaN, NaN when the unit
@@ -199,6 +219,11 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
         if step % 50 == 0 or step == cfg.iters - 1:
             loss_value, reconstruction_value = loss.item(), reconstruction_loss.item()
             bar.set_postfix(loss=f"{loss_value:.4g}", rec=f"{reconstruction_value:.4g}")
+            if curve is not None:
+                curve.append((step, reconstruction_value))
+            if not math.isfinite(loss_value):
+                bar.close()
+                raise NonFiniteReconstructionError(f"the loss became {loss_value} at step {step}")
     bar.close()
     harden_weights(unit)
     _set_drop_prob(unit, 1.0)
@@ -210,7 +235,7 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
 def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.Tensor], cfg: ReconConfig, *,
                 device: torch.device, seed: int, logger: Optional[logging.Logger] = None, start_unit: int = 0,
                 on_unit_done: Optional[Callable[[int, List[str]], None]] = None,
-                show_progress: bool = True) -> List[str]:
+                show_progress: bool = True, results: Optional[List[UnitReconstruction]] = None) -> List[str]:
     """Reconstruct every unit that extract_feat runs, in forward order, from `start_unit` on.
 
     Quantized heads (`quant_head: True`) are not reconstructed: they keep round-to-nearest weights and their
@@ -228,6 +253,7 @@ def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.
         start_unit: the units before it are reconstructed already.
         on_unit_done: called after each unit with (next unit, finished unit names), e.g. to save progress.
         show_progress: progress bars on rank 0.
+        results: receives each unit reconstructed in this call: output error before and after, loss curve.
 
     Returns:
         The names of all units, in forward order.
@@ -242,14 +268,25 @@ def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.
         if index < start_unit:
             continue
         cache = build_cache(q_model, fp_model, q_unit, fp_units[name], images, cfg, device)
-        error_before = unit_output_error(q_unit, cache)
-        rec_loss, loss = reconstruct_unit(q_unit, cache, cfg, seed=unit_seed(seed, index, rank),
-                                          show_progress=show_progress, desc=f"recon {index + 1}/{len(units)} {name}")
-        error_after = unit_output_error(q_unit, cache)
+        where = f"unit {index + 1}/{len(units)} {name}"
+        try:
+            error_before = unit_output_error(q_unit, cache)
+            check_finite_unit(q_unit, error_before, "before reconstruction")
+            curve: List[Tuple[int, float]] = []
+            rec_loss, loss = reconstruct_unit(q_unit, cache, cfg, seed=unit_seed(seed, index, rank),
+                                              show_progress=show_progress, desc=f"recon {where}", curve=curve)
+            error_after = unit_output_error(q_unit, cache)
+            check_finite_unit(q_unit, error_after, "after reconstruction")
+        except NonFiniteReconstructionError as error:
+            raise NonFiniteReconstructionError(
+                f"reconstruction of {where} stopped: {error}; the {index} unit(s) before it stay saved and a "
+                "rerun resumes after them") from None
         log(f"unit {index + 1}/{len(units)} {name}: output error {error_before:.6g} -> {error_after:.6g} "
             f"(last step: reconstruction loss {rec_loss:.6g}, with regulariser {loss:.6g}; "
             f"cache {cache.nbytes() / 2 ** 20:.1f} MiB)")
         del cache
+        if results is not None:
+            results.append(UnitReconstruction(name, error_before, error_after, tuple(curve)))
         if on_unit_done is not None:
             on_unit_done(index + 1, [unit_name for unit_name, _ in units[:index + 1]])
     return [name for name, _ in units]

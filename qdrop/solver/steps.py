@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mmdet.apis import evaluation_kwargs, multi_gpu_test
+from qdrop.analysis.report import UnitReconstruction
 from qdrop.model import quantize_detector
 from qdrop.q_config import QConfig
 from qdrop.solver.calibration import calibrate, copy_activation_calibration, observe_weights
@@ -64,7 +65,8 @@ def run_calibration(model: nn.Module, batches: Sequence[dict], q_config: QConfig
 def run_reconstruction(model: nn.Module, reference: nn.Module, batches: Sequence[dict], q_config: QConfig, *,
                        device: torch.device, seed: int, logger: Optional[logging.Logger] = None,
                        drop_prob: Optional[float] = None, start_unit: int = 0,
-                       on_unit_done: Optional[Callable[[int, List[str]], None]] = None) -> List[str]:
+                       on_unit_done: Optional[Callable[[int, List[str]], None]] = None,
+                       results: Optional[List[UnitReconstruction]] = None) -> List[str]:
     """Reconstruct every unit in forward order (none when `recon.iters` is 0).
 
     Args:
@@ -78,6 +80,7 @@ def run_reconstruction(model: nn.Module, reference: nn.Module, batches: Sequence
         drop_prob: replaces `recon.drop_prob` when given (1.0 is BRECQ).
         start_unit: units before it are reconstructed already (a resumed run).
         on_unit_done: called with (next unit, finished unit names) after each unit.
+        results: receives what reconstruction did to each unit (errors before and after, loss curve).
 
     Returns:
         The names of the reconstructed units, in order.
@@ -91,7 +94,7 @@ def run_reconstruction(model: nn.Module, reference: nn.Module, batches: Sequence
         return []
     images = [batch["img"] for batch in batches]
     return reconstruct(model, reference, images, recon, device=device, seed=seed, logger=logger,
-                       start_unit=start_unit, on_unit_done=on_unit_done)
+                       start_unit=start_unit, on_unit_done=on_unit_done, results=results)
 
 
 def evaluate(model: nn.Module, test_data: TestData, cfg, metrics: Sequence[str],

@@ -1,9 +1,9 @@
 """Tiny quantized detectors for the ONNX deployment tests (tests/test_qdrop/test_deploy/)."""
 import torch
 
+from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg
 from qdrop.model import quantize_detector
 from qdrop.quantization import enable_calibration, enable_quantization, weight_quantized_layers
-from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg
 
 DETECTORS = {"retinanet": lambda: retinanet_cfg(18), "faster_rcnn": lambda: faster_rcnn_cfg(50)}
 

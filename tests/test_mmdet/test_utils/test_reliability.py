@@ -3,8 +3,14 @@ import pytest
 import torch
 from torch import nn
 
-from mmdet.utils import (CheckpointFileError, NonFiniteWeightsError, UnknownConfigKeyError, load_checkpoint,
-                         load_config, save_checkpoint)
+from mmdet.utils import (
+    CheckpointFileError,
+    NonFiniteWeightsError,
+    UnknownConfigKeyError,
+    load_checkpoint,
+    load_config,
+    save_checkpoint,
+)
 
 
 @pytest.fixture

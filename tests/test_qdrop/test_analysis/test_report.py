@@ -15,13 +15,13 @@ Q_CONFIG = {"a_qconfig": {"quantizer": "LSQFakeQuantize", "bit": 4}, "w_qconfig"
 def _record(units=True) -> RunRecord:
     placement = [
         Placement("backbone.conv1.module.weight_fake_quant", "weight", 8, "per-channel (axis 0)",
-                  "AdaRoundFakeQuantize", "MSEObserver"),
+                  "AdaRoundFakeQuantize", "MSEObserver", "backbone.conv1", False),
         Placement("backbone.layer1.0.conv1.module.weight_fake_quant", "weight", 2, "per-channel (axis 0)",
-                  "AdaRoundFakeQuantize", "MSEObserver"),
+                  "AdaRoundFakeQuantize", "MSEObserver", "backbone.layer1.0.conv1", False),
         Placement("backbone.layer1.0.conv2.module.weight_fake_quant", "weight", 2, "per-channel (axis 0)",
-                  "AdaRoundFakeQuantize", "MSEObserver"),
+                  "AdaRoundFakeQuantize", "MSEObserver", "backbone.layer1.0.conv2", False),
         Placement("backbone.conv1.block_post_act_fake_quantize", "activation", 4, "per-tensor", "LSQFakeQuantize",
-                  "AvgMSEFastObserver"),
+                  "AvgMSEFastObserver", "backbone.conv1", False),
     ]
     reconstructed = (
         UnitReconstruction("backbone.conv1", 0.5, 0.1, ((0, 0.4), (50, 0.2), (99, 0.1))),

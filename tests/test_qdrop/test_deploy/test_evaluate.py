@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from helpers.onnx_models import quantized_detector
+from helpers.qdrop_models import faster_rcnn_cfg, q_config, retinanet_cfg, write_tiny_config
 from mmdet.apis import single_gpu_test
 from mmdet.apis.inference import prepare_test_config
 from mmdet.datasets import build_dataloader, build_dataset
@@ -16,10 +17,7 @@ from mmdet.models import build_detector
 from mmdet.utils import load_config, save_checkpoint
 from qdrop.deploy import OnnxDetector, load_detector
 from qdrop.model import save_quantized_checkpoint
-from tools.deploy import export_onnx, test_onnx
-from helpers.onnx_models import quantized_detector
-from helpers.qdrop_models import faster_rcnn_cfg, q_config, retinanet_cfg, write_tiny_config
-
+from tools.deploy import compare_onnx, export_onnx, test_onnx
 
 
 def _retinanet_keeping_low_scores() -> dict:
@@ -39,21 +37,25 @@ def data_root(tmp_path_factory):
     return root
 
 
-def _checkpoints(folder: Path, data_root: Path, name: str):
-    """(config, quantized checkpoint, float checkpoint) of a tiny detector on the synthetic data."""
-    config = write_tiny_config(folder / f"{name}.py", data_root, MODELS[name])
-    model = quantized_detector(name, w_bit=4)
-    quantized = folder / f"{name}_quantized.pth"
-    save_quantized_checkpoint(model, str(quantized), q_config(w_bit=4, a_bit=4))
-    torch.manual_seed(0)
-    float_checkpoint = folder / f"{name}_float.pth"
-    save_checkpoint(build_detector(MODELS[name]), str(float_checkpoint))
-    return config, quantized, float_checkpoint
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, data_root):
+    """(config, quantized checkpoint, float checkpoint) of each tiny detector on the synthetic data, written once."""
+    folder = tmp_path_factory.mktemp("deploy_checkpoints")
+    written = {}
+    for name, model_cfg in MODELS.items():
+        config = write_tiny_config(folder / f"{name}.py", data_root, model_cfg)
+        quantized = folder / f"{name}_quantized.pth"
+        save_quantized_checkpoint(quantized_detector(name, w_bit=4), str(quantized), q_config(w_bit=4, a_bit=4))
+        torch.manual_seed(0)
+        float_checkpoint = folder / f"{name}_float.pth"
+        save_checkpoint(build_detector(model_cfg), str(float_checkpoint))
+        written[name] = (config, quantized, float_checkpoint)
+    return written
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_onnx_evaluation_equals_pytorch(tmp_path, data_root, name):
-    config, quantized, _ = _checkpoints(tmp_path, data_root, name)
+def test_onnx_evaluation_equals_pytorch(tmp_path, checkpoints, name):
+    config, quantized, _ = checkpoints[name]
     onnx_file = tmp_path / f"{name}.onnx"
     files = export_onnx.main([str(config), str(quantized), "--out", str(onnx_file), "--require-quantized"])
     assert Path(files["network"]).is_file() and (("bbox_head" in files) == (name == "faster_rcnn"))
@@ -72,6 +74,12 @@ def test_onnx_evaluation_equals_pytorch(tmp_path, data_root, name):
             assert got.shape == want.shape
             assert abs(got - want).max(initial=0.0) <= 1e-3
 
+    differences = compare_onnx.main([str(config), str(quantized), str(onnx_file), "--images", "1",
+                                     "--optimization", "disable", "--threads", "1"])
+    assert set(differences) == {"disable"} and len(differences["disable"]) > 0
+    for difference in differences["disable"].values():
+        assert difference.max_abs_diff <= 1e-4 * max(1.0, difference.max_abs_value), difference
+
     work_dir = tmp_path / "eval"
     metric = test_onnx.main([str(config), str(onnx_file), "--eval", "bbox", "--work-dir", str(work_dir),
                              "--optimization", "disable"])
@@ -82,8 +90,8 @@ def test_onnx_evaluation_equals_pytorch(tmp_path, data_root, name):
     assert record["config"] == str(config) and record["metric"]["bbox_mAP"] == metric["bbox_mAP"]
 
 
-def test_float_checkpoint_refused_when_quantized_required(tmp_path, data_root):
-    config, _, float_checkpoint = _checkpoints(tmp_path, data_root, "retinanet")
+def test_float_checkpoint_refused_when_quantized_required(tmp_path, checkpoints):
+    config, _, float_checkpoint = checkpoints["retinanet"]
     with pytest.raises(ValueError, match=r"is a float checkpoint, but a quantized one .* is required"):
         export_onnx.main([str(config), str(float_checkpoint), "--out", str(tmp_path / "x.onnx"),
                           "--require-quantized"])
@@ -91,8 +99,8 @@ def test_float_checkpoint_refused_when_quantized_required(tmp_path, data_root):
     assert Path(files["network"]).is_file()
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path, data_root):
-    _, quantized, _ = _checkpoints(tmp_path, data_root, "retinanet")
-    other_config = write_tiny_config(tmp_path / "other.py", data_root, MODELS["faster_rcnn"])
-    with pytest.raises(ValueError, match=r"does not fit the model of .*other\.py"):
+def test_checkpoint_of_another_model_is_refused(tmp_path, checkpoints):
+    _, quantized, _ = checkpoints["retinanet"]
+    other_config, _, _ = checkpoints["faster_rcnn"]
+    with pytest.raises(ValueError, match=r"does not fit the model of .*faster_rcnn\.py"):
         export_onnx.main([str(other_config), str(quantized), "--out", str(tmp_path / "x.onnx")])

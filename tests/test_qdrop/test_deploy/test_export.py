@@ -8,18 +8,31 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from helpers.onnx_models import DETECTORS, quantized_detector, torch_outputs
 from qdrop.deploy import create_session, export_detector, integer_weight
 from qdrop.model import placement_table
 from qdrop.quantization import AdaRoundFakeQuantize, MinMaxObserver
-from helpers.onnx_models import DETECTORS, quantized_detector, torch_outputs
 
 BIT_TYPES = {("INT4", True), ("UINT4", False), ("INT8", True), ("UINT8", False)}
 
 
+@pytest.fixture(scope="module")
+def detectors():
+    """quantized_detector(name, w_bit), built once per module: the tests only read the models."""
+    built = {}
+
+    def get(name: str, w_bit: int) -> torch.nn.Module:
+        if (name, w_bit) not in built:
+            built[(name, w_bit)] = quantized_detector(name, w_bit)
+        return built[(name, w_bit)]
+
+    return get
+
+
 @pytest.mark.parametrize("name", sorted(DETECTORS))
 @pytest.mark.parametrize("w_bit", [4, 2])
-def test_graph_reproduces_fake_quantized_network(name, w_bit):
-    model = quantized_detector(name, w_bit)
+def test_graph_reproduces_fake_quantized_network(detectors, name, w_bit):
+    model = detectors(name, w_bit)
     graphs = export_detector(model)
     img = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
     session = create_session(graphs["network"], optimization="disable", threads=1)
@@ -45,8 +58,8 @@ def _initializers(graph) -> dict:
 
 @pytest.mark.parametrize("name", sorted(DETECTORS))
 @pytest.mark.parametrize("w_bit", [4, 2])
-def test_qdq_pairs_follow_placement_table(name, w_bit):
-    model = quantized_detector(name, w_bit)
+def test_qdq_pairs_follow_placement_table(detectors, name, w_bit):
+    model = detectors(name, w_bit)
     graph = export_detector(model)["network"].graph
     rows = placement_table(model)
     activations = [r for r in rows if r.tensor == "activation"]
@@ -92,8 +105,8 @@ def test_integer_weight_uses_learned_rounding_not_nearest():
     assert (nearest != torch.from_numpy(ints).float()).any()
 
 
-def test_opset_too_old_for_int4_is_refused():
-    model = quantized_detector("retinanet", w_bit=4)
+def test_opset_too_old_for_int4_is_refused(detectors):
+    model = detectors("retinanet", w_bit=4)
     with pytest.raises(ValueError, match=r"UINT4 tensors need opset >= 21, got --opset 20"):
         export_detector(model, opset=20)
 
@@ -105,8 +118,8 @@ def test_eight_bit_model_exports_below_opset_21():
     assert types == {"UINT8"}
 
 
-def test_missing_onnxruntime_names_the_extra(monkeypatch):
+def test_missing_onnxruntime_names_the_extra(detectors, monkeypatch):
+    model = detectors("retinanet", w_bit=4)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    model = quantized_detector("retinanet", w_bit=4)
     with pytest.raises(ImportError, match=r"pip install -e \.\[deploy\]"):
         create_session(export_detector(model)["network"])

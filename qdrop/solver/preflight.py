@@ -1,0 +1,55 @@
+"""Checks of a run's inputs, done before the model is built and any long step starts."""
+from collections.abc import Sequence
+from typing import Optional
+
+from torch.utils.data import Dataset
+
+from mmdet.datasets import DATASETS, verify_dataset_images
+from qdrop.q_config import QConfig
+
+
+def check_calibration_split(q_config: QConfig, q_config_path: str, world_size: int) -> None:
+    """`calibrate` must split evenly over the processes (each takes the same number of images).
+
+    Raises:
+        ValueError: naming the q_config file, the value and the nearest multiples of `world_size`.
+    """
+    if q_config.calibrate % world_size:
+        lower = q_config.calibrate - q_config.calibrate % world_size
+        choices = f"{lower} or {lower + world_size}" if lower else str(world_size)
+        raise ValueError(f"{q_config_path}: calibrate: {q_config.calibrate} images cannot be split evenly over "
+                         f"{world_size} processes; use a multiple of {world_size} (e.g. {choices})")
+
+
+def check_calibration_size(q_config: QConfig, q_config_path: str, train_set: Dataset) -> None:
+    """The train split must hold at least `calibrate` images (after the dataset's own filtering).
+
+    Raises:
+        ValueError: naming the q_config file, `calibrate`, the train set's size and its annotation file.
+    """
+    if len(train_set) < q_config.calibrate:
+        source = getattr(train_set, "ann_file", "data.train")
+        raise ValueError(f"{q_config_path}: calibrate: {q_config.calibrate} images requested but the train set "
+                         f"({source}) has {len(train_set)} usable images; lower calibrate to at most "
+                         f"{len(train_set)}")
+
+
+def check_metric_names(cfg, metrics: Sequence[str]) -> None:
+    """The requested --eval metrics are ones the test set's dataset class evaluates (checked before any data loads).
+
+    Raises:
+        KeyError: an unsupported metric (see `CocoDataset.check_metrics`).
+    """
+    dataset_cls = DATASETS.get(cfg.data.test.type)
+    check_metrics = getattr(dataset_cls, "check_metrics", None)
+    if check_metrics is not None:
+        check_metrics(list(metrics))
+
+
+def check_test_set(test_set: Dataset, show_progress: Optional[bool] = None) -> None:
+    """Every test image exists and is a complete image file (headers only; a progress bar for large sets).
+
+    Raises:
+        ImageFileError: naming the annotation file and the missing or damaged images.
+    """
+    verify_dataset_images(test_set, progress=show_progress)

@@ -1,0 +1,67 @@
+"""Compare an exported detector with its checkpoint on test images: the largest difference of every raw output.
+
+    python tools/deploy/compare_onnx.py CONFIG CHECKPOINT FILE.onnx [--images 2] [--optimization disable all]
+
+For each ONNX Runtime optimization level, prints per output max |ONNX - PyTorch|, the largest |PyTorch| value, and
+the difference in steps (scale) of the model's last activation quantizer. The inputs are the first test images
+through the config's test pipeline.
+"""
+import argparse
+
+from mmdet.apis.inference import prepare_test_config
+from mmdet.datasets import build_dataloader, build_dataset
+from mmdet.models import build_detector
+from mmdet.utils import load_config
+from qdrop.deploy import OnnxDetector, load_detector
+from qdrop.deploy.compare import OutputDifference, compare_outputs, last_activation_quantizer
+from qdrop.deploy.runtime import OPTIMIZATION_LEVELS
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Raw outputs of an ONNX detector against its PyTorch checkpoint")
+    parser.add_argument("config", help="config file of the exported detector")
+    parser.add_argument("checkpoint", help="the checkpoint the graph was exported from")
+    parser.add_argument("onnx", help="network graph from tools/deploy/export_onnx.py")
+    parser.add_argument("--images", type=int, default=2, help="number of test images compared (default 2)")
+    parser.add_argument("--optimization", nargs="+", choices=OPTIMIZATION_LEVELS, default=["disable", "all"],
+                        help="ONNX Runtime graph optimization levels to compare (default: disable all)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    args = parser.parse_args(argv)
+    if args.images <= 0:
+        parser.error(f"--images: must be positive, got {args.images}")
+    return args
+
+
+def main(argv=None) -> dict:
+    """Returns {optimization level: {output name: OutputDifference over the compared images}}."""
+    args = parse_args(argv)
+    cfg = prepare_test_config(load_config(args.config))
+    dataset = build_dataset(cfg.data.test)
+    loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=0, dist=False, shuffle=False)
+    model, _ = load_detector(args.config, args.checkpoint)
+    last = last_activation_quantizer(model)
+    step_note = f"last activation quantizer {last[0]}, step {last[1]:.6g}" if last else "float model: no quantizer"
+    print(f"{args.onnx} against {args.checkpoint} on {min(args.images, len(dataset))} test image(s); {step_note}")
+    worst = {}
+    for level in args.optimization:
+        detector = OnnxDetector.from_file(build_detector(cfg.model, test_cfg=cfg.get("test_cfg")), args.onnx,
+                                          optimization=level, threads=args.threads)
+        per_output: dict[str, OutputDifference] = {}
+        for index, batch in enumerate(loader):
+            if index == args.images:
+                break
+            for new in compare_outputs(model, detector, batch["img"], batch["img_metas"]):
+                old = per_output.get(new.name, new)
+                per_output[new.name] = OutputDifference(new.name, max(old.max_abs_diff, new.max_abs_diff),
+                                                        max(old.max_abs_value, new.max_abs_value))
+        print(f"optimization {level}:")
+        print(f"  {'output':<12} {'max |diff|':>11} {'max |value|':>12} {'steps':>7}")
+        for name, difference in per_output.items():
+            steps = f"{difference.max_abs_diff / last[1]:>7.3f}" if last else f"{'-':>7}"
+            print(f"  {name:<12} {difference.max_abs_diff:>11.3g} {difference.max_abs_value:>12.3g} {steps}")
+        worst[level] = per_output
+    return worst
+
+
+if __name__ == "__main__":
+    main()
