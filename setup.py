@@ -19,7 +19,7 @@ setup(
     packages=find_packages(include=["mmdet", "mmdet.*", "qdrop", "qdrop.*"]),
     install_requires=read_requirements("requirements.txt"),
     extras_require={
-        "tests": ["pytest>=7", "ruff>=0.6"],
+        "tests": ["pytest>=7", "ruff>=0.6", "scipy>=1.7"],
         "deploy": ["onnx", "onnxruntime"],
         "analysis": ["matplotlib"],
     },

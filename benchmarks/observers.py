@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 
@@ -25,7 +25,7 @@ from qdrop.quantization.mse_objective import lp_error  # noqa: E402
 from qdrop.quantization.scalar_search import ExactObjective, golden_search  # noqa: E402
 
 
-def _timed(fn: Callable[[], object]) -> Tuple[float, object]:
+def _timed(fn: Callable[[], object]) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
@@ -95,9 +95,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(256, 256, 3, 3, generator=generator) * torch.rand(256, 1, 1, 1, generator=generator) * 0.05
+    small = torch.randn(64, 128, 3, 3, generator=generator) * torch.rand(64, 1, 1, 1, generator=generator) * 0.05
     activation = torch.randn(2, 256, 100, 168, generator=generator)
     activation = torch.where(activation > 0, activation * 1.5, activation * 0.4)  # signed, skewed
     cases = [
+        (small, 4, 'per channel (0)', lambda: grid_case(small, 4, 0, args.max_plain_seconds)),
+        (small, 2, 'per channel (0)', lambda: grid_case(small, 2, 0, args.max_plain_seconds)),
         (weight, 4, 'per channel (0)', lambda: grid_case(weight, 4, 0, args.max_plain_seconds)),
         (weight, 2, 'per channel (0)', lambda: grid_case(weight, 2, 0, args.max_plain_seconds)),  # exp/config.yaml's W2
         (activation, 4, 'per tensor', lambda: golden_case(activation, 4, args.max_plain_seconds)),

@@ -12,6 +12,7 @@ one step, the bulk of a step's memory on any device; CUDA also reports the alloc
     python benchmarks/recon_speed.py --size 800x1344         (GPU: the published input size)
     python benchmarks/recon_speed.py --quick                 (one unit, W4A4, few repetitions)
     python benchmarks/recon_speed.py --reconstruct 2 --iters 200   (the first 2 units end to end, W2A4 fast path)
+    python benchmarks/recon_speed.py --quick --then-reconstruct 2  (both in one process)
 """
 import argparse
 import copy
@@ -20,7 +21,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import torch
 
@@ -61,7 +61,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="first unit, W4A4, 2 steps x 3 repeats")
     parser.add_argument("--reconstruct", type=int, default=0, metavar="N",
                         help="instead: reconstruct the first N units in forward order (cache, --iters steps, error)")
-    parser.add_argument("--iters", type=int, default=200, help="steps per unit with --reconstruct")
+    parser.add_argument("--then-reconstruct", type=int, default=0, metavar="N",
+                        help="after the step timings, reconstruct the first N units too (one process)")
+    parser.add_argument("--iters", type=int, default=200,
+                        help="steps per unit with --reconstruct / --then-reconstruct")
     args = parser.parse_args()
     if args.quick:
         args.units, args.settings, args.steps, args.repeats = args.units[:1], ["W4A4"], 2, 3
@@ -74,7 +77,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def quantized_r50(weight_bits: int, device: torch.device, images: List[torch.Tensor]) -> Tuple[torch.nn.Module,
+def quantized_r50(weight_bits: int, device: torch.device, images: list[torch.Tensor]) -> tuple[torch.nn.Module,
                                                                                                 torch.nn.Module]:
     """(calibrated quantized detector, its float twin) with random weights."""
     cfg = load_config(str(REPO_ROOT / CONFIG))
@@ -107,7 +110,7 @@ def conv_flops_per_step(run_step) -> int:
 
 def saved_bytes_per_step(run_step) -> int:
     """Bytes of the tensors autograd saves for the backward during one step (storage counted once)."""
-    seen: Dict[int, int] = {}
+    seen: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
@@ -119,8 +122,8 @@ def saved_bytes_per_step(run_step) -> int:
     return sum(seen.values())
 
 
-def measure_unit(model, fp_model, unit_name: str, images, base_cfg, variants: List[str], steps: int, repeats: int,
-                 device: torch.device) -> Dict[str, Dict[str, float]]:
+def measure_unit(model, fp_model, unit_name: str, images, base_cfg, variants: list[str], steps: int, repeats: int,
+                 device: torch.device) -> dict[str, dict[str, float]]:
     q_unit = dict(model.named_modules())[unit_name]
     fp_unit = dict(fp_model.named_modules())[unit_name]
     cache = build_cache(model, fp_model, q_unit, fp_unit, images, base_cfg, device)
@@ -136,7 +139,7 @@ def measure_unit(model, fp_model, unit_name: str, images, base_cfg, variants: Li
 
     for name in variants:  # warm-up (compilation, allocator, caches)
         run(name)
-    times: Dict[str, List[float]] = {name: [] for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name in variants:
             synchronize()
@@ -149,7 +152,7 @@ def measure_unit(model, fp_model, unit_name: str, images, base_cfg, variants: Li
     flops = conv_flops_per_step(lambda: run(variants[0], one_step[variants[0]]))
     for name in variants:
         row = {"ms": 1000 * statistics.median(times[name]), "conv_gflop": flops / 1e9,
-               "saved_mib": saved_bytes_per_step(lambda: run(name, one_step[name])) / 2 ** 20}
+               "saved_mib": saved_bytes_per_step(lambda name=name: run(name, one_step[name])) / 2 ** 20}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             run(name, one_step[name])
@@ -158,11 +161,11 @@ def measure_unit(model, fp_model, unit_name: str, images, base_cfg, variants: Li
     return results
 
 
-def reconstruct_first_units(args, device: torch.device, images: List[torch.Tensor]) -> None:
+def reconstruct_first_units(args, device: torch.device, images: list[torch.Tensor], count: int) -> None:
     """Time the whole reconstruction of the first units (published W2A4 setting, batch 2, fast path)."""
     model, fp_model = quantized_r50(WEIGHT_BITS["W2A4"], device, images)
     cfg = dataclasses.replace(load_q_config(str(REPO_ROOT / "exp/config.yaml")).recon, iters=args.iters)
-    units = forward_order(model, quantization_units(model), images[0])[:args.reconstruct]
+    units = forward_order(model, quantization_units(model), images[0])[:count]
     print("| unit | steps | seconds | ms/step | error before | error after |")
     print("|---|---|---|---|---|---|")
     for name, q_unit in units:
@@ -188,9 +191,7 @@ def main() -> None:
     where = f"{device.type}, {torch.get_num_threads()} thread(s)" if device.type == "cpu" else \
         torch.cuda.get_device_name(device)
     if args.reconstruct:
-        print(f"Faster R-CNN R50-FPN, first {args.reconstruct} units, W2A4 (exp/config.yaml recon, fast path), "
-              f"batch 2 at {args.height}x{args.width}, {where}, torch {torch.__version__}")
-        reconstruct_first_units(args, device, images)
+        print_reconstruction(args, device, images, args.reconstruct, where)
         return
     print(f"Faster R-CNN R50-FPN units, random weights, batch 2 at {args.height}x{args.width}, drop_prob 0.5, "
           f"{args.steps} steps x {args.repeats} interleaved repetitions (median), {where}, torch {torch.__version__}")
@@ -214,6 +215,14 @@ def main() -> None:
                 if "peak_mib" in row:
                     line += f" {row['peak_mib']:.0f} |"
                 print(line, flush=True)
+    if args.then_reconstruct:
+        print_reconstruction(args, device, images, args.then_reconstruct, where)
+
+
+def print_reconstruction(args, device: torch.device, images: list[torch.Tensor], units: int, where: str) -> None:
+    print(f"Faster R-CNN R50-FPN, first {units} units, W2A4 (exp/config.yaml recon, fast path), "
+          f"batch 2 at {args.height}x{args.width}, {where}, torch {torch.__version__}")
+    reconstruct_first_units(args, device, images, units)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--deterministic", action="store_true", help="pin cuDNN to deterministic algorithms")
     parser.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
-                        help="override config entries, e.g. data_root=data/x/ runner.max_epochs=2")
+                        help="override config entries, e.g. data_root=data/x/ runner.max_epochs=2 "
+                             "(keys must exist; +key=value adds a new one)")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -51,7 +51,7 @@ def _unit_figure(plt, units: Sequence[str], plot_inches: float = 6.0):
     height = max(MIN_HEIGHT_INCHES, ROW_INCHES * len(units) + 1.4)
     figure, axes = plt.subplots(figsize=(label_inches + plot_inches, height))
     figure.subplots_adjust(left=label_inches / (label_inches + plot_inches), right=0.97,
-                           top=1 - 0.7 / height, bottom=0.7 / height)
+                           top=1 - 0.9 / height, bottom=0.7 / height)
     axes.set_yticks(range(len(units)))
     axes.set_yticklabels(units, fontsize=9)
     axes.set_ylim(len(units) - 0.5, -0.5)  # the first unit on top
@@ -79,8 +79,8 @@ def plot_recon_errors(units: Sequence[str], before: Sequence[float], after: Sequ
         axes.set_xscale("log")
         axes.set_xlim(min(positive) / 2, max(positive) * 2)
     axes.set_xlabel("output error (mean over positions of the channel-summed squared error, log scale)")
-    axes.set_title("Output error per reconstruction unit")
-    axes.legend(loc="lower right", fontsize=8)
+    axes.set_title("Output error per reconstruction unit", pad=20)
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     _save(plt, figure, path)
 
 

@@ -91,7 +91,8 @@ def format_report(record: RunRecord, images: Sequence[tuple[str, str]] = (), not
         lines += ["", f"Every quantizer: [{record.placement_file}]({record.placement_file})."]
     lines += ["", "## Reconstruction", ""]
     if record.units:
-        lines += [f"![{caption}]({image})" for caption, image in images]
+        for caption, image in images:
+            lines += [f"![{caption}]({image})", ""]
         if note:
             lines.append(note)
         lines.append("")

@@ -15,10 +15,13 @@ from .runtime import OnnxDetector
 
 @dataclass(frozen=True)
 class OutputDifference:
-    """max |ONNX - PyTorch| of one graph output, and the largest |PyTorch| value for scale."""
+    """max |ONNX - PyTorch| of one graph output, the largest |PyTorch| value for scale, and how many of its
+    ``elements`` differ by more than ``step``."""
     name: str
     max_abs_diff: float
     max_abs_value: float
+    over_step: int
+    elements: int
 
 
 def last_activation_quantizer(model: nn.Module) -> Optional[tuple[str, float]]:
@@ -47,8 +50,8 @@ def network_outputs(model: nn.Module, img: torch.Tensor) -> dict[str, torch.Tens
         return named
 
 
-def compare_outputs(model: nn.Module, detector: OnnxDetector, img: torch.Tensor, img_metas: list[dict]
-                    ) -> list[OutputDifference]:
+def compare_outputs(model: nn.Module, detector: OnnxDetector, img: torch.Tensor, img_metas: list[dict],
+                    step: float = 0.0) -> list[OutputDifference]:
     """Every network-graph output and, for a two-stage detector, the box-head graph's outputs on the PyTorch
     model's own proposals, against the PyTorch model.
 
@@ -57,6 +60,7 @@ def compare_outputs(model: nn.Module, detector: OnnxDetector, img: torch.Tensor,
         detector: its exported graphs in ONNX Runtime.
         img: (B, 3, H, W) input batch.
         img_metas: the batch's image metas (proposal post-processing of a two-stage detector needs them).
+        step: differences above it are counted (e.g. the last activation quantizer's scale).
 
     Returns:
         One OutputDifference per compared output, network outputs first.
@@ -66,14 +70,14 @@ def compare_outputs(model: nn.Module, detector: OnnxDetector, img: torch.Tensor,
     missing = sorted(set(expected) - set(got))
     if missing:
         raise ValueError(f"the network graph lacks outputs {missing}; it has {sorted(got)}")
-    differences = [_difference(name, got[name], expected[name]) for name in expected]
+    differences = [_difference(name, got[name], expected[name], step) for name in expected]
     if is_two_stage(model):
-        differences += _box_head_differences(model, detector, expected, img, img_metas)
+        differences += _box_head_differences(model, detector, expected, img, img_metas, step)
     return differences
 
 
 def _box_head_differences(model: nn.Module, detector: OnnxDetector, expected: dict[str, torch.Tensor],
-                          img: torch.Tensor, img_metas: list[dict]) -> list[OutputDifference]:
+                          img: torch.Tensor, img_metas: list[dict], step: float) -> list[OutputDifference]:
     model.set_batch_input_shape(img, img_metas)
     levels = len(model.rpn_head.prior_generator.strides)
     with torch.no_grad():
@@ -84,17 +88,12 @@ def _box_head_differences(model: nn.Module, detector: OnnxDetector, expected: di
         roi_feats = extractor(feats, bbox2roi(proposals))  # (N, C, 7, 7)
         cls_score, bbox_pred = model.roi_head.bbox_head(roi_feats)
     got_cls, got_reg = detector.box_head_outputs(roi_feats)
-    return [_difference("cls_score", got_cls, cls_score), _difference("bbox_pred", got_reg, bbox_pred)]
+    return [_difference("cls_score", got_cls, cls_score, step), _difference("bbox_pred", got_reg, bbox_pred, step)]
 
 
-def _difference(name: str, got: torch.Tensor, want: torch.Tensor) -> OutputDifference:
+def _difference(name: str, got: torch.Tensor, want: torch.Tensor, step: float) -> OutputDifference:
     if tuple(got.shape) != tuple(want.shape):
         raise ValueError(f"output {name}: ONNX shape {tuple(got.shape)}, PyTorch shape {tuple(want.shape)}")
     diff = (got.float() - want.float()).abs()
     return OutputDifference(name, float(diff.max()) if diff.numel() else 0.0,
-                            float(want.abs().max()) if want.numel() else 0.0)
-
-
-def largest(differences: list[OutputDifference]) -> OutputDifference:
-    """The output with the largest absolute difference."""
-    return max(differences, key=lambda d: d.max_abs_diff)
+                            float(want.abs().max()) if want.numel() else 0.0, int((diff > step).sum()), diff.numel())

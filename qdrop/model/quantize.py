@@ -24,8 +24,7 @@ from mmdet.models.necks import FPN
 from mmdet.models.roi_heads import Shared2FCBBoxHead
 from mmdet.models.utils.conv_module import ConvModule
 from qdrop.model.resnet_blocks import QuantizedBasicBlock, QuantizedBottleneck
-from qdrop.overrides import (ModuleOverride, ModuleSettings, check_every_entry_matches, effective_settings,
-                             is_kept_float)
+from qdrop.overrides import ModuleOverride, ModuleSettings, check_every_entry_matches, effective_settings, is_kept_float
 from qdrop.q_config import QConfig
 from qdrop.quantization import QuantizedLayer, QuantizedUnit, QuantizerConfig
 

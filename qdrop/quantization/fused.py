@@ -10,9 +10,10 @@ The fused path is on by default; ``QDROP_FAST=0`` in the environment switches it
 :func:`fast_path` switches it for a block of code (reconstruction uses ``recon.fast``).
 """
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
-from typing import Iterator, Optional, Tuple
+from functools import cache
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -46,8 +47,8 @@ def fast_path(enabled: bool) -> Iterator[None]:
         set_fast_path(previous)
 
 
-@lru_cache(maxsize=None)
-def _inner_bounds(low: float, high: float) -> Tuple[float, float]:
+@cache
+def _inner_bounds(low: float, high: float) -> tuple[float, float]:
     """The float32 neighbours of ``low`` and ``high`` inside [low, high]."""
     low_t, high_t = torch.tensor(low, dtype=torch.float32), torch.tensor(high, dtype=torch.float32)
     return float(torch.nextafter(low_t, high_t)), float(torch.nextafter(high_t, low_t))

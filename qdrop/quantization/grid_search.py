@@ -11,7 +11,6 @@ earlier candidate, as in a loop that keeps the first strict improvement). Two ki
   bound from cumulative sums (power means of the rounding error and of the clipping error) skips most ranges.
 """
 import math
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ _SMALL_GROUP_VALUES = 1 << 16  # smaller groups bound two-sided grids range by r
 
 
 def grid_candidates(x2d: Tensor, quant_min: int, quant_max: int, two_sided: bool,
-                    one_side: str) -> Tuple[Tensor, Tensor]:
+                    one_side: str) -> tuple[Tensor, Tensor]:
     """Candidate ranges of the grid search, in the order a plain loop visits them.
 
     Two-sided data: for i in 1..100 the range spans i/100 of the data's extent and every integer zero point is
@@ -72,7 +71,7 @@ def _exact_errors(x2d: Tensor, groups: Tensor, scale: Tensor, zero_point: Tensor
     return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64, device=x2d.device)
 
 
-def _prune(g_idx: Tensor, c_idx: Tensor, lower: Tensor, upper: Tensor, slack: Tensor) -> Tuple[Tensor, Tensor]:
+def _prune(g_idx: Tensor, c_idx: Tensor, lower: Tensor, upper: Tensor, slack: Tensor) -> tuple[Tensor, Tensor]:
     """Drop candidates whose lower bound exceeds the least upper bound of their group (``slack``: per group)."""
     best_upper = torch.full(slack.shape, math.inf, dtype=torch.float64, device=g_idx.device)
     best_upper.scatter_reduce_(0, g_idx, upper, reduce='amin')
@@ -104,73 +103,78 @@ def _power_mean_cost(count: Tensor, first: Tensor, second: Tensor, level: Tensor
     return count * square.pow(LP_NORM / 2)
 
 
-def _window_bounds(rows: _SortedRows, scale: Tensor, levels: int, sub: int, tails_by_cell: bool) -> Tensor:
-    """Lower bounds of the objective for every zero point of the given ranges.
-
-    In units of a range's scale (t = x / s), zero point z keeps [L, U] = [qmin - z, qmax - z], and a value in the
-    rounding cell centred at m lands on clamp(m, L, U). Every window lies inside [-levels, levels]; those cells
-    are split into ``sub`` sub-cells each. A group of values landing on one level l costs at least
-    count * (mean of (t - l)^2)^(p/2). With ``tails_by_cell`` every sub-cell is a group for every zero point;
-    otherwise (cheaper, looser) the sub-cells inside the window are groups and each clamped side is one group.
+def _window_moments(rows: _SortedRows, scale: Tensor, levels: int, sub: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Count, sum and sum of squares of t = x / s over the groups of values that decide the objective of every
+    zero point of a range: the values below t = -levels - 1/2, ``sub`` sub-cells of each rounding cell centred in
+    [-levels, levels] (where every zero point's window lies), and the values above.
 
     Args:
         rows: summaries of P groups.
         scale: (P, R): R ranges per group, float64.
         levels: quant_max - quant_min.
         sub: sub-cells per rounding cell.
-        tails_by_cell: bound the clamped values sub-cell by sub-cell.
 
     Returns:
-        float64 (P, R, levels + 1): the bound per zero point, slot k for zero point quant_min + k.
+        Three float64 (P, R, (2 * levels + 1) * sub + 2).
     """
     groups, n = rows.values.shape
     num_ranges = scale.shape[1]
-    cells = 2 * levels + 1
-    device = scale.device
-    edges_t = torch.arange(cells * sub + 1, dtype=torch.float64, device=device) / sub - levels - 0.5
+    edges_t = torch.arange((2 * levels + 1) * sub + 1, dtype=torch.float64, device=scale.device) / sub - levels - 0.5
     s = scale.unsqueeze(2)  # (P, R, 1)
     at = torch.searchsorted(rows.values, (edges_t * s).view(groups, -1)).view(groups, num_ranges, -1)
+    lo = torch.cat([torch.zeros_like(at[..., :1]), at], dim=2).flatten(1)  # (P, R * groups of values)
+    hi = torch.cat([at, torch.full_like(at[..., :1], n)], dim=2).flatten(1)
 
-    def moments(lo: Tensor, hi: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        # count, sum and sum of squares (in units of s) of the sorted values lo:hi
-        def between(cumulative: Tensor) -> Tensor:
-            return (cumulative.gather(1, hi.flatten(1)) - cumulative.gather(1, lo.flatten(1))).view(lo.shape)
-        return (hi - lo).to(torch.float64), between(rows.sum1) / s, between(rows.sum2) / (s * s)
+    def between(cumulative: Tensor) -> Tensor:
+        return (cumulative.gather(1, hi) - cumulative.gather(1, lo)).view(groups, num_ranges, -1)
 
-    slots = torch.arange(levels + 1, device=device)
+    count = (hi - lo).to(torch.float64).view(groups, num_ranges, -1)
+    return count, between(rows.sum1) / s, between(rows.sum2) / (s * s)
+
+
+def _group_levels(levels: int, sub: int, device: torch.device) -> Tensor:
+    """The rounding level of each group of :func:`_window_moments` before clamping: -inf, the cell centres, inf."""
     centres = torch.arange(-levels, levels + 1, dtype=torch.float64, device=device).repeat_interleave(sub)
-    if tails_by_cell:
-        # Groups: the values below the cells, the sub-cells, the values above the cells.
-        lo = torch.cat([torch.zeros_like(at[..., :1]), at], dim=2)  # (P, R, cells * sub + 2)
-        hi = torch.cat([at, torch.full_like(at[..., :1], n)], dim=2)
-        count, first, second = (m.unsqueeze(2) for m in moments(lo, hi))  # (P, R, 1, groups)
-        centres = torch.cat([centres.new_tensor([-math.inf]), centres, centres.new_tensor([math.inf])])
-        low, high = -slots.to(torch.float64).unsqueeze(1), (levels - slots).to(torch.float64).unsqueeze(1)
-        level = torch.minimum(torch.maximum(centres, low), high)  # (K, groups)
-        total = _power_mean_cost(count, first, second, level).sum(3)  # (P, R, K)
-    else:
-        count, first, second = moments(at[..., :-1], at[..., 1:])  # (P, R, cells * sub)
-        inside_cells = _power_mean_cost(count, first, second, centres).view(groups, num_ranges, cells, sub).sum(3)
-        inside_cum = torch.cumsum(F.pad(inside_cells, (1, 0)), dim=2)  # (P, R, cells + 1)
-        # Slot k keeps the cells levels - k .. 2 * levels - k.
-        inside = inside_cum[..., levels + 1:].flip(2) - inside_cum[..., :levels + 1].flip(2)  # (P, R, K)
-        at_low, at_high = at[..., (levels - slots) * sub], at[..., (2 * levels + 1 - slots) * sub]  # edges L, U
-        below = _power_mean_cost(*moments(torch.zeros_like(at_low), at_low), -slots.to(torch.float64))
-        end = torch.full_like(at_high, n)
-        above = _power_mean_cost(*moments(at_high, end), (levels - slots).to(torch.float64))
-        total = inside + below + above
-    return total * s.pow(LP_NORM) / n * (1 - RTOL)
+    return F.pad(F.pad(centres, (1, 0), value=-math.inf), (0, 1), value=math.inf)
+
+
+def _lumped_bounds(count: Tensor, first: Tensor, second: Tensor, levels: int, sub: int) -> Tensor:
+    """Lower bounds (before the factor s^p / n) per zero point from group moments (P, R, groups): groups inside
+    the window land on their centre, and each clamped side is bounded as one group. Returns (P, R, levels + 1),
+    slot k for zero point quant_min + k."""
+    inside = _power_mean_cost(count[..., 1:-1], first[..., 1:-1], second[..., 1:-1],
+                              _group_levels(levels, sub, count.device)[1:-1])
+    cumulative = [torch.cumsum(F.pad(v, (1, 0)), dim=2) for v in (inside, count, first, second)]
+    slots = torch.arange(levels + 1, device=count.device)
+    # Slot k keeps [L, U] = [-k, levels - k]: the groups from 1 + (levels - k) * sub to 1 + (2 * levels - k + 1) * sub.
+    low, high = 1 + (levels - slots) * sub, 1 + (2 * levels + 1 - slots) * sub
+    inside_total = cumulative[0][..., high - 1] - cumulative[0][..., low - 1]
+    below = _power_mean_cost(*(c[..., low] for c in cumulative[1:]), -slots.to(torch.float64))
+    above = _power_mean_cost(*(c[..., -1:] - c[..., high] for c in cumulative[1:]), (levels - slots).to(torch.float64))
+    return inside_total + below + above
+
+
+def _split_bounds(count: Tensor, first: Tensor, second: Tensor, slot: Tensor, levels: int, sub: int) -> Tensor:
+    """Lower bounds (before the factor s^p / n) of single candidates from group moments (T, groups), every group
+    landing on its own clamped level for zero point slot ``slot`` (T,). Returns (T,)."""
+    low, high = -slot.to(torch.float64).unsqueeze(1), (levels - slot).to(torch.float64).unsqueeze(1)
+    level = torch.minimum(torch.maximum(_group_levels(levels, sub, count.device), low), high)  # (T, groups)
+    return _power_mean_cost(count, first, second, level).sum(1)
 
 
 def _two_sided_candidates(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_range: int, quant_min: int,
-                          quant_max: int, slack: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                          quant_max: int, slack: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The candidates of a two-sided grid that can still win: flat group and candidate indices, their lower
     bounds, and the exact objective of one candidate per group (an upper bound of the group's least).
 
-    Every range is bounded coarsely (one cell per rounding step), the ranges that can still win more finely (four
-    sub-cells), then with the clamped values bounded sub-cell by sub-cell; a candidate survives while its bound
-    does not exceed the least exact objective of its group's most promising candidates so far. The candidates of one range share its scale up to float rounding, which RTOL covers;
-    a candidate whose zero point differs from its slot's by float rounding reads its own zero point's bound.
+    In units of a range's scale (t = x / s), zero point z keeps [L, U] = [qmin - z, qmax - z], a value in the
+    rounding cell centred at m lands on clamp(m, L, U), and a group of values landing on one level l costs at
+    least count * (mean of (t - l)^2)^(p/2) (power means). Every range is bounded from one group per rounding
+    cell, the ranges that can still win from four sub-cells per cell, and their candidates that can still win
+    with the clamped values bounded sub-cell by sub-cell too. A candidate survives while its bound does not exceed
+    the least exact objective of its group's most promising candidates so far. The candidates of one range share
+    its scale up to float rounding, which RTOL covers; a candidate whose zero point differs from its slot's by
+    float rounding reads its own zero point's bound.
     """
     groups, n = x2d.shape
     levels = quant_max - quant_min
@@ -178,23 +182,27 @@ def _two_sided_candidates(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_ra
     sorted_rows = _SortedRows(x2d)
     range_scale = scale[:, ::per_range].to(torch.float64)  # (G, R)
     slot = (zero_point.long() - quant_min).view(groups, num_ranges, per_range)
-
-    def bounds(ranges_scale: Tensor, sub: int, tails_by_cell: bool) -> Tensor:
-        # (G, R') scales -> (G, R', K) bounds, in chunks of groups
-        per_range = ((2 * levels + 1) * sub + 2) * (levels + 1 if tails_by_cell else 1)
-        step = max(1, _MAX_CHUNK // (ranges_scale.shape[1] * per_range))
-        return torch.cat([_window_bounds(sorted_rows.rows(start, start + step), ranges_scale[start:start + step],
-                                         levels, sub, tails_by_cell) for start in range(0, groups, step)])
-
     all_rows = torch.arange(groups, device=x2d.device)
     best = torch.full((groups,), math.inf, dtype=torch.float64, device=x2d.device)
     order = torch.arange(num_ranges, device=x2d.device).expand(groups, -1)  # (G, W): the open ranges
     is_open = torch.ones_like(order, dtype=torch.bool)
-    sub = max(1, min(4, n // (2 * levels + 1)))  # finer than one value per sub-cell gains nothing
-    for cell_split, tails_by_cell in ((1, False), (sub, False), (sub, True)):
-        lower = bounds(range_scale.gather(1, order), cell_split, tails_by_cell)  # (G, W, K)
-        lower = lower.gather(2, slot.gather(1, order.unsqueeze(2).expand(-1, -1, per_range)))
-        lower = lower.masked_fill(~is_open.unsqueeze(2), math.inf)
+    cells = 2 * levels + 1
+    # Sub-cells per rounding cell: finer bounds for fewer ranges; finer than one value per sub-cell gains nothing.
+    for cell_split in (1, max(1, min(4, n // cells)), max(1, min(16, n // cells))):
+        scales = range_scale.gather(1, order)  # (G, W)
+        step = max(1, _MAX_CHUNK // (scales.shape[1] * (cells * cell_split + 2)))
+        moments = [_window_moments(sorted_rows.rows(start, start + step), scales[start:start + step], levels,
+                                   cell_split) for start in range(0, groups, step)]
+        moments = [torch.cat(parts) for parts in zip(*moments)]  # each (G, W, groups of values)
+        factor = scales.pow(LP_NORM).unsqueeze(2) / n * (1 - RTOL)
+        lower = _lumped_bounds(*moments, levels, cell_split) * factor  # (G, W, K)
+        slots = slot.gather(1, order.unsqueeze(2).expand(-1, -1, per_range))
+        lower = lower.gather(2, slots).masked_fill(~is_open.unsqueeze(2), math.inf)
+        if cell_split > 1:
+            # Candidates that survive the lumped bound: bound their clamped values sub-cell by sub-cell too.
+            g_idx, pos, zero_slot = (lower <= (best * (1 + RTOL) + slack).view(groups, 1, 1)).nonzero(as_tuple=True)
+            split = _split_bounds(*(m[g_idx, pos] for m in moments), slots[g_idx, pos, zero_slot], levels, cell_split)
+            lower = torch.full_like(lower, math.inf).index_put_((g_idx, pos, zero_slot), split * factor[g_idx, pos, 0])
         likely = lower.flatten(1).argmin(1)
         likely = order[all_rows, likely // per_range] * per_range + likely % per_range
         best = torch.minimum(best, lp_error(x2d, scale[all_rows, likely], zero_point[all_rows, likely], quant_min,
@@ -204,15 +212,15 @@ def _two_sided_candidates(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_ra
         still_open = keep.any(2)
         position = torch.argsort((~still_open).to(torch.int8), dim=1, stable=True)[:, :int(still_open.sum(1).max())]
         order, is_open = order.gather(1, position), still_open.gather(1, position)
-        lower = lower.gather(1, position.unsqueeze(2).expand(-1, -1, per_range))
-        keep = keep.gather(1, position.unsqueeze(2).expand(-1, -1, per_range))
+        position = position.unsqueeze(2).expand(-1, -1, per_range)
+        lower, keep = lower.gather(1, position), keep.gather(1, position)
     g_idx, pos, zero_slot = keep.nonzero(as_tuple=True)
     return g_idx, order[g_idx, pos] * per_range + zero_slot, lower[g_idx, pos, zero_slot], best
 
 
 def _evaluate_in_rounds(x2d: Tensor, g_idx: Tensor, c_idx: Tensor, lower: Tensor, best: Tensor, scale: Tensor,
                         zero_point: Tensor, quant_min: int, quant_max: int, slack: Tensor,
-                        per_round: int = 2) -> Tuple[Tensor, Tensor, Tensor]:
+                        per_round: int = 2) -> tuple[Tensor, Tensor, Tensor]:
     """Exact objectives of the candidates that can still win, most promising first: each round evaluates the next
     ``per_round`` candidates of every group by lower bound, and the least objective found so far rules out the
     candidates whose bound exceeds it.
@@ -230,10 +238,11 @@ def _evaluate_in_rounds(x2d: Tensor, g_idx: Tensor, c_idx: Tensor, lower: Tensor
     best = best.clone()
     done_g, done_c, done_e = [], [], []
     for first in range(0, int(rank.max()) + 1 if rank.numel() else 0, per_round):
-        pick = (rank >= first) & (rank < first + per_round) & (lower <= best[g_idx] * (1 + RTOL) + slack[g_idx])
+        pending = (rank >= first) & (lower <= best[g_idx] * (1 + RTOL) + slack[g_idx])
+        if not bool(pending.any()):
+            break
+        pick = pending & (rank < first + per_round)
         if not bool(pick.any()):
-            if not bool(((rank >= first) & (lower <= best[g_idx] * (1 + RTOL) + slack[g_idx])).any()):
-                break
             continue
         g, c = g_idx[pick], c_idx[pick]
         errors = _exact_errors(x2d, g, scale[g, c], zero_point[g, c], quant_min, quant_max)
@@ -245,7 +254,7 @@ def _evaluate_in_rounds(x2d: Tensor, g_idx: Tensor, c_idx: Tensor, lower: Tensor
 
 
 def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qparams: QParamsFn,
-                quant_min: int, quant_max: int, per_range: int = 1) -> Tuple[Tensor, Tensor]:
+                quant_min: int, quant_max: int, per_range: int = 1) -> tuple[Tensor, Tensor]:
     """The candidate of least objective per row, exactly as a loop that keeps the first strict improvement.
 
     Args:

@@ -11,7 +11,7 @@ count, mean, smallest and largest value of every bin at several resolutions. In 
 extremes bound the bin's total.
 """
 import math
-from typing import Callable, List, Tuple
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ _COARSEST_BINS = 16
 _BIN_FACTOR = 4
 
 # (min_val, max_val) -> (scale, zero_point), e.g. ObserverBase.calculate_qparams
-QParamsFn = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
+QParamsFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def absolute_slack(x2d: Tensor) -> Tensor:
@@ -74,7 +74,7 @@ class BinnedGroups:
         largest.scatter_reduce_(0, index, values, reduce='amax')
         count, total = count.view(groups, finest), total.view(groups, finest)  # (G, finest)
         smallest, largest = smallest.view(groups, finest), largest.view(groups, finest)
-        self.levels: List[Tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.levels: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         while True:
             self.levels.append(self._summary(count, total, smallest, largest))
             bins = count.shape[1]
@@ -95,7 +95,7 @@ class BinnedGroups:
                 torch.where(filled, largest, mean))
 
     def bounds(self, level: int, groups: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
-               quant_max: int) -> Tuple[Tensor, Tensor]:
+               quant_max: int) -> tuple[Tensor, Tensor]:
         """Lower and upper bounds (float64) of the objective for candidates (``groups[k]``, ``scale[k]``, ...)."""
         count, mean, low, high = (t[groups] for t in self.levels[level])
         # Full-size operands keep the element-wise kernels on their fast contiguous path.

@@ -1,5 +1,4 @@
 """Observers: collect a range (min_val, max_val) from the tensors they see and turn it into (scale, zero_point)."""
-from typing import Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +28,7 @@ class ObserverBase(nn.Module):
     def extra_repr(self) -> str:
         return f'bit={self.bit}, symmetric={self.symmetric}, ch_axis={self.ch_axis}'
 
-    def calculate_qparams(self, min_val: Tensor, max_val: Tensor) -> Tuple[Tensor, Tensor]:
+    def calculate_qparams(self, min_val: Tensor, max_val: Tensor) -> tuple[Tensor, Tensor]:
         """Scale and zero point of the range [min_val, max_val] (always widened to contain 0).
 
         Args:
@@ -58,7 +57,7 @@ class ObserverBase(nn.Module):
             raise ValueError(f'ch_axis={self.ch_axis} is out of range for an input of shape {tuple(x.shape)}')
         return x.transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1)  # (C, values per channel)
 
-    def _range_of(self, rows: Tensor) -> Tuple[Tensor, Tensor]:
+    def _range_of(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """This batch's range, one entry per row (a 0-d tensor per tensor)."""
         raise NotImplementedError
 
@@ -110,7 +109,7 @@ class _AveragingMixin:
 class MinMaxObserver(ObserverBase):
     """Running minimum and maximum."""
 
-    def _range_of(self, rows: Tensor) -> Tuple[Tensor, Tensor]:
+    def _range_of(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         return rows.amin(dim=1), rows.amax(dim=1)
 
 
@@ -139,7 +138,7 @@ class MSEObserver(_MSEBase):
     """Grid search over 100 candidate ranges (x every zero point for two-sided data); candidates are pruned with
     exact bounds, so the result equals a plain loop's over every candidate."""
 
-    def _range_of(self, rows: Tensor) -> Tuple[Tensor, Tensor]:
+    def _range_of(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         two_sided = self._two_sided(rows)
         cand_min, cand_max = grid_candidates(rows, self.quant_min, self.quant_max, two_sided, self.one_side_dist)
         per_range = self.quant_max - self.quant_min + 1 if two_sided else 1
@@ -155,7 +154,7 @@ class MSEFastObserver(_MSEBase):
     """Bounded scalar minimisation (golden section) over the range, nested with one over the zero-point shift for
     two-sided data; per tensor (per channel: every channel searched on its own)."""
 
-    def _range_of(self, rows: Tensor) -> Tuple[Tensor, Tensor]:
+    def _range_of(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         two_sided = self._two_sided(rows)
         objective = BoundedObjective(rows, self.calculate_qparams, self.quant_min, self.quant_max)
         row_min, row_max = rows.amin(dim=1).tolist(), rows.amax(dim=1).tolist()

@@ -7,7 +7,7 @@ probe exactly.
 """
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -15,6 +15,9 @@ from torch import Tensor
 from .mse_objective import NUM_RANGES, RTOL, BinnedGroups, QParamsFn, absolute_slack, lp_error
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
+SCAN_POINTS = 12
+RANGE_ITERATIONS = 12
+_DIRECT_VALUES = 1 << 18  # candidates times values below which evaluating beats bounding
 
 
 @dataclass(eq=False)
@@ -35,9 +38,14 @@ class Probe:
 
     __slots__ = ('qrange', 'bounds')
 
-    def __init__(self, qrange: Tuple[float, float], bounds: ObjectiveBounds):
+    def __init__(self, qrange: tuple[float, float], bounds: ObjectiveBounds):
         self.qrange = qrange
         self.bounds = bounds
+
+
+def _first_least(probes: list[Probe]) -> Probe:
+    """The first of exactly evaluated probes of least objective."""
+    return min(probes, key=lambda probe: probe.bounds.lower)
 
 
 class ExactObjective:
@@ -53,7 +61,7 @@ class ExactObjective:
         self.x2d, self.qparams, self.quant_min, self.quant_max = x2d, calculate_qparams, quant_min, quant_max
         self.evaluations = 0
 
-    def _candidate(self, new_min: float, new_max: float) -> Tuple[Tensor, Tensor]:
+    def _candidate(self, new_min: float, new_max: float) -> tuple[Tensor, Tensor]:
         ref = self.x2d.new_tensor([new_min, new_max])
         scale, zero_point = self.qparams(ref[:1], ref[1:])
         return scale, zero_point
@@ -69,6 +77,18 @@ class ExactObjective:
         """Whether ``a``'s objective is smaller than ``b``'s."""
         return a.bounds.lower < b.bounds.lower
 
+    def _exact_probe(self, group: int, qrange: tuple[float, float], scale: Tensor, zero_point: Tensor) -> Probe:
+        self.evaluations += 1
+        value = float(lp_error(self.x2d[group:group + 1], scale, zero_point, self.quant_min, self.quant_max))
+        return Probe(qrange, ObjectiveBounds(value, value, None, group, scale, zero_point))
+
+    def least(self, group: int, ranges: list[tuple[float, float]]) -> Probe:
+        """The first of the candidate ranges of least objective on row ``group``."""
+        mins, maxs = self.x2d.new_tensor(ranges).unbind(1)
+        scale, zero_point = self.qparams(mins, maxs)
+        return _first_least([self._exact_probe(group, ranges[k], scale[k:k + 1], zero_point[k:k + 1])
+                             for k in range(len(ranges))])
+
 
 class BoundedObjective(ExactObjective):
     """Same comparisons as :class:`ExactObjective`, decided from histogram bounds where they suffice."""
@@ -77,7 +97,7 @@ class BoundedObjective(ExactObjective):
         super().__init__(x2d, calculate_qparams, quant_min, quant_max)
         self.binned = BinnedGroups(x2d)
         self.slack = absolute_slack(x2d).tolist()
-        self._known: Dict[Tuple[int, float, float], ObjectiveBounds] = {}
+        self._known: dict[tuple[int, float, float], ObjectiveBounds] = {}
 
     def probe(self, group: int, new_min: float, new_max: float) -> Probe:
         scale, zero_point = self._candidate(new_min, new_max)
@@ -88,6 +108,36 @@ class BoundedObjective(ExactObjective):
             self._refine(bounds)
             self._known[key] = bounds
         return Probe((new_min, new_max), bounds)
+
+    def least(self, group: int, ranges: list[tuple[float, float]]) -> Probe:
+        """Same pick as :meth:`ExactObjective.least`; histogram bounds of all candidates at once rule most of them
+        out before the exact evaluations."""
+        mins, maxs = self.x2d.new_tensor(ranges).unbind(1)
+        scale, zero_point = self.qparams(mins, maxs)
+        exact = len(self.binned.levels)
+        if self.x2d.shape[1] * len(ranges) <= _DIRECT_VALUES:
+            # Small groups: every candidate evaluated at once costs less than bounding them.
+            self.evaluations += len(ranges)
+            rows = self.x2d[group:group + 1].expand(len(ranges), -1)
+            values = lp_error(rows, scale, zero_point, self.quant_min, self.quant_max).tolist()
+            return _first_least([Probe(ranges[k], ObjectiveBounds(v, v, exact, group, scale[k:k + 1],
+                                                                  zero_point[k:k + 1]))
+                                 for k, v in enumerate(values)])
+        candidates = []
+        for k in range(len(ranges)):
+            bounds = ObjectiveBounds(0.0, math.inf, -1, group, scale[k:k + 1], zero_point[k:k + 1])
+            self._refine(bounds)
+            candidates.append(bounds)
+        # Refine lazily until the least lower bound belongs to a candidate known to be the first least.
+        while True:
+            order = sorted(range(len(ranges)), key=lambda k: (candidates[k].lower, k))
+            first = candidates[order[0]]
+            rivals = [candidates[k] for k in order[1:] if candidates[k].lower <= first.upper]
+            unsettled = [b for b in [first, *rivals] if b.level != exact]
+            if not rivals or not unsettled:
+                # No rival can be smaller; exact rivals that tie come later in the order.
+                return Probe(ranges[order[0]], first)
+            self._refine(max(unsettled, key=lambda b: b.upper - b.lower))
 
     def _refine(self, bounds: ObjectiveBounds) -> None:
         """Next finer histogram bound; after the finest, the exact value (level ``len(levels)``)."""
@@ -125,24 +175,33 @@ class BoundedObjective(ExactObjective):
 
 def _golden(value_at: Callable[[float], Probe], lo: float, hi: float, iterations: int,
             less: Callable[[Probe, Probe], bool]) -> Probe:
+    """Golden-section search of [lo, hi]; the best probe it saw."""
     c, d = hi - _INV_PHI * (hi - lo), lo + _INV_PHI * (hi - lo)
     fc, fd = value_at(c), value_at(d)
+    best = fc if less(fc, fd) else fd
     for _ in range(iterations):
         if less(fc, fd):
             hi, d, fd = d, c, fc
             c = hi - _INV_PHI * (hi - lo)
             fc = value_at(c)
+            new = fc
         else:
             lo, c, fc = c, d, fd
             d = lo + _INV_PHI * (hi - lo)
             fd = value_at(d)
-    return fc if less(fc, fd) else fd
+            new = fd
+        if less(new, best):
+            best = new
+    return best
 
 
 def golden_search(objective: ExactObjective, group: int, x_min: float, x_max: float, two_sided: bool,
-                  one_side: str, quant_min: int, quant_max: int, range_iterations: int = 12) -> Tuple[float, float]:
-    """Golden-section search over the range in [1/100, 1] of the data's extent; for two-sided data each range is
-    scored by a nested golden-section search over the zero-point shift.
+                  one_side: str, quant_min: int, quant_max: int, scan_points: int = SCAN_POINTS,
+                  range_iterations: int = RANGE_ITERATIONS) -> tuple[float, float]:
+    """Bounded search of the range in [1/100, 1] of the data's extent: a scan of ``scan_points`` evenly spaced
+    ranges finds the basin of the least objective (the objective of the range need not be unimodal), then a
+    golden-section search refines inside the scan's neighbours of the best. For two-sided data each range is
+    scored by its best zero point (every zero point compared).
 
     Args:
         objective: evaluates and compares candidates of the rows of its values (exactly, or from bounds).
@@ -151,29 +210,33 @@ def golden_search(objective: ExactObjective, group: int, x_min: float, x_max: fl
         two_sided: search the zero point too (asymmetric grid, values of both signs).
         one_side: 'pos', 'neg' or 'no': the sign of the values, for a one-sided search.
         quant_min, quant_max: the integer grid.
-        range_iterations: golden-section steps over the range.
+        scan_points: ranges of the initial scan.
+        range_iterations: golden-section steps of the refinement.
 
     Returns:
         The best range (min, max) as floats.
     """
     levels = quant_max - quant_min
-    shift_iterations = math.ceil(math.log(2.0 * (levels + 1)) / -math.log(_INV_PHI))
     if two_sided:
         extent = max(x_max, 0.0) - min(x_min, 0.0)
 
         def range_value(span: float) -> Probe:
             delta = span / levels
-
-            def shift_value(shift: float) -> Probe:
-                # The quantizer only sees the shift through its integer zero point: snap to it, so shifts with
-                # the same zero point are one candidate rather than float-rounding variants of it.
-                zero_point = min(max(round(shift / delta), quant_min), quant_max)
-                return objective.probe(group, -zero_point * delta, span - zero_point * delta)
-            return _golden(shift_value, quant_min * delta, quant_max * delta, shift_iterations, objective.less)
+            return objective.least(group, [(-zero_point * delta, span - zero_point * delta)
+                                           for zero_point in range(quant_min, quant_max + 1)])
     else:
         extent = max(abs(x_min), x_max)
 
         def range_value(span: float) -> Probe:
             return objective.probe(group, 0.0 if one_side == 'pos' else -span, 0.0 if one_side == 'neg' else span)
-    best = _golden(range_value, extent / NUM_RANGES, extent, range_iterations, objective.less)
-    return best.qrange
+    low = extent / NUM_RANGES
+    step = (extent - low) / (scan_points - 1)
+    scan = [range_value(low + k * step) for k in range(scan_points)]
+    best = scan[0]
+    for probe in scan[1:]:
+        if objective.less(probe, best):
+            best = probe
+    k = scan.index(best)
+    refined = _golden(range_value, low + max(k - 1, 0) * step, low + min(k + 1, scan_points - 1) * step,
+                      range_iterations, objective.less)
+    return (refined if objective.less(refined, best) else best).qrange

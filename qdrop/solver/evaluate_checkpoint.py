@@ -42,7 +42,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", help="pickle file for the raw results")
     parser.add_argument("--fuse-conv-bn", action="store_true", help="fold BatchNorm into the preceding conv")
     parser.add_argument("--eval", nargs="+", help="metrics, e.g. bbox")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ...")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value (the key must exist in the config; +key=value adds a new one)")
     parser.add_argument("--eval-options", nargs="+", action=DictAction,
                         help="keyword arguments of dataset.evaluate, e.g. classwise=True")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")

@@ -51,7 +51,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--fuse-conv-bn", action="store_true",
                         help="fold BatchNorm into the convs; quantization always does it, as the original did")
     parser.add_argument("--eval", nargs="+", default=["bbox"], help="metrics, e.g. bbox")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value (the key must exist in the config; +key=value adds a new one)")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help="seeds calibration sampling and reconstruction")

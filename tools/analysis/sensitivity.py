@@ -25,11 +25,15 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmdet.utils import default_device, get_root_logger, load_config  # noqa: E402
 from mmdet.utils.atomic_io import atomic_write_text  # noqa: E402
-from qdrop.analysis.mixed_precision import (average_weight_bits, format_overrides, suggest_overrides,  # noqa: E402
-                                            unit_weight_bits, unit_weight_counts)
+from qdrop.analysis.mixed_precision import (  # noqa: E402
+    average_weight_bits,
+    format_overrides,
+    suggest_overrides,
+    unit_weight_bits,
+    unit_weight_counts,
+)
 from qdrop.analysis.plots import plot_sensitivity  # noqa: E402
-from qdrop.analysis.sensitivity import (METRICS, OUTPUT_ERROR, OutputError, quantize_only, top_units,  # noqa: E402
-                                        unit_sensitivity)
+from qdrop.analysis.sensitivity import METRICS, OUTPUT_ERROR, OutputError, quantize_only, top_units, unit_sensitivity  # noqa: E402
 from qdrop.model import quantization_units  # noqa: E402
 from qdrop.q_config import load_q_config  # noqa: E402
 from qdrop.solver.capture import forward_order  # noqa: E402

@@ -3,8 +3,8 @@
     python tools/deploy/compare_onnx.py CONFIG CHECKPOINT FILE.onnx [--images 2] [--optimization disable all]
 
 For each ONNX Runtime optimization level, prints per output max |ONNX - PyTorch|, the largest |PyTorch| value, and
-the difference in steps (scale) of the model's last activation quantizer. The inputs are the first test images
-through the config's test pipeline.
+the difference in steps (scale) of the model's last activation quantizer, and how many elements differ by more than
+one step. The inputs are the first test images through the config's test pipeline.
 """
 import argparse
 
@@ -40,7 +40,8 @@ def main(argv=None) -> dict:
     loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=0, dist=False, shuffle=False)
     model, _ = load_detector(args.config, args.checkpoint)
     last = last_activation_quantizer(model)
-    step_note = f"last activation quantizer {last[0]}, step {last[1]:.6g}" if last else "float model: no quantizer"
+    step = last[1] if last else 0.0
+    step_note = f"last activation quantizer {last[0]}, step {step:.6g}" if last else "float model: no quantizer"
     print(f"{args.onnx} against {args.checkpoint} on {min(args.images, len(dataset))} test image(s); {step_note}")
     worst = {}
     for level in args.optimization:
@@ -50,15 +51,17 @@ def main(argv=None) -> dict:
         for index, batch in enumerate(loader):
             if index == args.images:
                 break
-            for new in compare_outputs(model, detector, batch["img"], batch["img_metas"]):
-                old = per_output.get(new.name, new)
-                per_output[new.name] = OutputDifference(new.name, max(old.max_abs_diff, new.max_abs_diff),
-                                                        max(old.max_abs_value, new.max_abs_value))
+            for new in compare_outputs(model, detector, batch["img"], batch["img_metas"], step):
+                old = per_output.get(new.name)
+                per_output[new.name] = new if old is None else OutputDifference(
+                    new.name, max(old.max_abs_diff, new.max_abs_diff), max(old.max_abs_value, new.max_abs_value),
+                    old.over_step + new.over_step, old.elements + new.elements)
         print(f"optimization {level}:")
-        print(f"  {'output':<12} {'max |diff|':>11} {'max |value|':>12} {'steps':>7}")
+        print(f"  {'output':<12} {'max |diff|':>11} {'max |value|':>12} {'steps':>7} {'elements > 1 step':>18}")
         for name, difference in per_output.items():
-            steps = f"{difference.max_abs_diff / last[1]:>7.3f}" if last else f"{'-':>7}"
-            print(f"  {name:<12} {difference.max_abs_diff:>11.3g} {difference.max_abs_value:>12.3g} {steps}")
+            steps = f"{difference.max_abs_diff / step:>7.3f}" if last else f"{'-':>7}"
+            over = f"{difference.over_step}/{difference.elements}" if last else "-"
+            print(f"  {name:<12} {difference.max_abs_diff:>11.3g} {difference.max_abs_value:>12.3g} {steps} {over:>18}")
         worst[level] = per_output
     return worst
 

@@ -35,7 +35,8 @@ def _with_overrides(*entries, **q_config_args) -> QConfig:
 @pytest.mark.parametrize("config_path", sorted(json.loads(RECORDED_PLACEMENT.read_text())))
 def test_published_q_config_gives_the_recorded_placement(repo_root, config_path):
     recorded = json.loads(RECORDED_PLACEMENT.read_text())[config_path]
-    model = quantize_detector(_tiny_detector(str(repo_root / config_path)), load_q_config(repo_root / "exp/config.yaml"))
+    q_config_file = load_q_config(repo_root / "exp" / "config.yaml")
+    model = quantize_detector(_tiny_detector(str(repo_root / config_path)), q_config_file)
     rows = [list(dataclasses.astuple(row))[:6] for row in placement_table(model)]
     assert rows == recorded
 

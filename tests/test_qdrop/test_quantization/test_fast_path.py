@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from qdrop.quantization import (AdaRoundFakeQuantize, FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize,
-                                MinMaxObserver)
+from qdrop.quantization import (
+    AdaRoundFakeQuantize,
+    FixedFakeQuantize,
+    LSQFakeQuantize,
+    LSQPlusFakeQuantize,
+    MinMaxObserver,
+)
 from qdrop.quantization.fused import fast_path, fast_path_enabled, mix
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -73,7 +78,7 @@ def _assert_same(quantizer, x):
     for name, grad in grads_plain.items():
         # Sums over thousands of terms that partly cancel: compare against their magnitude.
         torch.testing.assert_close(grads_fast[name], grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()) + 1e-7,
-                                   msg=lambda m: f'{name}: {m}')
+                                   msg=lambda m, name=name: f'{name}: {m}')
     return out_fast, grads_fast
 
 

@@ -1,14 +1,20 @@
 """Observers: accumulation over batches, degenerate inputs, state_dict round trips, MSE search exactness."""
 import pytest
 import torch
+from scipy.optimize import minimize_scalar
 
-from qdrop.quantization import (AvgMinMaxObserver, AvgMSEFastObserver, AvgMSEObserver, MinMaxObserver,
-                                MSEFastObserver, MSEObserver)
+from helpers.plain_search import plain_grid_search
+from qdrop.quantization import (
+    AvgMinMaxObserver,
+    AvgMSEFastObserver,
+    AvgMSEObserver,
+    MinMaxObserver,
+    MSEFastObserver,
+    MSEObserver,
+)
 from qdrop.quantization.grid_search import grid_candidates
 from qdrop.quantization.mse_objective import lp_error
 from qdrop.quantization.scalar_search import ExactObjective, golden_search
-from helpers.plain_search import plain_grid_search
-
 
 ALL_OBSERVERS = [MinMaxObserver, AvgMinMaxObserver, MSEObserver, AvgMSEObserver, MSEFastObserver,
                  AvgMSEFastObserver]
@@ -160,6 +166,56 @@ def test_mse_grid_per_channel_with_degenerate_channels(bit):
     torch.testing.assert_close(observer.max_val, ref_max)
     scale, _ = observer.calculate_qparams(observer.min_val, observer.max_val)
     assert torch.isfinite(scale).all()
+
+
+@pytest.mark.parametrize('bit', [2, 4, 8])
+def test_mse_grid_per_channel_weights_match_plain_loop(bit):
+    """Conv weights per output channel, two-sided: the bounds of every range and zero point prune, the pick stays
+    the plain loop's."""
+    g = torch.Generator().manual_seed(bit)
+    w = torch.randn(16, 24, 3, 3, generator=g) * torch.rand(16, 1, 1, 1, generator=g) * 0.05
+    w[3] = torch.where(w[3] > 0, w[3] * 4, w[3])  # one skewed channel
+    observer = MSEObserver(bit=bit, ch_axis=0)
+    observer(w)
+    rows = w.flatten(1)
+    cand_min, cand_max = grid_candidates(rows, observer.quant_min, observer.quant_max, True, 'no')
+    ref_min, ref_max = plain_grid_search(rows, cand_min, cand_max, observer.calculate_qparams, observer.quant_min,
+                                         observer.quant_max)
+    assert torch.equal(observer.min_val, ref_min) and torch.equal(observer.max_val, ref_max)
+
+
+def _brent_search(observer, x: torch.Tensor):
+    """A bounded Brent search (scipy) of the fast observers' function: the range in [1/100, 1] of the extent,
+    each range scored by a bounded Brent search of the zero-point shift, which is searched again at the end."""
+    quant_min, quant_max = observer.quant_min, observer.quant_max
+    rows = x.reshape(1, -1)
+
+    def error(new_min: float, new_max: float) -> float:
+        scale, zero_point = observer.calculate_qparams(torch.tensor([new_min]), torch.tensor([new_max]))
+        return float(lp_error(rows, scale, zero_point, quant_min, quant_max))
+
+    extent = max(float(x.max()), 0.0) - min(float(x.min()), 0.0)
+
+    def shift_search(span: float):
+        delta = span / (quant_max - quant_min)
+        return minimize_scalar(lambda shift: error(-shift, span - shift), method='bounded',
+                               bounds=(quant_min * delta, quant_max * delta))
+
+    span = minimize_scalar(lambda span: shift_search(span).fun, method='bounded', bounds=(extent / 100, extent)).x
+    shift = shift_search(span).x
+    return error(-shift, span - shift)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_mse_fast_observer_never_worse_than_bounded_brent(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(5000, generator=g)
+    x = torch.where(x > 0, x * (0.5 + torch.rand(1, generator=g)), x * torch.rand(1, generator=g))  # two-sided
+    observer = MSEFastObserver(bit=2 if seed % 2 else 4)
+    observer(x)
+    scale, zero_point = observer.calculate_qparams(observer.min_val.reshape(1), observer.max_val.reshape(1))
+    ours = float(lp_error(x.reshape(1, -1), scale, zero_point, observer.quant_min, observer.quant_max))
+    assert ours <= _brent_search(observer, x) * (1 + 1e-5)
 
 
 def test_mse_search_prefers_clipping_for_heavy_tails():
