@@ -5,8 +5,9 @@ A q_config YAML file (e.g. exp/config.yaml) may name a ``root:`` file, relative 
 every error names the file, the key and the allowed values.
 """
 import os
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Dict, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
 import yaml
@@ -37,7 +38,7 @@ class ReconConfig:
     warm_up: float  # fraction of the steps before the rounding regulariser starts
     weight: float  # weight of the rounding regulariser
     iters: int  # steps per unit
-    b_range: Tuple[float, float]  # the regulariser's exponent: start and end of its linear decay
+    b_range: tuple[float, float]  # the regulariser's exponent: start and end of its linear decay
     keep_gpu: bool  # cache on the compute device (True) or in host memory
     round_mode: str  # AdaRound's rounding function
     drop_prob: float  # probability of keeping an activation quantized; 1 is BRECQ
@@ -84,7 +85,7 @@ class ReconConfig:
         values['b_range'] = tuple(float(b) for b in b_range)
         return cls(**values)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The YAML form (``b_range`` as a list)."""
         values = {key.name: getattr(self, key.name) for key in fields(self)}
         values['b_range'] = list(self.b_range)
@@ -101,12 +102,12 @@ class ReconConfig:
         return None if self.amp is None else AMP_DTYPES[self.amp]
 
 
-def recon_keys() -> Tuple[str, ...]:
+def recon_keys() -> tuple[str, ...]:
     """Every key of the ``recon`` section, required ones first."""
     return tuple(key.name for key in fields(ReconConfig))
 
 
-def recon_defaults() -> Dict[str, Any]:
+def recon_defaults() -> dict[str, Any]:
     """The optional keys of the ``recon`` section and their defaults."""
     return {key.name: key.default for key in fields(ReconConfig) if key.default is not MISSING}
 
@@ -125,7 +126,7 @@ def _check_number(values: Mapping[str, Any], key: str, source: str, low: float, 
         raise ValueError(f'{source}: recon.{key}: got {value!r}; allowed values: {kind} in {span}')
 
 
-def _check_choice(values: Mapping[str, Any], key: str, source: str, allowed: Tuple[str, ...],
+def _check_choice(values: Mapping[str, Any], key: str, source: str, allowed: tuple[str, ...],
                   also: str = '') -> None:
     if values[key] not in allowed:
         choices = ', '.join(allowed + ((also,) if also else ()))
@@ -140,7 +141,7 @@ class QConfig:
     calibrate: int  # calibration images in total, over all ranks
     recon: ReconConfig
     quant_head: bool = False  # quantize the detection heads too
-    overrides: Tuple[ModuleOverride, ...] = ()  # per-module settings, applied in order (qdrop.overrides)
+    overrides: tuple[ModuleOverride, ...] = ()  # per-module settings, applied in order (qdrop.overrides)
 
     @classmethod
     def from_mapping(cls, mapping: Union['QConfig', Mapping[str, Any]], source: str = '<dict>') -> 'QConfig':
@@ -175,7 +176,7 @@ class QConfig:
         overrides = parse_overrides(mapping.get('overrides'), source)
         return cls(a_qconfig, w_qconfig, calibrate, recon, quant_head, overrides)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The YAML form: plain dicts, lists and scalars, every optional key written out (``overrides`` only when
         there are some)."""
         values = {'a_qconfig': self.a_qconfig.to_dict(), 'w_qconfig': self.w_qconfig.to_dict(),
@@ -185,18 +186,18 @@ class QConfig:
         return values
 
 
-def _check_ch_axis(cfg: QuantizerConfig, section: str, allowed: Dict[int, str], source: str) -> None:
+def _check_ch_axis(cfg: QuantizerConfig, section: str, allowed: dict[int, str], source: str) -> None:
     if cfg.ch_axis not in allowed:
         choices = ', '.join(f'{axis} ({meaning})' for axis, meaning in allowed.items())
         raise ValueError(f'{source}: {section}.ch_axis: got {cfg.ch_axis!r}; allowed values: {choices}')
 
 
-def q_config_keys() -> Tuple[str, ...]:
+def q_config_keys() -> tuple[str, ...]:
     """The top-level keys of a q_config (besides ``root:``)."""
     return tuple(key.name for key in fields(QConfig))
 
 
-def _merge(base: Dict[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Key-wise merge: nested mappings merge recursively, other values replace."""
     merged = dict(base)
     for key, value in override.items():
@@ -207,13 +208,13 @@ def _merge(base: Dict[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
     return merged
 
 
-def _read(path: str, seen: Set[str]) -> Dict[str, Any]:
+def _read(path: str, seen: set[str]) -> dict[str, Any]:
     path = os.path.abspath(path)
     if path in seen:
         raise ValueError(f'{path}: root: inheritance cycle')
     if not os.path.isfile(path):
         raise ValueError(f'{path}: q_config file not found')
-    with open(path, 'r', encoding='utf-8') as f:
+    with open(path, encoding='utf-8') as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, Mapping):
         raise ValueError(f'{path}: expected a mapping at the top level, got {type(data).__name__}')

@@ -1,5 +1,6 @@
 """Run a detector over a test loader: one process, or every rank on its shard with results gathered to rank 0."""
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -14,7 +15,7 @@ EVAL_HOOK_KEYS = ("interval", "start", "by_epoch", "save_best", "rule", "greater
                   "out_dir", "file_client_args", "tmpdir", "gpu_collect", "broadcast_bn_buffer", "dynamic_intervals")
 
 
-def evaluation_kwargs(cfg, metrics: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def evaluation_kwargs(cfg, metrics: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """The keyword arguments of `dataset.evaluate` in the config's `evaluation` dict (hook keys left out).
 
     Args:
@@ -58,7 +59,7 @@ def single_gpu_test(model: nn.Module, data_loader, show_progress: bool = True) -
             progress.close()
 
 
-def multi_gpu_test(model: nn.Module, data_loader, show_progress: bool = True) -> Optional[List]:
+def multi_gpu_test(model: nn.Module, data_loader, show_progress: bool = True) -> Optional[list]:
     """Every rank runs its shard (the loader's DistributedTestSampler); rank 0 gets all results in dataset
     order (shards re-interleaved, padding dropped), the other ranks get None. Without a process group this
     is `single_gpu_test`."""

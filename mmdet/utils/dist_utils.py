@@ -2,7 +2,8 @@
 import os
 import subprocess
 import warnings
-from typing import Iterable, Optional, Tuple
+from collections.abc import Iterable
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -92,7 +93,7 @@ def init_dist(launcher: str, backend: Optional[str] = None) -> None:
         raise ValueError(f"launcher must be 'pytorch' or 'slurm', got '{launcher}' ('none' needs no init_dist)")
 
 
-def get_dist_info() -> Tuple[int, int]:
+def get_dist_info() -> tuple[int, int]:
     """(rank, world_size); (0, 1) when no process group is running."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

@@ -1,6 +1,12 @@
 """Detector -> quantized detector: which modules get which quantizers, and saving/reloading the result."""
-from .checkpoint import (is_quantized_checkpoint, is_quantized_checkpoint_file, load_quantized_checkpoint,
-                         load_quantized_state, quantized_state_dict, save_quantized_checkpoint)
+from .checkpoint import (
+                         is_quantized_checkpoint,
+                         is_quantized_checkpoint_file,
+                         load_quantized_checkpoint,
+                         load_quantized_state,
+                         quantized_state_dict,
+                         save_quantized_checkpoint,
+)
 from .placement import Placement, format_placement_table, placement_table
 from .quantize import quantization_units, quantize_detector
 from .resnet_blocks import QuantizedBasicBlock, QuantizedBottleneck

@@ -6,7 +6,8 @@ learned rounding `alpha`, used in AdaRound's hard mode; weight and activation sc
 activation quantization is kept, not only the weights.
 """
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ def load_quantized_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor
 
 
 def save_quantized_checkpoint(model: nn.Module, filename: str, q_config: Union[QConfig, Mapping],
-                              meta: Optional[Dict] = None) -> None:
+                              meta: Optional[dict] = None) -> None:
     """Write {'state_dict', 'meta'} atomically; meta carries the q_config needed to rebuild the quantized model.
 
     Args:

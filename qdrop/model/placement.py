@@ -1,6 +1,5 @@
 """The placement table: where every quantizer sits, what it quantizes and how."""
 from dataclasses import dataclass
-from typing import List
 
 from torch import nn
 
@@ -19,7 +18,7 @@ class Placement:
     symmetric: bool
 
 
-def placement_table(model: nn.Module) -> List[Placement]:
+def placement_table(model: nn.Module) -> list[Placement]:
     """One row per fake quantizer of `model`, in registration order."""
     units = {name for name, module in model.named_modules() if isinstance(module, QuantizedUnit)}
     rows = []
@@ -33,7 +32,7 @@ def placement_table(model: nn.Module) -> List[Placement]:
     return rows
 
 
-def format_placement_table(rows: List[Placement]) -> str:
+def format_placement_table(rows: list[Placement]) -> str:
     header = ("module", "quantizer", "tensor", "bits", "granularity", "symmetric", "quantizer class", "observer")
     cells = [header] + [(r.module, r.quantizer, r.tensor, str(r.bits), r.granularity, str(r.symmetric).lower(),
                          r.quantizer_class, r.observer_class) for r in rows]

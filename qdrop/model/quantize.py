@@ -12,8 +12,9 @@ Backbone and neck are always quantized, the heads only with `quant_head: True`. 
 The q_config's `overrides:` then set the quantizers of single modules (qdrop.overrides); their default first entry
 keeps the first layer's weights at 8 bits.
 """
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Union
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -44,7 +45,7 @@ FINAL_OUTPUT = ChildRole(final_output=True)
 PLAIN = ChildRole()
 
 # Parent type -> {child attribute: role}; looked up along the parent's class hierarchy (most derived first).
-CHILD_ROLES: Dict[type, Dict[str, ChildRole]] = {
+CHILD_ROLES: dict[type, dict[str, ChildRole]] = {
     FPN: {"fpn_convs": FINAL_OUTPUT},
     RPNHead: {"rpn_conv": RELU_AFTER, "rpn_cls": FINAL_OUTPUT, "rpn_reg": FINAL_OUTPUT},
     RetinaHead: {"retina_cls": FINAL_OUTPUT, "retina_reg": FINAL_OUTPUT},
@@ -95,7 +96,7 @@ def _layer_from_conv_module(conv_module: ConvModule, site: Site) -> QuantizedLay
 
 
 # Module type -> builder of its quantized form; looked up along the module's class hierarchy (most derived first).
-QUANTIZED_FORMS: Dict[type, Callable[[nn.Module, Site], QuantizedUnit]] = {
+QUANTIZED_FORMS: dict[type, Callable[[nn.Module, Site], QuantizedUnit]] = {
     BasicBlock: _residual_block(QuantizedBasicBlock),
     Bottleneck: _residual_block(QuantizedBottleneck),
     ConvModule: _layer_from_conv_module,
@@ -104,7 +105,7 @@ QUANTIZED_FORMS: Dict[type, Callable[[nn.Module, Site], QuantizedUnit]] = {
 }
 
 
-def _lookup(table: Dict[type, Any], module: nn.Module) -> Optional[Any]:
+def _lookup(table: dict[type, Any], module: nn.Module) -> Optional[Any]:
     """The entry of `module`'s most derived class that `table` names, or None."""
     return next((table[cls] for cls in type(module).__mro__ if cls in table), None)
 
@@ -115,8 +116,8 @@ class _WalkContext:
     a_cfg: QuantizerConfig
     quantize_output: bool
     relu_after_each_child: bool = False
-    overrides: Tuple[ModuleOverride, ...] = ()
-    sites: List[str] = field(default_factory=list)  # every quantizable module met, wrapped or kept float
+    overrides: tuple[ModuleOverride, ...] = ()
+    sites: list[str] = field(default_factory=list)  # every quantizable module met, wrapped or kept float
 
 
 def quantize_detector(model: nn.Module, q_config: Union[QConfig, Mapping]) -> nn.Module:
@@ -200,8 +201,8 @@ def first_layer_override(backbone: nn.Module) -> ModuleOverride:
     return ModuleOverride(first, w_qconfig=(("bit", FIRST_LAYER_WEIGHT_BITS),))
 
 
-def _apply_overrides(model: nn.Module, overrides: Tuple[ModuleOverride, ...], base: ModuleSettings,
-                     sites: List[str]) -> None:
+def _apply_overrides(model: nn.Module, overrides: tuple[ModuleOverride, ...], base: ModuleSettings,
+                     sites: list[str]) -> None:
     """Rebuild every quantizer whose module's effective settings differ from the q_config's sections.
 
     `overrides` are the default first-layer entry and the q_config's entries; `sites` the quantizable modules met
@@ -225,7 +226,7 @@ def _apply_overrides(model: nn.Module, overrides: Tuple[ModuleOverride, ...], ba
     check_every_entry_matches(overrides[1:], sites + inner_layers)  # the q_config's own, after the default entry
 
 
-def quantization_units(model: nn.Module) -> List[Tuple[str, QuantizedUnit]]:
+def quantization_units(model: nn.Module) -> list[tuple[str, QuantizedUnit]]:
     """The units that reconstruction optimises: every outermost `QuantizedUnit` (layer or block).
 
     Args:
@@ -234,7 +235,7 @@ def quantization_units(model: nn.Module) -> List[Tuple[str, QuantizedUnit]]:
     Returns:
         (qualified name, unit) pairs in registration order.
     """
-    units: List[Tuple[str, QuantizedUnit]] = []
+    units: list[tuple[str, QuantizedUnit]] = []
 
     def visit(module: nn.Module, prefix: str) -> None:
         for name, child in module.named_children():

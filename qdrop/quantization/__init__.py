@@ -1,12 +1,24 @@
 """QDrop quantization core: fake-quant ops, observers, fake quantizers, quantized layers and blocks, state helpers."""
-from .fake_quant import (AdaRoundFakeQuantize, FakeQuantizeBase, FixedFakeQuantize, LSQFakeQuantize,
-                         LSQPlusFakeQuantize)
+from .fake_quant import AdaRoundFakeQuantize, FakeQuantizeBase, FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize
 from .layers import QConv2d, QLinear, QuantizedBlock, QuantizedLayer, QuantizedUnit, weight_quantized
-from .observer import (AvgMinMaxObserver, AvgMSEFastObserver, AvgMSEObserver, MinMaxObserver, MSEFastObserver,
-                       MSEObserver, ObserverBase)
+from .observer import (
+                         AvgMinMaxObserver,
+                         AvgMSEFastObserver,
+                         AvgMSEObserver,
+                         MinMaxObserver,
+                         MSEFastObserver,
+                         MSEObserver,
+                         ObserverBase,
+)
 from .qconfig import ActivationQuantizer, QuantizerConfig, WeightQuantizer
-from .state import (disable_all, enable_calibration, enable_quantization, fake_quantizers, quantizer_kind,
-                    weight_quantized_layers)
+from .state import (
+                         disable_all,
+                         enable_calibration,
+                         enable_quantization,
+                         fake_quantizers,
+                         quantizer_kind,
+                         weight_quantized_layers,
+)
 
 __all__ = [
     'MinMaxObserver', 'AvgMinMaxObserver', 'MSEObserver', 'AvgMSEObserver', 'MSEFastObserver', 'AvgMSEFastObserver',

@@ -1,13 +1,25 @@
 """Fake quantizers: an observer, the quantization parameters derived from it, and the fake-quant op."""
-from typing import Type
 
 import torch
 from torch import Tensor, nn
 
-from .functional import (broadcast_qparam, fake_quantize, fake_quantize_lsq, fake_quantize_lsq_plus,
-                         lsq_grad_factor, quant_range, round_ste)
-from .fused import (fast_path_enabled, fused_adaround_hard, fused_adaround_soft, fused_fake_quantize, fused_round_loss,
-                    mix)
+from .functional import (
+    broadcast_qparam,
+    fake_quantize,
+    fake_quantize_lsq,
+    fake_quantize_lsq_plus,
+    lsq_grad_factor,
+    quant_range,
+    round_ste,
+)
+from .fused import (
+    fast_path_enabled,
+    fused_adaround_hard,
+    fused_adaround_soft,
+    fused_fake_quantize,
+    fused_round_loss,
+    mix,
+)
 from .observer import ObserverBase
 
 ROUND_MODES = ('learned_hard_sigmoid',)
@@ -20,7 +32,7 @@ class FakeQuantizeBase(nn.Module):
     ``drop_prob`` p < 1 keeps each quantized element with probability p and the full-precision one otherwise.
     """
 
-    def __init__(self, observer_cls: Type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
+    def __init__(self, observer_cls: type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
         super().__init__()
         self.bit = bit
         self.symmetric = symmetric
@@ -97,7 +109,7 @@ class FakeQuantizeBase(nn.Module):
 class FixedFakeQuantize(FakeQuantizeBase):
     """Scale and zero point fixed by the observer (buffers)."""
 
-    def __init__(self, observer_cls: Type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
+    def __init__(self, observer_cls: type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
         super().__init__(observer_cls, bit, symmetric, ch_axis)
         self.register_buffer('scale', torch.tensor([1.0]))
         self.register_buffer('zero_point', torch.tensor([0.0]))
@@ -113,7 +125,7 @@ class FixedFakeQuantize(FakeQuantizeBase):
 class LSQFakeQuantize(FakeQuantizeBase):
     """Learnable scale (LSQ) with its gradient scaled by 1 / sqrt(elements per scale * qmax)."""
 
-    def __init__(self, observer_cls: Type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
+    def __init__(self, observer_cls: type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
         super().__init__(observer_cls, bit, symmetric, ch_axis)
         self.scale = nn.Parameter(torch.tensor([1.0]))
         self.register_buffer('zero_point', torch.tensor([0.0]))
@@ -141,7 +153,7 @@ class LSQFakeQuantize(FakeQuantizeBase):
 class LSQPlusFakeQuantize(LSQFakeQuantize):
     """LSQ+: learnable scale and zero point (rounded straight-through)."""
 
-    def __init__(self, observer_cls: Type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
+    def __init__(self, observer_cls: type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
         super().__init__(observer_cls, bit, symmetric, ch_axis)
         del self.zero_point
         self.zero_point = nn.Parameter(torch.tensor([0.0]))
@@ -163,7 +175,7 @@ class AdaRoundFakeQuantize(FixedFakeQuantize):
     zeta = 1.1
     gamma = -0.1
 
-    def __init__(self, observer_cls: Type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
+    def __init__(self, observer_cls: type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
         super().__init__(observer_cls, bit, symmetric, ch_axis)
         self.register_parameter('alpha', None)
         self.adaround = False

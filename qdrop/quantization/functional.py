@@ -3,7 +3,6 @@
 All ops compute ``(clamp(round(x / s) + z, qmin, qmax) - z) * s``. ``scale``/``zero_point`` are either
 one-element tensors (per tensor) or 1-D tensors with one entry per channel along ``ch_axis``.
 """
-from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -91,7 +90,7 @@ def fake_quantize_lsq_plus(x: Tensor, scale: Tensor, zero_point: Tensor, quant_m
     return (torch.clamp(round_ste(x / s) + z, quant_min, quant_max) - z) * s
 
 
-def quant_range(bit: int, symmetric: bool) -> Tuple[int, int]:
+def quant_range(bit: int, symmetric: bool) -> tuple[int, int]:
     """Integer range: asymmetric [0, 2^b - 1], symmetric [-2^(b-1), 2^(b-1) - 1]."""
     if symmetric:
         return -(2 ** (bit - 1)), 2 ** (bit - 1) - 1

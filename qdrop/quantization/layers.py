@@ -8,7 +8,8 @@ Words used throughout the package:
 * unit: what reconstruction optimises at once, a layer or a block (`QuantizedUnit`, the base of both). A unit may
   sit inside another (a block's layers); the outermost ones are reconstructed.
 """
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn

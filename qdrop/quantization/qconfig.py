@@ -1,6 +1,7 @@
 """Quantizer settings (one ``a_qconfig`` or ``w_qconfig`` section of a q_config) and the quantizers built from them."""
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Union
 
 from . import fake_quant, observer
 from .fake_quant import FakeQuantizeBase
@@ -61,7 +62,7 @@ class QuantizerConfig:
                              'allowed values: -1 (per tensor) or a channel axis >= 0')
         return cls(**{key: cfg[key] for key in keys})
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The YAML form: a plain dict with the q_config keys."""
         return {field.name: getattr(self, field.name) for field in fields(self)}
 

@@ -3,7 +3,8 @@
 A weight quantizer is the ``weight_fake_quant`` of a `QConv2d`/`QLinear`; every other fake quantizer quantizes an
 activation.
 """
-from typing import Iterator, Tuple, Union
+from collections.abc import Iterator
+from typing import Union
 
 from torch import nn
 
@@ -27,7 +28,7 @@ def quantizer_kind(name: str) -> str:
     return 'weight' if name.split('.')[-1] == 'weight_fake_quant' else 'activation'
 
 
-def fake_quantizers(model: nn.Module, kind: str = 'all') -> Iterator[Tuple[str, FakeQuantizeBase]]:
+def fake_quantizers(model: nn.Module, kind: str = 'all') -> Iterator[tuple[str, FakeQuantizeBase]]:
     """Every fake quantizer of ``kind`` below ``model``, in registration order.
 
     Args:
@@ -43,7 +44,7 @@ def fake_quantizers(model: nn.Module, kind: str = 'all') -> Iterator[Tuple[str, 
             yield name, module
 
 
-def weight_quantized_layers(model: nn.Module) -> Iterator[Tuple[Union[QConv2d, QLinear], FakeQuantizeBase]]:
+def weight_quantized_layers(model: nn.Module) -> Iterator[tuple[Union[QConv2d, QLinear], FakeQuantizeBase]]:
     """Every weight-quantized conv/linear below ``model`` with its weight quantizer, in registration order.
 
     Returns:

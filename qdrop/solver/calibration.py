@@ -4,7 +4,7 @@ Activation observers watch the float forward (fake quantization off) over this p
 ranges are then averaged over ranks, so that every rank starts reconstruction from the same scales. Weight observers
 see each weight once.
 """
-from typing import Iterable, List, Tuple
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ def _check_scale(name: str, quantizer: nn.Module) -> None:
                                         f"(scale {quantizer.scale.flatten()[:4].tolist()})")
 
 
-def _average_observer_ranges(quantizers: List[Tuple[str, nn.Module]]) -> None:
+def _average_observer_ranges(quantizers: list[tuple[str, nn.Module]]) -> None:
     for name, quantizer in quantizers:
         observer = _observer(quantizer)
         all_reduce_mean_([observer.min_val, observer.max_val])

@@ -1,5 +1,6 @@
 """Read a unit's input/output off `model.extract_feat` with forward hooks, stopping the forward once it has run."""
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ def _run_extract_feat(model: nn.Module, img: torch.Tensor) -> None:
 
 def capture_input(model: nn.Module, module: nn.Module, img: torch.Tensor) -> torch.Tensor:
     """The input of `module` when `model.extract_feat(img)` reaches it (the module itself does not run)."""
-    captured: List[torch.Tensor] = []
+    captured: list[torch.Tensor] = []
 
     def hook(_module, args):
         captured.append(args[0].detach())
@@ -34,9 +35,9 @@ def capture_input(model: nn.Module, module: nn.Module, img: torch.Tensor) -> tor
     return captured[0]
 
 
-def capture_input_output(model: nn.Module, module: nn.Module, img: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def capture_input_output(model: nn.Module, module: nn.Module, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The input and output of `module` during `model.extract_feat(img)`."""
-    captured: List[torch.Tensor] = []
+    captured: list[torch.Tensor] = []
 
     def hook(_module, args, output):
         captured.extend([args[0].detach(), output.detach()])
@@ -50,10 +51,10 @@ def capture_input_output(model: nn.Module, module: nn.Module, img: torch.Tensor)
     return captured[0], captured[1]
 
 
-def forward_order(model: nn.Module, modules: Sequence[Tuple[str, nn.Module]], img: torch.Tensor,
-                  ) -> List[Tuple[str, nn.Module]]:
+def forward_order(model: nn.Module, modules: Sequence[tuple[str, nn.Module]], img: torch.Tensor,
+                  ) -> list[tuple[str, nn.Module]]:
     """The given modules that `extract_feat` calls, in the order of their first call."""
-    order: List[int] = []
+    order: list[int] = []
     handles = []
     for index, (_, module) in enumerate(modules):
         def hook(_module, _args, index: int = index) -> Optional[torch.Tensor]:

@@ -1,6 +1,6 @@
 """The data of a run: this rank's calibration batches and the test set's loader."""
 import copy
-from typing import Dict, List, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from torch.utils.data import DataLoader, Dataset
 
@@ -8,7 +8,7 @@ from mmdet.apis.train import set_random_seed
 from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.utils import get_dist_info
 
-CALIBRATION_BATCH_SIZE = 2  # images per calibration batch, as in the original
+CALIBRATION_BATCH_SIZE = 2  # images per calibration batch
 
 
 class TestData(NamedTuple):
@@ -17,7 +17,7 @@ class TestData(NamedTuple):
     loader: DataLoader
 
 
-def calibration_batches(cfg, num_images: int, seed: int, dataset: Optional[Dataset] = None) -> List[Dict]:
+def calibration_batches(cfg, num_images: int, seed: int, dataset: Optional[Dataset] = None) -> list[dict]:
     """This rank's share of the calibration images, drawn from the train split with the train pipeline.
 
     The draw is seeded, so a rerun (resume) sees the same images.

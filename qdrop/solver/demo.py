@@ -20,7 +20,7 @@ import os.path as osp
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional
 
 import torch
 
@@ -49,7 +49,7 @@ HOW_TO_TRAIN = ("make the synthetic data (`make data`), train the tiny models wi
                 "checkpoint to {checkpoint}")
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", default="work_dirs/demo")
     parser.add_argument("--checkpoint-dir", default="checkpoints")
@@ -61,7 +61,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _missing_checkpoints(args) -> List[str]:
+def _missing_checkpoints(args) -> list[str]:
     problems = []
     for name in args.models:
         config, file_name = MODELS[name]
@@ -72,7 +72,7 @@ def _missing_checkpoints(args) -> List[str]:
     return problems
 
 
-def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optional[str] = None) -> Dict[str, float]:
+def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optional[str] = None) -> dict[str, float]:
     """bbox mAP of every column for one model; settings with the same activation quantizers share a calibration.
     With `report_dir`, the run report of the REPORTED_RUN column goes there."""
     config_path, _ = MODELS[name]
@@ -124,7 +124,7 @@ def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optiona
     return row
 
 
-def format_table(summary: Dict[str, Dict[str, float]]) -> str:
+def format_table(summary: dict[str, dict[str, float]]) -> str:
     header = ["model"] + COLUMNS
     rows = [[name] + [f"{100 * row[column]:.1f}" for column in COLUMNS] for name, row in summary.items()]
     widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
@@ -133,7 +133,7 @@ def format_table(summary: Dict[str, Dict[str, float]]) -> str:
     return "bbox mAP (%) on the synthetic val set\n" + "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Run the demo as the command line says.
 
     Args:

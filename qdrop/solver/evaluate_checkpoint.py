@@ -12,7 +12,8 @@ import os
 import os.path as osp
 import pickle
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from mmengine.config import DictAction
@@ -42,7 +43,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", help="pickle file for the raw results")
     parser.add_argument("--fuse-conv-bn", action="store_true", help="fold BatchNorm into the preceding conv")
     parser.add_argument("--eval", nargs="+", help="metrics, e.g. bbox")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value (the key must exist in the config; +key=value adds a new one)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+                        help="override config keys, key=value (the key must exist in the config; "
+                             "+key=value adds a new one)")
     parser.add_argument("--eval-options", nargs="+", action=DictAction,
                         help="keyword arguments of dataset.evaluate, e.g. classwise=True")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")

@@ -16,7 +16,7 @@ import os.path as osp
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import torch.distributed as dist
 import yaml
@@ -40,7 +40,7 @@ QUANTIZED_CHECKPOINT = "quantized.pth"
 PLACEMENT_FILE = "placement.txt"
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="QDrop post-training quantization of an mmdetection detector")
     parser.add_argument("config", help="mmdetection config file")
     parser.add_argument("checkpoint", help="float checkpoint of that config")
@@ -49,9 +49,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="where log, config, placement, progress, checkpoint and metrics go "
                                            "(default work_dirs/<config name>_quant)")
     parser.add_argument("--fuse-conv-bn", action="store_true",
-                        help="fold BatchNorm into the convs; quantization always does it, as the original did")
+                        help="fold BatchNorm into the convs; quantization always does it")
     parser.add_argument("--eval", nargs="+", default=["bbox"], help="metrics, e.g. bbox")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value (the key must exist in the config; +key=value adds a new one)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+                        help="override config keys, key=value (the key must exist in the config; "
+                             "+key=value adds a new one)")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help="seeds calibration sampling and reconstruction")
@@ -65,7 +67,7 @@ def _shared_timestamp() -> str:
     return stamp[0]
 
 
-def main(argv: Optional[List[str]] = None) -> Optional[dict]:
+def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     """Quantize, reconstruct and evaluate as the command line says.
 
     Args:
@@ -138,7 +140,7 @@ def _run(args: argparse.Namespace, cfg, q_config: QConfig, work_dir: str, timest
     else:
         logger.info(f"resuming from {progress.path}: {next_unit} unit(s) already reconstructed")
 
-    def unit_done(done: int, names: List[str]) -> None:
+    def unit_done(done: int, names: list[str]) -> None:
         progress.save(model, next_unit=done, finished_units=names)
 
     recon_results = []

@@ -4,7 +4,8 @@ qdrop/solver/quant_coco.py runs them once; exp/demo.py runs them per model and s
 """
 import dataclasses
 import logging
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from qdrop.solver.detector import float_reference
 from qdrop.solver.recon import reconstruct
 
 
-def wrap(model: nn.Module, q_config: QConfig, device: torch.device) -> Tuple[nn.Module, nn.Module]:
+def wrap(model: nn.Module, q_config: QConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """Quantize a float detector in place and take its float reference.
 
     Args:
@@ -65,8 +66,8 @@ def run_calibration(model: nn.Module, batches: Sequence[dict], q_config: QConfig
 def run_reconstruction(model: nn.Module, reference: nn.Module, batches: Sequence[dict], q_config: QConfig, *,
                        device: torch.device, seed: int, logger: Optional[logging.Logger] = None,
                        drop_prob: Optional[float] = None, start_unit: int = 0,
-                       on_unit_done: Optional[Callable[[int, List[str]], None]] = None,
-                       results: Optional[List[UnitReconstruction]] = None) -> List[str]:
+                       on_unit_done: Optional[Callable[[int, list[str]], None]] = None,
+                       results: Optional[list[UnitReconstruction]] = None) -> list[str]:
     """Reconstruct every unit in forward order (none when `recon.iters` is 0).
 
     Args:
@@ -98,7 +99,7 @@ def run_reconstruction(model: nn.Module, reference: nn.Module, batches: Sequence
 
 
 def evaluate(model: nn.Module, test_data: TestData, cfg, metrics: Sequence[str],
-             logger: Optional[logging.Logger] = None, show_progress: bool = True) -> Optional[Dict]:
+             logger: Optional[logging.Logger] = None, show_progress: bool = True) -> Optional[dict]:
     """COCO metrics of a model on the test split; every rank runs its shard.
 
     Args:

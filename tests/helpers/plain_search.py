@@ -2,7 +2,7 @@
 
 Tests check that the pruned search picks the same candidate; benchmarks/observers.py times it against the pruned one.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from qdrop.quantization.mse_objective import QParamsFn, lp_error
 
 
 def plain_grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qparams: QParamsFn,
-                      quant_min: int, quant_max: int, columns: Optional[range] = None) -> Tuple[Tensor, Tensor]:
+                      quant_min: int, quant_max: int, columns: Optional[range] = None) -> tuple[Tensor, Tensor]:
     """Loop over the candidates, evaluate each on every value, keep the first strict improvement.
 
     Args:

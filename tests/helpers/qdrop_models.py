@@ -4,9 +4,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
 
+from mmdet.datasets.synthetic import make_synthetic_coco
 from mmdet.models import build_detector
-from mmdet.utils import fuse_conv_bn
+from mmdet.utils import fuse_conv_bn, save_checkpoint
 
 NUM_CLASSES = 6  # the synthetic data set's classes
 
@@ -137,3 +139,23 @@ def write_tiny_config(path: Path, data_root: Path, model_cfg: Optional[dict] = N
         evaluation=dict(interval=1, metric="bbox"))
     path.write_text("".join(f"{key} = {value!r}\n" for key, value in config.items()))
     return path
+
+
+def write_tiny_run(root: Path, settings: dict, num_train: int = 8, num_val: int = 4) -> tuple:
+    """Synthetic data, a config, a random-weight tiny RetinaNet checkpoint and a q_config file under `root`, for runs of
+    quant_coco.py: returns (config path, checkpoint path, q_config path)."""
+    make_synthetic_coco(root / "data", num_train=num_train, num_val=num_val, seed=0)
+    config = write_tiny_config(root / "retinanet_tiny.py", root / "data")
+    torch.manual_seed(0)
+    checkpoint = root / "retinanet_tiny.pth"
+    save_checkpoint(build_detector(retinanet_cfg(18)), str(checkpoint))
+    q_path = root / "q.yaml"
+    q_path.write_text(yaml.safe_dump(settings))
+    return config, checkpoint, q_path
+
+
+def quant_coco_argv(config, checkpoint, q_path, work_dir, *extra: str, launcher: str = "none") -> list:
+    """The published command line of quant_coco.py for the given files, plus `extra` arguments."""
+    return [str(config), str(checkpoint), "--launcher", launcher, "--work-dir", str(work_dir), "--fuse-conv-bn",
+            "--eval", "bbox", "--q_config", str(q_path), *extra]
+

@@ -3,13 +3,9 @@ import re
 
 import matplotlib.image
 import pytest
-import torch
 import yaml
 
-from helpers.qdrop_models import q_config, retinanet_cfg, write_tiny_config
-from mmdet.datasets.synthetic import make_synthetic_coco
-from mmdet.models import build_detector
-from mmdet.utils import save_checkpoint
+from helpers.qdrop_models import q_config, quant_coco_argv, write_tiny_run
 from qdrop.solver import quant_coco
 
 ITERS = 3
@@ -19,18 +15,11 @@ ITERS = 3
 def run(tmp_path_factory):
     """A quant_coco.py run of a tiny RetinaNet whose layer4 keeps 4-bit weights: (work dir, metrics)."""
     root = tmp_path_factory.mktemp("run_report")
-    make_synthetic_coco(root / "data", num_train=4, num_val=2, seed=0)
-    config = write_tiny_config(root / "retinanet_tiny.py", root / "data")
-    torch.manual_seed(0)
-    checkpoint = root / "retinanet_tiny.pth"
-    save_checkpoint(build_detector(retinanet_cfg(18)), str(checkpoint))
     settings = {**q_config(w_bit=2, a_bit=4, iters=ITERS),
                 "overrides": [{"modules": "backbone.layer4.*", "w_qconfig": {"bit": 4}}]}
-    q_path = root / "q.yaml"
-    q_path.write_text(yaml.safe_dump(settings))
+    config, checkpoint, q_path = write_tiny_run(root, settings, num_train=4, num_val=2)
     work_dir = root / "work"
-    metric = quant_coco.main([str(config), str(checkpoint), "--launcher", "none", "--work-dir", str(work_dir),
-                              "--fuse-conv-bn", "--eval", "bbox", "--q_config", str(q_path)])
+    metric = quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir))
     return work_dir, metric
 
 

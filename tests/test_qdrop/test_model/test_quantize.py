@@ -8,13 +8,18 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, retinanet_cfg
 from mmdet.models.necks import FPN
-from qdrop.model import (QuantizedBasicBlock, QuantizedBottleneck, format_placement_table, placement_table,
-                         quantization_units, quantize_detector)
+from qdrop.model import (
+    QuantizedBasicBlock,
+    QuantizedBottleneck,
+    format_placement_table,
+    placement_table,
+    quantization_units,
+    quantize_detector,
+)
 from qdrop.model.quantize import CHILD_ROLES, HEADS, TRUNK
 from qdrop.quantization import QuantizedLayer, disable_all
-from helpers.qdrop_models import (
-    faster_rcnn_cfg, fused_detector, q_config, retinanet_cfg)
 
 
 def _relu(layer) -> bool:

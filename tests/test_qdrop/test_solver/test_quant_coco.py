@@ -9,12 +9,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from helpers.qdrop_models import faster_rcnn_cfg, q_config, retinanet_cfg, write_tiny_config
+from helpers.qdrop_models import (
+    faster_rcnn_cfg,
+    q_config,
+    quant_coco_argv,
+    write_tiny_run,
+)
 from mmdet.apis import single_gpu_test
-from mmdet.datasets.synthetic import make_synthetic_coco
 from mmdet.models import build_detector
 from mmdet.utils import CheckpointMismatchError, load_config, save_checkpoint
 from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
@@ -29,20 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 def tiny_setup(tmp_path_factory):
     """(config path, float checkpoint path, q_config path, folder) for a tiny RetinaNet on 8 + 4 images."""
     root = tmp_path_factory.mktemp("qdrop_cli")
-    make_synthetic_coco(root / "data", num_train=8, num_val=4, seed=0)
-    config = write_tiny_config(root / "retinanet_tiny.py", root / "data")
-    torch.manual_seed(0)
-    model = build_detector(retinanet_cfg(18))
-    checkpoint = root / "retinanet_tiny.pth"
-    save_checkpoint(model, str(checkpoint))
-    q_path = root / "q.yaml"
-    q_path.write_text(yaml.safe_dump(q_config(w_bit=4, a_bit=4, iters=2)))
+    config, checkpoint, q_path = write_tiny_run(root, q_config(w_bit=4, a_bit=4, iters=2))
     return config, checkpoint, q_path, root
-
-
-def _argv(config, checkpoint, q_path, work_dir, launcher="none"):
-    return [str(config), str(checkpoint), "--launcher", launcher, "--work-dir", str(work_dir), "--fuse-conv-bn",
-            "--eval", "bbox", "--q_config", str(q_path)]
 
 
 def _eval_json(work_dir: Path) -> dict:
@@ -54,7 +45,7 @@ def _eval_json(work_dir: Path) -> dict:
 def test_single_process_run_then_rerun_resumes(tiny_setup):
     config, checkpoint, q_path, root = tiny_setup
     work_dir = root / "run_none"
-    metric = quant_coco.main(_argv(config, checkpoint, q_path, work_dir))
+    metric = quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir))
     assert "bbox_mAP" in metric
     record = _eval_json(work_dir)
     assert record["config"] == str(config) and record["metric"]["bbox_mAP"] == metric["bbox_mAP"]
@@ -84,7 +75,7 @@ def test_single_process_run_then_rerun_resumes(tiny_setup):
     assert retest["metric"]["bbox_mAP"] == metric["bbox_mAP"]
 
     # the same command again resumes after the last unit and gives the same result
-    rerun = quant_coco.main(_argv(config, checkpoint, q_path, work_dir))
+    rerun = quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir))
     assert rerun["bbox_mAP"] == metric["bbox_mAP"]
     log = "".join(Path(p).read_text() for p in glob.glob(str(work_dir / "*.log")))
     assert "resuming" in log
@@ -98,7 +89,7 @@ def test_bad_q_config_fails_before_any_work(tiny_setup, tmp_path):
     q_path.write_text(yaml.safe_dump(bad))
     work_dir = tmp_path / "wd"
     with pytest.raises((ValueError, KeyError), match="observer"):
-        quant_coco.main(_argv(config, checkpoint, q_path, work_dir))
+        quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir))
     assert not work_dir.exists()
 
 
@@ -108,7 +99,7 @@ def test_checkpoint_of_another_model_fails_before_calibration(tiny_setup, tmp_pa
     save_checkpoint(build_detector(faster_rcnn_cfg(50)), str(other))
     work_dir = tmp_path / "wd"
     with pytest.raises(CheckpointMismatchError):
-        quant_coco.main(_argv(config, other, q_path, work_dir))
+        quant_coco.main(quant_coco_argv(config, other, q_path, work_dir))
     assert not (work_dir / "recon_progress.pth").exists() and not glob.glob(str(work_dir / "eval_*.json"))
 
 
@@ -124,7 +115,7 @@ def test_torchrun_two_processes_writes_metrics(tiny_setup):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(_free_port()), str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
-               *_argv(config, checkpoint, q_path, work_dir, launcher="pytorch")]
+               *quant_coco_argv(config, checkpoint, q_path, work_dir, launcher="pytorch")]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     record = _eval_json(work_dir)

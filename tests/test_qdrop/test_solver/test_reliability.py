@@ -14,9 +14,15 @@ import pytest
 import torch
 import yaml
 
-from helpers.qdrop_models import fused_detector, q_config, random_batches, retinanet_cfg, write_tiny_config
+from helpers.qdrop_models import (
+    fused_detector,
+    q_config,
+    quant_coco_argv,
+    random_batches,
+    retinanet_cfg,
+    write_tiny_run,
+)
 from mmdet.datasets import ImageFileError
-from mmdet.datasets.synthetic import make_synthetic_coco
 from mmdet.models import build_detector
 from mmdet.utils import NonFiniteWeightsError, UnknownConfigKeyError, save_checkpoint
 from qdrop.q_config import QConfig, load_q_config
@@ -35,21 +41,10 @@ RECORDS = ("q_config.yaml", "placement.txt", "retinanet_tiny.py")
 def tiny_run(tmp_path_factory):
     """(config, checkpoint, q_config path, folder, finished work dir) of one complete tiny run."""
     root = tmp_path_factory.mktemp("reliability")
-    make_synthetic_coco(root / "data", num_train=8, num_val=4, seed=0)
-    config = write_tiny_config(root / "retinanet_tiny.py", root / "data")
-    torch.manual_seed(0)
-    checkpoint = root / "retinanet_tiny.pth"
-    save_checkpoint(build_detector(retinanet_cfg(18)), str(checkpoint))
-    q_path = root / "q.yaml"
-    q_path.write_text(yaml.safe_dump(q_config(w_bit=4, a_bit=4, iters=2)))
+    config, checkpoint, q_path = write_tiny_run(root, q_config(w_bit=4, a_bit=4, iters=2))
     work_dir = root / "finished"
-    quant_coco.main(_argv(config, checkpoint, q_path, work_dir))
+    quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir))
     return config, checkpoint, q_path, root, work_dir
-
-
-def _argv(config, checkpoint, q_path, work_dir, *extra):
-    return [str(config), str(checkpoint), "--launcher", "none", "--work-dir", str(work_dir), "--fuse-conv-bn",
-            "--eval", "bbox", "--q_config", str(q_path), *extra]
 
 
 def _copy_run(work_dir: Path, target: Path) -> Path:
@@ -85,12 +80,12 @@ def test_changed_checkpoint_content_is_refused_and_records_kept(tiny_run, tmp_pa
     copy = tmp_path / "copy.pth"
     shutil.copy(checkpoint, copy)
     work_dir = tmp_path / "run"
-    quant_coco.main(_argv(config, copy, q_path, work_dir))
+    quant_coco.main(quant_coco_argv(config, copy, q_path, work_dir))
     before = _snapshot(work_dir)
     torch.manual_seed(1)
     save_checkpoint(build_detector(retinanet_cfg(18)), str(copy))  # other weights, same path
     with pytest.raises(ProgressFileError, match="the float checkpoint's content changed") as info:
-        quant_coco.main(_argv(config, copy, q_path, work_dir))
+        quant_coco.main(quant_coco_argv(config, copy, q_path, work_dir))
     assert f"delete {work_dir / PROGRESS_FILE}" in str(info.value) and "another --work-dir" in str(info.value)
     assert _snapshot(work_dir) == before
 
@@ -102,7 +97,7 @@ def test_refused_rerun_with_another_q_config_keeps_every_record(tiny_run, tmp_pa
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(q_config(w_bit=4, a_bit=4, iters=2, drop_prob=0.7)))
     with pytest.raises(ProgressFileError, match=r"q_config changed \(q_config.recon.drop_prob: 0.5 -> 0.7\)"):
-        quant_coco.main(_argv(config, checkpoint, other, work_dir))
+        quant_coco.main(quant_coco_argv(config, checkpoint, other, work_dir))
     assert _snapshot(work_dir) == before
     assert yaml.safe_load((work_dir / "q_config.yaml").read_text())["recon"]["drop_prob"] == 0.5
 
@@ -114,7 +109,7 @@ def test_same_inputs_by_other_paths_and_test_only_options_resume(tiny_run, tmp_p
     shutil.copy(checkpoint, copy)
     monkeypatch.chdir(root)
     ann = f"{root}/data/annotations/instances_val2017.json"
-    metric = quant_coco.main(_argv(config, os.path.relpath(copy, root), q_path, work_dir,
+    metric = quant_coco.main(quant_coco_argv(config, os.path.relpath(copy, root), q_path, work_dir,
                                    "--cfg-options", f"data.test.ann_file={ann}", "evaluation.interval=2"))
     assert "resuming" in _log(work_dir) and "bbox_mAP" in metric
     resumed = torch.load(work_dir / "quantized.pth", weights_only=True)["state_dict"]
@@ -127,7 +122,7 @@ def test_changed_calibration_data_is_refused(tiny_run, tmp_path):
     work_dir = _copy_run(finished, tmp_path / "run")
     with pytest.raises(ProgressFileError, match=r"calibration data \(data.train\) changed "
                                                 r"\(calibration_data.pipeline.3.flip_ratio: 0.5 -> 0.0\)"):
-        quant_coco.main(_argv(config, checkpoint, q_path, work_dir,
+        quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir,
                               "--cfg-options", "data.train.pipeline.3.flip_ratio=0.0"))
 
 
@@ -135,7 +130,7 @@ def test_changed_calibration_data_is_refused(tiny_run, tmp_path):
 def test_misspelled_cfg_option_fails_before_any_work(tiny_run, tmp_path):
     config, checkpoint, q_path, _, _ = tiny_run
     with pytest.raises(UnknownConfigKeyError, match="nearest existing keys: data.test.ann_file"):
-        quant_coco.main(_argv(config, checkpoint, q_path, tmp_path / "wd", "--cfg-options", "data.tset.ann_file=x"))
+        quant_coco.main(quant_coco_argv(config, checkpoint, q_path, tmp_path / "wd", "--cfg-options", "data.tset.ann_file=x"))
     assert not (tmp_path / "wd").exists()
 
 
@@ -144,7 +139,7 @@ def test_config_syntax_error_names_file_and_line(tiny_run, tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("model = dict(\n    type='RetinaNet',,\n)\n")
     with pytest.raises(SyntaxError, match=rf"config file {bad}, line 2"):
-        quant_coco.main(_argv(bad, checkpoint, q_path, tmp_path / "wd"))
+        quant_coco.main(quant_coco_argv(bad, checkpoint, q_path, tmp_path / "wd"))
 
 
 # -------------------------------------------------------------------------------- case 4: non-finite values
@@ -159,7 +154,7 @@ def test_nan_float_checkpoint_is_refused_by_the_solver_and_tools_test(tiny_run, 
     config, checkpoint, q_path, root, _ = tiny_run
     bad = _nan_checkpoint(checkpoint, tmp_path / "nan.pth", "neck.fpn_convs.4.conv.weight", float("nan"))
     with pytest.raises(NonFiniteWeightsError, match="neck.fpn_convs.4.conv.weight"):
-        quant_coco.main(_argv(config, bad, q_path, tmp_path / "wd"))
+        quant_coco.main(quant_coco_argv(config, bad, q_path, tmp_path / "wd"))
     assert not (tmp_path / "wd" / PROGRESS_FILE).exists() and not (tmp_path / "wd" / "q_config.yaml").exists()
     tool = _tools_test(config, bad)
     assert tool.returncode != 0 and "neck.fpn_convs.4.conv.weight" in tool.stderr
@@ -182,7 +177,7 @@ def test_overflowing_layer_stops_the_run_naming_the_unit_and_keeps_the_units_bef
     work_dir = tmp_path / "wd"
     with pytest.raises(NonFiniteReconstructionError, match=r"unit 16/17 neck.fpn_convs.3 stopped: output error nan "
                                                            r"before reconstruction.*the 15 unit\(s\) before it stay"):
-        quant_coco.main(_argv(config, huge, q_path, work_dir))
+        quant_coco.main(quant_coco_argv(config, huge, q_path, work_dir))
     progress = torch.load(work_dir / PROGRESS_FILE, weights_only=True)
     assert progress["next_unit"] == 15 and progress["finished_units"][-1] == "neck.fpn_convs.2"
     assert not (work_dir / "quantized.pth").exists() and not glob.glob(str(work_dir / "eval_*.json"))
@@ -215,7 +210,7 @@ def test_damaged_progress_file_names_the_file_and_how_to_start_over(tiny_run, tm
     progress.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "text": b"progress: 6 units\n"}[damage])
     before = _snapshot(work_dir)
     with pytest.raises(ProgressFileError) as info:
-        quant_coco.main(_argv(config, checkpoint, q_path, work_dir))
+        quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir))
     message = str(info.value)
     assert str(progress) in message and problem in message and f"delete {progress}" in message
     assert _snapshot(work_dir) == before
@@ -230,7 +225,7 @@ def test_progress_file_of_another_kind_is_named(tmp_path):
 # -------------------------------------------------------------------- case 5, 7, 10, 11: inputs checked first
 def test_unsupported_metric_fails_before_any_work(tiny_run, tmp_path):
     config, checkpoint, q_path, _, _ = tiny_run
-    argv = _argv(config, checkpoint, q_path, tmp_path / "wd")
+    argv = quant_coco_argv(config, checkpoint, q_path, tmp_path / "wd")
     argv[argv.index("bbox")] = "bboxx"
     with pytest.raises(KeyError, match="did you mean 'bbox'"):
         quant_coco.main(argv)
@@ -250,7 +245,7 @@ def test_bad_test_image_fails_before_the_model_is_built(tiny_run, tmp_path, dama
     cfg_options = [f"data.test.ann_file={data}/annotations/instances_val2017.json",
                    f"data.test.img_prefix={data}/val2017/"]
     with pytest.raises(ImageFileError, match=rf"(?s)1 of the 4 images .*{image.name}: {problem}"):
-        quant_coco.main(_argv(config, checkpoint, q_path, tmp_path / "wd", "--cfg-options", *cfg_options))
+        quant_coco.main(quant_coco_argv(config, checkpoint, q_path, tmp_path / "wd", "--cfg-options", *cfg_options))
     assert not (tmp_path / "wd" / PROGRESS_FILE).exists()
 
 
@@ -268,7 +263,7 @@ def test_calibrate_larger_than_the_train_set_names_the_q_config_before_the_model
     q_path = tmp_path / "big.yaml"
     q_path.write_text(yaml.safe_dump({**q_config(), "calibrate": 64}))
     with pytest.raises(ValueError, match=rf"{q_path}: calibrate: 64 images requested but the train set .* has 8"):
-        quant_coco.main(_argv(config, checkpoint, q_path, tmp_path / "wd"))
+        quant_coco.main(quant_coco_argv(config, checkpoint, q_path, tmp_path / "wd"))
 
 
 @pytest.mark.parametrize("section, axis, allowed", [
@@ -302,13 +297,13 @@ def test_kill_9_during_reconstruction_then_rerun_is_bit_identical(tiny_run, tmp_
     q_path = tmp_path / "slower.yaml"
     q_path.write_text(yaml.safe_dump(q_config(w_bit=4, a_bit=4, iters=30)))
     reference = tmp_path / "reference"
-    quant_coco.main(_argv(config, checkpoint, q_path, reference))
+    quant_coco.main(quant_coco_argv(config, checkpoint, q_path, reference))
 
     work_dir = tmp_path / "killed"
     progress = work_dir / PROGRESS_FILE
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     run = subprocess.Popen([sys.executable, str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
-                            *_argv(config, checkpoint, q_path, work_dir)],
+                            *quant_coco_argv(config, checkpoint, q_path, work_dir)],
                            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while run.poll() is None and time.monotonic() < deadline:
@@ -320,7 +315,7 @@ def test_kill_9_during_reconstruction_then_rerun_is_bit_identical(tiny_run, tmp_
     done = torch.load(progress, weights_only=True)["next_unit"]
     assert 3 <= done < 17 and not (work_dir / "quantized.pth").exists()
 
-    quant_coco.main(_argv(config, checkpoint, q_path, work_dir))
+    quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir))
     assert f"resuming from {progress}: {done} unit(s)" in _log(work_dir)
     resumed = torch.load(work_dir / "quantized.pth", weights_only=True)["state_dict"]
     original = torch.load(reference / "quantized.pth", weights_only=True)["state_dict"]
