@@ -19,6 +19,7 @@ from torch import Tensor
 from .mse_objective import LP_NORM, NUM_RANGES, RTOL, BinnedGroups, QParamsFn, absolute_slack, lp_error
 
 _MAX_CHUNK = 1 << 21  # elements per temporary while evaluating many candidates at once
+_FINER_SUBCELLS = (4, 8)  # sub-cells per rounding cell of the second and third bounding stages
 _SMALL_GROUP_VALUES = 1 << 16  # smaller groups bound two-sided grids range by range, larger ones by histograms
 
 
@@ -188,7 +189,7 @@ def _two_sided_candidates(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_ra
     is_open = torch.ones_like(order, dtype=torch.bool)
     cells = 2 * levels + 1
     # Sub-cells per rounding cell: finer bounds for fewer ranges; finer than one value per sub-cell gains nothing.
-    for cell_split in (1, max(1, min(4, n // cells)), max(1, min(16, n // cells))):
+    for cell_split in (1, *(max(1, min(finer, n // cells)) for finer in _FINER_SUBCELLS)):
         scales = range_scale.gather(1, order)  # (G, W)
         step = max(1, _MAX_CHUNK // (scales.shape[1] * (cells * cell_split + 2)))
         moments = [_window_moments(sorted_rows.rows(start, start + step), scales[start:start + step], levels,
