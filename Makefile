@@ -23,8 +23,9 @@ test: install
 # ruff only: the check needs neither torch nor the project installed.
 lint:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	test -x $(VENV)/bin/ruff || $(PY) -m pip install -q "ruff>=0.6"
+	$(VENV)/bin/ruff --version 2>/dev/null | grep -q "0.17.6" || $(PY) -m pip install -q "ruff==0.17.6"
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 data: install
 	test -f $(SYNTH_DIR)/annotations/instances_val2017.json || $(PY) tools/make_synthetic_coco.py $(SYNTH_DIR)

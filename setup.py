@@ -1,4 +1,5 @@
 """Install the `mmdet` (compact mmdetection 2.28 re-implementation) and `qdrop` packages."""
+
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -19,14 +20,16 @@ setup(
     packages=find_packages(include=["mmdet", "mmdet.*", "qdrop", "qdrop.*"]),
     install_requires=read_requirements("requirements.txt"),
     extras_require={
-        "tests": ["pytest>=7", "ruff>=0.6", "scipy>=1.7"],
+        "tests": ["pytest>=7", "ruff==0.17.6", "scipy>=1.7"],
         "deploy": ["onnx", "onnxruntime"],
         "analysis": ["matplotlib"],
     },
-    entry_points={"console_scripts": [
-        "qdrop-train=mmdet.apis.cli_train:main",
-        "qdrop-quant=qdrop.solver.quant_coco:cli",
-        "qdrop-test=qdrop.solver.evaluate_checkpoint:cli",
-        "qdrop-demo=qdrop.solver.demo:main",
-    ]},
+    entry_points={
+        "console_scripts": [
+            "qdrop-train=mmdet.apis.cli_train:main",
+            "qdrop-quant=qdrop.solver.quant_coco:cli",
+            "qdrop-test=qdrop.solver.evaluate_checkpoint:cli",
+            "qdrop-demo=qdrop.solver.demo:main",
+        ]
+    },
 )

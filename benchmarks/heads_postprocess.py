@@ -10,6 +10,7 @@ the fastest run of each side is reported (the least disturbed by other processes
 
     python benchmarks/heads_postprocess.py --threads 2 --repeats 5
 """
+
 import argparse
 from typing import Callable
 
@@ -44,12 +45,26 @@ def rpn_case() -> dict[str, Callable]:
     sizes = level_sizes([4, 8, 16, 32, 64])
     scores = [torch.randn(1, 3, h, w) * 2 for h, w in sizes]
     deltas = [torch.randn(1, 12, h, w) * 0.2 for h, w in sizes]
-    ours = build_head(dict(type="RPNHead", in_channels=256, feat_channels=256,
-                           test_cfg=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7),
-                                         min_bbox_size=0)))
+    ours = build_head(
+        dict(
+            type="RPNHead",
+            in_channels=256,
+            feat_channels=256,
+            test_cfg=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+        )
+    )
     tv_anchors = TvAnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
-    tv = RegionProposalNetwork(tv_anchors, torch.nn.Identity(), 0.7, 0.3, 256, 0.5, dict(training=2000, testing=1000),
-                               dict(training=2000, testing=1000), 0.7).eval()
+    tv = RegionProposalNetwork(
+        tv_anchors,
+        torch.nn.Identity(),
+        0.7,
+        0.3,
+        256,
+        0.5,
+        dict(training=2000, testing=1000),
+        dict(training=2000, testing=1000),
+        0.7,
+    ).eval()
     images = ImageList(torch.zeros(1, 3, HEIGHT, WIDTH), [(HEIGHT, WIDTH)])
     features = [torch.zeros(1, 1, h, w) for h, w in sizes]
 
@@ -67,13 +82,26 @@ def retina_case() -> dict[str, Callable]:
     sizes = level_sizes([8, 16, 32, 64, 128])
     scores = [torch.randn(1, 720, h, w) * 1.2 - 6 for h, w in sizes]  # a few thousand (anchor, class) pairs > 0.05
     deltas = [torch.randn(1, 36, h, w) * 0.2 for h, w in sizes]
-    ours = build_head(dict(type="RetinaHead", num_classes=80, in_channels=8, stacked_convs=1, feat_channels=8,
-                           test_cfg=dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05,
-                                         nms=dict(type="nms", iou_threshold=0.5), max_per_img=100)))
+    ours = build_head(
+        dict(
+            type="RetinaHead",
+            num_classes=80,
+            in_channels=8,
+            stacked_convs=1,
+            feat_channels=8,
+            test_cfg=dict(
+                nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100
+            ),
+        )
+    )
     sizes_tv = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in [32, 64, 128, 256, 512])
-    tv = TvRetinaNet(torchvision.models.detection.backbone_utils.resnet_fpn_backbone(
-        backbone_name="resnet18", weights=None, trainable_layers=0), num_classes=80,
-        anchor_generator=TvAnchorGenerator(sizes_tv, ((0.5, 1.0, 2.0),) * 5)).eval()
+    tv = TvRetinaNet(
+        torchvision.models.detection.backbone_utils.resnet_fpn_backbone(
+            backbone_name="resnet18", weights=None, trainable_layers=0
+        ),
+        num_classes=80,
+        anchor_generator=TvAnchorGenerator(sizes_tv, ((0.5, 1.0, 2.0),) * 5),
+    ).eval()
     images = ImageList(torch.zeros(1, 3, HEIGHT, WIDTH), [(HEIGHT, WIDTH)])
     features = [torch.zeros(1, 1, h, w) for h, w in sizes]
 
@@ -84,8 +112,9 @@ def retina_case() -> dict[str, Callable]:
         anchors = tv.anchor_generator(images, features)
         counts = [c.size(1) for c in flat_cls]
         split_anchors = [list(a.split(counts)) for a in anchors]
-        return tv.postprocess_detections({"cls_logits": flat_cls, "bbox_regression": flat_reg}, split_anchors,
-                                         images.image_sizes)
+        return tv.postprocess_detections(
+            {"cls_logits": flat_cls, "bbox_regression": flat_reg}, split_anchors, images.image_sizes
+        )
 
     return {"ours": lambda: ours.get_bboxes(scores, deltas, [META]), "torchvision": theirs}
 
@@ -104,8 +133,9 @@ def roi_case() -> dict[str, Callable]:
     tv_deltas = torch.cat([bbox_pred.new_zeros(1000, 4), bbox_pred], dim=1)
 
     return {
-        "ours": lambda: ours.get_bboxes(rois, cls_score, bbox_pred, META["img_shape"], META["scale_factor"],
-                                        rescale=True, cfg=cfg),
+        "ours": lambda: ours.get_bboxes(
+            rois, cls_score, bbox_pred, META["img_shape"], META["scale_factor"], rescale=True, cfg=cfg
+        ),
         "torchvision": lambda: tv.postprocess_detections(tv_scores, tv_deltas, [proposals], [(HEIGHT, WIDTH)]),
     }
 
@@ -118,13 +148,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"input {HEIGHT}x{WIDTH}, CPU, {args.threads} threads, best of {args.repeats}, "
-          f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+    print(
+        f"input {HEIGHT}x{WIDTH}, CPU, {args.threads} threads, best of {args.repeats}, "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}"
+    )
     print(f"{'post-processing':<16} {'ours ms':>9} {'torchvision ms':>15} {'ratio':>7}")
     for label, make in (("RPN", rpn_case), ("RetinaNet", retina_case), ("RoI head", roi_case)):
         result = time_interleaved(make(), args.warmup, args.repeats, reduce=min)
-        print(f"{label:<16} {result['ours'] * 1e3:>9.1f} {result['torchvision'] * 1e3:>15.1f} "
-              f"{result['ours'] / result['torchvision']:>7.2f}")
+        print(
+            f"{label:<16} {result['ours'] * 1e3:>9.1f} {result['torchvision'] * 1e3:>15.1f} "
+            f"{result['ours'] / result['torchvision']:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

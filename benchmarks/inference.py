@@ -7,6 +7,7 @@ between the two implementations so that load changes on a shared machine hit bot
 
     python benchmarks/inference.py --threads 2 --repeats 3
 """
+
 import argparse
 import copy
 import statistics
@@ -32,14 +33,21 @@ def ours(config: str, img: torch.Tensor) -> Callable[[], list]:
     cfg.model.train_cfg = None
     model = build_detector(cfg.model).eval()
     height, width = img.shape[-2:]
-    meta = dict(ori_shape=(height, width, 3), img_shape=(height, width, 3), pad_shape=(height, width, 3),
-                scale_factor=np.ones(4, dtype=np.float32), flip=False, flip_direction=None)
+    meta = dict(
+        ori_shape=(height, width, 3),
+        img_shape=(height, width, 3),
+        pad_shape=(height, width, 3),
+        scale_factor=np.ones(4, dtype=np.float32),
+        flip=False,
+        flip_direction=None,
+    )
     return lambda: model.simple_test(img, [copy.deepcopy(meta)], rescale=True)
 
 
 def theirs(name: str, img: torch.Tensor) -> Callable[[], list]:
-    model = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None, min_size=800,
-                                                        max_size=1333)
+    model = getattr(torchvision.models.detection, name)(
+        weights=None, weights_backbone=None, min_size=800, max_size=1333
+    )
     model.eval()
     return lambda: model([img[0]])
 
@@ -55,12 +63,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     img = torch.randn(1, 3, args.height, args.width)
-    print(f"input 1x3x{args.height}x{args.width}, CPU, {args.threads} threads, warmup {args.warmup}, "
-          f"median of {args.repeats}, torch {torch.__version__}, torchvision {torchvision.__version__}")
+    print(
+        f"input 1x3x{args.height}x{args.width}, CPU, {args.threads} threads, warmup {args.warmup}, "
+        f"median of {args.repeats}, torch {torch.__version__}, torchvision {torchvision.__version__}"
+    )
     print(f"{'model':<22} {'ours s':>8} {'torchvision s':>14} {'ratio':>7}")
     for label, (config, tv_name) in CONFIGS.items():
-        result = time_interleaved({"ours": ours(config, img), "tv": theirs(tv_name, img)}, args.warmup, args.repeats,
-                                  reduce=statistics.median)
+        result = time_interleaved(
+            {"ours": ours(config, img), "tv": theirs(tv_name, img)}, args.warmup, args.repeats, reduce=statistics.median
+        )
         print(f"{label:<22} {result['ours']:>8.3f} {result['tv']:>14.3f} {result['ours'] / result['tv']:>7.2f}")
 
 

@@ -9,6 +9,7 @@ share of the W8A8 run's kernel time per op type (one profiled run).
 
     python benchmarks/onnx_runtime.py --threads 2 --repeats 5 [--models retinanet faster_rcnn]
 """
+
 import argparse
 import json
 import statistics
@@ -27,14 +28,26 @@ from qdrop.quantization import enable_calibration, enable_quantization
 from timing import time_interleaved
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"retinanet": "configs/retinanet/retinanet_r50_fpn_2x_coco.py",
-           "faster_rcnn": "configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py"}
+CONFIGS = {
+    "retinanet": "configs/retinanet/retinanet_r50_fpn_2x_coco.py",
+    "faster_rcnn": "configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py",
+}
 W8A8 = dict(
     a_qconfig=dict(quantizer="FixedFakeQuantize", observer="MinMaxObserver", bit=8, symmetric=False, ch_axis=-1),
     w_qconfig=dict(quantizer="FixedFakeQuantize", observer="MinMaxObserver", bit=8, symmetric=True, ch_axis=0),
-    calibrate=2, quant_head=True,
-    recon=dict(batch_size=1, scale_lr=4.0e-5, warm_up=0.2, weight=0.01, iters=0, b_range=[20, 2], keep_gpu=False,
-               round_mode="learned_hard_sigmoid", drop_prob=1.0),
+    calibrate=2,
+    quant_head=True,
+    recon=dict(
+        batch_size=1,
+        scale_lr=4.0e-5,
+        warm_up=0.2,
+        weight=0.01,
+        iters=0,
+        b_range=[20, 2],
+        keep_gpu=False,
+        round_mode="learned_hard_sigmoid",
+        drop_prob=1.0,
+    ),
 )
 INTEGER_CONVS = ("QLinearConv", "ConvInteger")
 
@@ -62,8 +75,11 @@ def optimized_op_counts(model_proto, threads: int, folder: str, name: str) -> di
     """Op types of the graph ONNX Runtime actually runs (all optimizations applied), counted."""
     ort = import_onnxruntime()
     path = str(Path(folder) / f"{name}_optimized.onnx")
-    ort.InferenceSession(model_proto.SerializeToString(), session_options("all", threads, optimized_model_path=path),
-                         providers=["CPUExecutionProvider"])
+    ort.InferenceSession(
+        model_proto.SerializeToString(),
+        session_options("all", threads, optimized_model_path=path),
+        providers=["CPUExecutionProvider"],
+    )
     counts: dict = {}
     for node in import_onnx().load(path).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
@@ -106,19 +122,25 @@ def main() -> None:
     print(f"{'model':<12} {'float ms':>9} {'W8A8 ms':>9} {'speed-up':>9} {'integer convs':>14} {'float convs':>12}")
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
-            graphs = {"float": export_detector(float_detector(CONFIGS[name]))[NETWORK],
-                      "W8A8": export_detector(w8a8_detector(CONFIGS[name], images))[NETWORK]}
+            graphs = {
+                "float": export_detector(float_detector(CONFIGS[name]))[NETWORK],
+                "W8A8": export_detector(w8a8_detector(CONFIGS[name], images))[NETWORK],
+            }
             sessions = {kind: create_session(graph, "all", args.threads) for kind, graph in graphs.items()}
             runs = {kind: (lambda s=session: s.run(None, feed)) for kind, session in sessions.items()}
             times = time_interleaved(runs, warmup=args.warmup, repeats=args.repeats, reduce=statistics.median)
             counts = optimized_op_counts(graphs["W8A8"], args.threads, folder, name)
             integer = sum(counts.get(op, 0) for op in INTEGER_CONVS)
             float_convs = counts.get("Conv", 0) + counts.get("FusedConv", 0) + counts.get("NchwcConv", 0)
-            print(f"{name:<12} {times['float'] * 1e3:>9.0f} {times['W8A8'] * 1e3:>9.0f} "
-                  f"{times['float'] / times['W8A8']:>8.2f}x {integer:>14} {float_convs:>12}")
+            print(
+                f"{name:<12} {times['float'] * 1e3:>9.0f} {times['W8A8'] * 1e3:>9.0f} "
+                f"{times['float'] / times['W8A8']:>8.2f}x {integer:>14} {float_convs:>12}"
+            )
             shares = kernel_time_shares(graphs["W8A8"], feed, args.threads, folder, name)
-            print(f"{'':<12} W8A8 kernel time by op: "
-                  + ", ".join(f"{op} {share:.0%}" for op, share in shares.items() if share >= 0.01))
+            print(
+                f"{'':<12} W8A8 kernel time by op: "
+                + ", ".join(f"{op} {share:.0%}" for op, share in shares.items() if share >= 0.01)
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ calibration image of a process).
 
     python benchmarks/recon_memory.py
 """
+
 import argparse
 import time
 from dataclasses import replace
@@ -28,7 +29,7 @@ from qdrop.solver.recon import build_cache
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-GiB = 2 ** 30
+GiB = 2**30
 
 
 def unit_shapes(model: torch.nn.Module, height: int, width: int, device: str) -> list[tuple[str, tuple, tuple]]:
@@ -39,6 +40,7 @@ def unit_shapes(model: torch.nn.Module, height: int, width: int, device: str) ->
     def record(name: str):
         def hook(_module, args, output) -> None:
             shapes.setdefault(name, (tuple(args[0].shape[1:]), tuple(output.shape[1:])))
+
         return hook
 
     handles = [module.register_forward_hook(record(name)) for name, module in units]
@@ -68,20 +70,29 @@ def coco_setting_table() -> str:
     per_image = [(name, cache_bytes_per_image(i, o, "float32", True)) for name, i, o in shapes]
     peak_name, peak = max(per_image, key=lambda item: item[1])
     name_in, name_out = next((i, o) for n, i, o in shapes if n == peak_name)
-    lines = [f"Faster R-CNN R50-FPN, 800x1344 input, {len(shapes)} units; largest cache: {peak_name} "
-             f"(input {name_in}, output {name_out}): {peak / 2 ** 20:.0f} MiB per image with the float input, "
-             f"float32", "",
-             "| processes | images/process | drop_prob | cache dtype | where | peak cache per process "
-             "| all processes |",
-             "|---|---|---|---|---|---|---|"]
-    settings = [(8, 0.5, "float32", "GPU (keep_gpu: True, as exp/config.yaml)"), (8, 0.5, "float16", "host or GPU"),
-                (8, 1.0, "float32", "GPU"), (1, 0.5, "float32", "host (keep_gpu: False)"),
-                (1, 0.5, "float16", "host (keep_gpu: False)"), (1, 1.0, "bfloat16", "host (keep_gpu: False)")]
+    lines = [
+        f"Faster R-CNN R50-FPN, 800x1344 input, {len(shapes)} units; largest cache: {peak_name} "
+        f"(input {name_in}, output {name_out}): {peak / 2**20:.0f} MiB per image with the float input, "
+        f"float32",
+        "",
+        "| processes | images/process | drop_prob | cache dtype | where | peak cache per process | all processes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    settings = [
+        (8, 0.5, "float32", "GPU (keep_gpu: True, as exp/config.yaml)"),
+        (8, 0.5, "float16", "host or GPU"),
+        (8, 1.0, "float32", "GPU"),
+        (1, 0.5, "float32", "host (keep_gpu: False)"),
+        (1, 0.5, "float16", "host (keep_gpu: False)"),
+        (1, 1.0, "bfloat16", "host (keep_gpu: False)"),
+    ]
     for processes, drop_prob, dtype, where in settings:
         images = q_config.calibrate // processes
         unit_peak = max(cache_bytes_per_image(i, o, dtype, drop_prob < 1.0) for _, i, o in shapes)
-        lines.append(f"| {processes} | {images} | {drop_prob} | {dtype} | {where} | {unit_peak * images / GiB:.2f} GiB "
-                     f"| {unit_peak * images * processes / GiB:.1f} GiB |")
+        lines.append(
+            f"| {processes} | {images} | {drop_prob} | {dtype} | {where} | {unit_peak * images / GiB:.2f} GiB "
+            f"| {unit_peak * images * processes / GiB:.1f} GiB |"
+        )
     return "\n".join(lines)
 
 
@@ -97,10 +108,13 @@ def tiny_model_measurement(num_images: int, height: int, width: int) -> str:
     images = [torch.randn(2, 3, height, width) for _ in range(num_images // 2)]
     calibrate(model, [{"img": img} for img in images], torch.device("cpu"), show_progress=False)
     shapes = unit_shapes(reference, height, width, "cpu")
-    lines = [f"tiny RetinaNet (configs/tiny/retinanet_tiny_synth.py), {num_images} images of {height}x{width}, "
-             "cache in host memory", "",
-             "| cache dtype | drop_prob | largest unit | predicted peak | measured peak | build time |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"tiny RetinaNet (configs/tiny/retinanet_tiny_synth.py), {num_images} images of {height}x{width}, "
+        "cache in host memory",
+        "",
+        "| cache dtype | drop_prob | largest unit | predicted peak | measured peak | build time |",
+        "|---|---|---|---|---|---|",
+    ]
     modules = dict(model.named_modules())
     fp_modules = dict(reference.named_modules())
     for dtype, drop_prob in (("float32", 0.5), ("float16", 0.5), ("float32", 1.0)):
@@ -115,8 +129,10 @@ def tiny_model_measurement(num_images: int, height: int, width: int) -> str:
         name, peak = max(measured, key=lambda item: item[1])
         mismatches = [n for n, b in measured if predicted[n] != b]
         assert not mismatches, f"cache size differs from the shape formula for {mismatches}"
-        lines.append(f"| {dtype} | {drop_prob} | {name} | {max(predicted.values()) / 2 ** 20:.2f} MiB "
-                     f"| {peak / 2 ** 20:.2f} MiB | {elapsed:.1f} s |")
+        lines.append(
+            f"| {dtype} | {drop_prob} | {name} | {max(predicted.values()) / 2**20:.2f} MiB "
+            f"| {peak / 2**20:.2f} MiB | {elapsed:.1f} s |"
+        )
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ one step, the bulk of a step's memory on any device; CUDA also reports the alloc
     python benchmarks/recon_speed.py --reconstruct 2 --iters 200   (the first 2 units end to end, W2A4 fast path)
     python benchmarks/recon_speed.py --quick --then-reconstruct 2  (both in one process)
 """
+
 import argparse
 import copy
 import dataclasses
@@ -59,12 +60,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="reconstruction steps per timed call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (interleaved)")
     parser.add_argument("--quick", action="store_true", help="first unit, W4A4, 2 steps x 3 repeats")
-    parser.add_argument("--reconstruct", type=int, default=0, metavar="N",
-                        help="instead: reconstruct the first N units in forward order (cache, --iters steps, error)")
-    parser.add_argument("--then-reconstruct", type=int, default=0, metavar="N",
-                        help="after the step timings, reconstruct the first N units too (one process)")
-    parser.add_argument("--iters", type=int, default=200,
-                        help="steps per unit with --reconstruct / --then-reconstruct")
+    parser.add_argument(
+        "--reconstruct",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: reconstruct the first N units in forward order (cache, --iters steps, error)",
+    )
+    parser.add_argument(
+        "--then-reconstruct",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the step timings, reconstruct the first N units too (one process)",
+    )
+    parser.add_argument("--iters", type=int, default=200, help="steps per unit with --reconstruct / --then-reconstruct")
     args = parser.parse_args()
     if args.quick:
         args.units, args.settings, args.steps, args.repeats = args.units[:1], ["W4A4"], 2, 3
@@ -77,8 +87,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def quantized_r50(weight_bits: int, device: torch.device, images: list[torch.Tensor]) -> tuple[torch.nn.Module,
-                                                                                                torch.nn.Module]:
+def quantized_r50(
+    weight_bits: int, device: torch.device, images: list[torch.Tensor]
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(calibrated quantized detector, its float twin) with random weights."""
     cfg = load_config(str(REPO_ROOT / CONFIG))
     cfg.model.backbone.pop("init_cfg", None)
@@ -104,8 +115,7 @@ def conv_flops_per_step(run_step) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
         run_step()
-    return sum(count for op, count in counter.get_flop_counts()["Global"].items()
-               if str(op).split(".")[1] in CONV_OPS)
+    return sum(count for op, count in counter.get_flop_counts()["Global"].items() if str(op).split(".")[1] in CONV_OPS)
 
 
 def saved_bytes_per_step(run_step) -> int:
@@ -122,8 +132,17 @@ def saved_bytes_per_step(run_step) -> int:
     return sum(seen.values())
 
 
-def measure_unit(model, fp_model, unit_name: str, images, base_cfg, variants: list[str], steps: int, repeats: int,
-                 device: torch.device) -> dict[str, dict[str, float]]:
+def measure_unit(
+    model,
+    fp_model,
+    unit_name: str,
+    images,
+    base_cfg,
+    variants: list[str],
+    steps: int,
+    repeats: int,
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
     q_unit = dict(model.named_modules())[unit_name]
     fp_unit = dict(fp_model.named_modules())[unit_name]
     cache = build_cache(model, fp_model, q_unit, fp_unit, images, base_cfg, device)
@@ -151,12 +170,15 @@ def measure_unit(model, fp_model, unit_name: str, images, base_cfg, variants: li
     results = {}
     flops = conv_flops_per_step(lambda: run(variants[0], one_step[variants[0]]))
     for name in variants:
-        row = {"ms": 1000 * statistics.median(times[name]), "conv_gflop": flops / 1e9,
-               "saved_mib": saved_bytes_per_step(lambda name=name: run(name, one_step[name])) / 2 ** 20}
+        row = {
+            "ms": 1000 * statistics.median(times[name]),
+            "conv_gflop": flops / 1e9,
+            "saved_mib": saved_bytes_per_step(lambda name=name: run(name, one_step[name])) / 2**20,
+        }
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             run(name, one_step[name])
-            row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+            row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         results[name] = row
     return results
 
@@ -177,8 +199,10 @@ def reconstruct_first_units(args, device: torch.device, images: list[torch.Tenso
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        print(f"| {name} | {cfg.iters} | {seconds:.1f} | {1000 * seconds / cfg.iters:.1f} | {before:.4g} | "
-              f"{after:.4g} |", flush=True)
+        print(
+            f"| {name} | {cfg.iters} | {seconds:.1f} | {1000 * seconds / cfg.iters:.1f} | {before:.4g} | {after:.4g} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -188,13 +212,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     images = [torch.randn(2, 3, args.height, args.width, generator=generator).to(device)]
-    where = f"{device.type}, {torch.get_num_threads()} thread(s)" if device.type == "cpu" else \
-        torch.cuda.get_device_name(device)
+    where = (
+        f"{device.type}, {torch.get_num_threads()} thread(s)"
+        if device.type == "cpu"
+        else torch.cuda.get_device_name(device)
+    )
     if args.reconstruct:
         print_reconstruction(args, device, images, args.reconstruct, where)
         return
-    print(f"Faster R-CNN R50-FPN units, random weights, batch 2 at {args.height}x{args.width}, drop_prob 0.5, "
-          f"{args.steps} steps x {args.repeats} interleaved repetitions (median), {where}, torch {torch.__version__}")
+    print(
+        f"Faster R-CNN R50-FPN units, random weights, batch 2 at {args.height}x{args.width}, drop_prob 0.5, "
+        f"{args.steps} steps x {args.repeats} interleaved repetitions (median), {where}, torch {torch.__version__}"
+    )
     header = "| unit | setting | variant | ms/step | speed-up vs plain | conv GFLOP/step | conv GFLOP/s | saved MiB |"
     if device.type == "cuda":
         header += " peak MiB |"
@@ -202,16 +231,20 @@ def main() -> None:
     print("|" + "---|" * (header.count("|") - 1))
     for setting in args.settings:
         model, fp_model = quantized_r50(WEIGHT_BITS[setting], device, images)
-        base_cfg = dataclasses.replace(load_q_config(str(REPO_ROOT / "exp/config.yaml")).recon, batch_size=2,
-                                       drop_prob=0.5, keep_gpu=True)
+        base_cfg = dataclasses.replace(
+            load_q_config(str(REPO_ROOT / "exp/config.yaml")).recon, batch_size=2, drop_prob=0.5, keep_gpu=True
+        )
         for unit_name in args.units:
-            results = measure_unit(model, fp_model, unit_name, images, base_cfg, args.variants, args.steps,
-                                   args.repeats, device)
+            results = measure_unit(
+                model, fp_model, unit_name, images, base_cfg, args.variants, args.steps, args.repeats, device
+            )
             plain_ms = results["plain"]["ms"] if "plain" in results else None
             for name, row in results.items():
                 speedup = f"{plain_ms / row['ms']:.2f}x" if plain_ms else "-"
-                line = (f"| {unit_name} | {setting} | {name} | {row['ms']:.1f} | {speedup} | {row['conv_gflop']:.2f} "
-                        f"| {row['conv_gflop'] / (row['ms'] / 1000):.1f} | {row['saved_mib']:.0f} |")
+                line = (
+                    f"| {unit_name} | {setting} | {name} | {row['ms']:.1f} | {speedup} | {row['conv_gflop']:.2f} "
+                    f"| {row['conv_gflop'] / (row['ms'] / 1000):.1f} | {row['saved_mib']:.0f} |"
+                )
                 if "peak_mib" in row:
                     line += f" {row['peak_mib']:.0f} |"
                 print(line, flush=True)
@@ -220,8 +253,10 @@ def main() -> None:
 
 
 def print_reconstruction(args, device: torch.device, images: list[torch.Tensor], units: int, where: str) -> None:
-    print(f"Faster R-CNN R50-FPN, first {units} units, W2A4 (exp/config.yaml recon, fast path), "
-          f"batch 2 at {args.height}x{args.width}, {where}, torch {torch.__version__}")
+    print(
+        f"Faster R-CNN R50-FPN, first {units} units, W2A4 (exp/config.yaml recon, fast path), "
+        f"batch 2 at {args.height}x{args.width}, {where}, torch {torch.__version__}"
+    )
     reconstruct_first_units(args, device, images, units)
 
 

@@ -1,7 +1,8 @@
 """Demo: the tiny synthetic-data detectors in float, W4A4 and W2A4 (qdrop/solver/demo.py; `make demo` runs it).
 
-    python exp/demo.py --work-dir work_dirs/demo
+python exp/demo.py --work-dir work_dirs/demo
 """
+
 import sys
 
 from qdrop.solver.demo import main

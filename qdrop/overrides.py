@@ -5,6 +5,7 @@ settings it changes there: any `w_qconfig` / `a_qconfig` field, or `quantize: Fa
 An entry applies to a module when its glob matches the module's name or the name of a module containing it, so
 `backbone.layer1.0` covers the whole block. Entries apply in order; a later entry wins.
 """
+
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -13,7 +14,7 @@ from typing import Any, Optional
 
 from qdrop.quantization import QuantizerConfig
 
-ENTRY_KEYS = ('modules', 'w_qconfig', 'a_qconfig', 'quantize')
+ENTRY_KEYS = ("modules", "w_qconfig", "a_qconfig", "quantize")
 
 
 @dataclass(frozen=True)
@@ -26,60 +27,67 @@ class ModuleOverride:
         a_qconfig: the activation quantizer fields it sets, as (key, value) pairs.
         quantize: False keeps the modules float; None leaves that as it is.
     """
+
     modules: str
     w_qconfig: tuple[tuple[str, Any], ...] = ()
     a_qconfig: tuple[tuple[str, Any], ...] = ()
     quantize: Optional[bool] = None
 
     @classmethod
-    def from_mapping(cls, entry: Any, where: str) -> 'ModuleOverride':
+    def from_mapping(cls, entry: Any, where: str) -> "ModuleOverride":
         """Validate one entry; errors name `where` (e.g. `exp/x.yaml: overrides[2]`), the key and the allowed
         values."""
         if isinstance(entry, ModuleOverride):
             return entry
         if not isinstance(entry, Mapping):
-            raise ValueError(f'{where}: expected a mapping with keys {", ".join(ENTRY_KEYS)}, got {entry!r}')
+            raise ValueError(f"{where}: expected a mapping with keys {', '.join(ENTRY_KEYS)}, got {entry!r}")
         unknown = sorted(set(entry) - set(ENTRY_KEYS))
         if unknown:
-            raise ValueError(f'{where}.{unknown[0]}: unknown key; allowed keys: {", ".join(ENTRY_KEYS)}')
-        modules = entry.get('modules')
+            raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(ENTRY_KEYS)}")
+        modules = entry.get("modules")
         if not isinstance(modules, str) or not modules:
-            raise ValueError(f'{where}.modules: got {modules!r}; allowed values: a glob over module names, '
-                             'e.g. "backbone.layer4.*"')
-        quantize = entry.get('quantize')
+            raise ValueError(
+                f'{where}.modules: got {modules!r}; allowed values: a glob over module names, e.g. "backbone.layer4.*"'
+            )
+        quantize = entry.get("quantize")
         if quantize is not None and not isinstance(quantize, bool):
-            raise ValueError(f'{where}.quantize: got {quantize!r}; allowed values: true, false')
-        settings = {key: _fields(entry.get(key, {}), f'{where}.{key}') for key in ('w_qconfig', 'a_qconfig')}
-        if not settings['w_qconfig'] and not settings['a_qconfig'] and quantize is None:
-            raise ValueError(f'{where}: changes nothing; give w_qconfig, a_qconfig and/or quantize')
-        return cls(modules, settings['w_qconfig'], settings['a_qconfig'], quantize)
+            raise ValueError(f"{where}.quantize: got {quantize!r}; allowed values: true, false")
+        settings = {key: _fields(entry.get(key, {}), f"{where}.{key}") for key in ("w_qconfig", "a_qconfig")}
+        if not settings["w_qconfig"] and not settings["a_qconfig"] and quantize is None:
+            raise ValueError(f"{where}: changes nothing; give w_qconfig, a_qconfig and/or quantize")
+        return cls(modules, settings["w_qconfig"], settings["a_qconfig"], quantize)
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form, with only the keys the entry sets."""
-        entry: dict[str, Any] = {'modules': self.modules}
-        for key in ('w_qconfig', 'a_qconfig'):
+        entry: dict[str, Any] = {"modules": self.modules}
+        for key in ("w_qconfig", "a_qconfig"):
             if getattr(self, key):
                 entry[key] = dict(getattr(self, key))
         if self.quantize is not None:
-            entry['quantize'] = self.quantize
+            entry["quantize"] = self.quantize
         return entry
 
     def matches(self, name: str) -> bool:
         """Whether the entry applies to module `name`: the glob matches it or a module containing it."""
-        parts = name.split('.')
-        return any(fnmatchcase('.'.join(parts[:end]), self.modules) for end in range(len(parts), 0, -1))
+        parts = name.split(".")
+        return any(fnmatchcase(".".join(parts[:end]), self.modules) for end in range(len(parts), 0, -1))
 
 
 def _fields(settings: Any, where: str) -> tuple[tuple[str, Any], ...]:
     """The (key, value) pairs of a partial quantizer section; each value is checked on a complete section."""
     if not isinstance(settings, Mapping):
-        raise ValueError(f'{where}: expected a mapping of quantizer fields, got {settings!r}')
+        raise ValueError(f"{where}: expected a mapping of quantizer fields, got {settings!r}")
     keys = [field.name for field in fields(QuantizerConfig)]
     unknown = sorted(set(settings) - set(keys))
     if unknown:
-        raise ValueError(f'{where}.{unknown[0]}: unknown key; allowed keys: {", ".join(keys)}')
-    probe = {'quantizer': 'FixedFakeQuantize', 'observer': 'MinMaxObserver', 'bit': 8, 'symmetric': False,
-             'ch_axis': -1}
+        raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(keys)}")
+    probe = {
+        "quantizer": "FixedFakeQuantize",
+        "observer": "MinMaxObserver",
+        "bit": 8,
+        "symmetric": False,
+        "ch_axis": -1,
+    }
     QuantizerConfig.from_mapping({**probe, **settings}, where)
     return tuple((key, settings[key]) for key in keys if key in settings)
 
@@ -89,15 +97,19 @@ def parse_overrides(entries: Any, source: str) -> tuple[ModuleOverride, ...]:
     if entries is None:
         return ()
     if not isinstance(entries, (list, tuple)):
-        raise ValueError(f'{source}: overrides: expected a list of entries {{modules: glob, w_qconfig: {{...}}, '
-                         f'a_qconfig: {{...}}, quantize: false}}, got {entries!r}')
-    return tuple(ModuleOverride.from_mapping(entry, f'{source}: overrides[{index}]')
-                 for index, entry in enumerate(entries))
+        raise ValueError(
+            f"{source}: overrides: expected a list of entries {{modules: glob, w_qconfig: {{...}}, "
+            f"a_qconfig: {{...}}, quantize: false}}, got {entries!r}"
+        )
+    return tuple(
+        ModuleOverride.from_mapping(entry, f"{source}: overrides[{index}]") for index, entry in enumerate(entries)
+    )
 
 
 @dataclass(frozen=True)
 class ModuleSettings:
     """The effective settings of one module after the overrides."""
+
     w_cfg: QuantizerConfig
     a_cfg: QuantizerConfig
     quantize: bool = True
@@ -109,9 +121,11 @@ def effective_settings(name: str, base: ModuleSettings, entries: Sequence[Module
     for entry in entries:
         if not entry.matches(name):
             continue
-        settings = ModuleSettings(replace(settings.w_cfg, **dict(entry.w_qconfig)),
-                                  replace(settings.a_cfg, **dict(entry.a_qconfig)),
-                                  settings.quantize if entry.quantize is None else entry.quantize)
+        settings = ModuleSettings(
+            replace(settings.w_cfg, **dict(entry.w_qconfig)),
+            replace(settings.a_cfg, **dict(entry.a_qconfig)),
+            settings.quantize if entry.quantize is None else entry.quantize,
+        )
     return settings
 
 
@@ -128,9 +142,11 @@ def check_every_entry_matches(entries: Sequence[ModuleOverride], names: Iterable
     """Raise ValueError for the first entry that applies to none of `names` (the quantizable modules), naming its
     glob and the nearest module names."""
     names = list(names)
-    candidates = sorted({'.'.join(name.split('.')[:end]) for name in names for end in range(1, name.count('.') + 2)})
+    candidates = sorted({".".join(name.split(".")[:end]) for name in names for end in range(1, name.count(".") + 2)})
     for index, entry in enumerate(entries):
         if not any(entry.matches(name) for name in names):
             nearest = difflib.get_close_matches(entry.modules, candidates, n=3, cutoff=0.0)
-            raise ValueError(f'q_config overrides[{index}].modules: {entry.modules!r} matches no quantizable module; '
-                             f'nearest module names: {", ".join(nearest)}')
+            raise ValueError(
+                f"q_config overrides[{index}].modules: {entry.modules!r} matches no quantizable module; "
+                f"nearest module names: {', '.join(nearest)}"
+            )

@@ -1,4 +1,5 @@
 """Shared pytest set-up: deterministic, single-threaded-friendly runs on CPU."""
+
 import sys
 from pathlib import Path
 

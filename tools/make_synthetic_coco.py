@@ -1,7 +1,8 @@
 """Write the synthetic COCO-format shapes data set (see mmdet/datasets/synthetic.py).
 
-    python tools/make_synthetic_coco.py data/synthetic_coco [--num-train 1200] [--num-val 200] [--seed 0]
+python tools/make_synthetic_coco.py data/synthetic_coco [--num-train 1200] [--num-val 200] [--seed 0]
 """
+
 import argparse
 import time
 

@@ -1,4 +1,5 @@
 """Evaluate a checkpoint: `python tools/test.py CONFIG CHECKPOINT --eval bbox ...`, the same as `qdrop-test`."""
+
 import sys
 
 from qdrop.solver.evaluate_checkpoint import cli

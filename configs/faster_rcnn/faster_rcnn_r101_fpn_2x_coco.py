@@ -1,6 +1,2 @@
-_base_ = './faster_rcnn_r50_fpn_2x_coco.py'
-model = dict(
-    backbone=dict(
-        depth=101,
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='torchvision://resnet101')))
+_base_ = "./faster_rcnn_r50_fpn_2x_coco.py"
+model = dict(backbone=dict(depth=101, init_cfg=dict(type="Pretrained", checkpoint="torchvision://resnet101")))

@@ -1,5 +1,6 @@
 _base_ = [
-    '../_base_/models/faster_rcnn_r50_fpn.py',
-    '../_base_/datasets/coco_detection.py',
-    '../_base_/schedules/schedule_2x.py', '../_base_/default_runtime.py'
+    "../_base_/models/faster_rcnn_r50_fpn.py",
+    "../_base_/datasets/coco_detection.py",
+    "../_base_/schedules/schedule_2x.py",
+    "../_base_/default_runtime.py",
 ]

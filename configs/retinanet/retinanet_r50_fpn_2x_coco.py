@@ -1,3 +1,3 @@
-_base_ = './retinanet_r50_fpn_1x_coco.py'
+_base_ = "./retinanet_r50_fpn_1x_coco.py"
 lr_config = dict(step=[16, 22])
-runner = dict(type='EpochBasedRunner', max_epochs=24)
+runner = dict(type="EpochBasedRunner", max_epochs=24)

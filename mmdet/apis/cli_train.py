@@ -1,8 +1,9 @@
 """Train a detector from an mmdetection-format config (`qdrop-train`, or `python tools/train.py`).
 
-    qdrop-train configs/tiny/retinanet_tiny_synth.py --work-dir work_dirs/retinanet_tiny_synth
-    torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch     (or tools/dist_train.sh CONFIG 2)
+qdrop-train configs/tiny/retinanet_tiny_synth.py --work-dir work_dirs/retinanet_tiny_synth
+torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch     (or tools/dist_train.sh CONFIG 2)
 """
+
 import argparse
 import os
 import platform
@@ -28,9 +29,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the config's `seed`, else 0)")
     parser.add_argument("--deterministic", action="store_true", help="pin cuDNN to deterministic algorithms")
     parser.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
-                        help="override config entries, e.g. data_root=data/x/ runner.max_epochs=2 "
-                             "(keys must exist; +key=value adds a new one)")
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        default=None,
+        help="override config entries, e.g. data_root=data/x/ runner.max_epochs=2 "
+        "(keys must exist; +key=value adds a new one)",
+    )
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -60,8 +66,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if rank == 0:
         cfg.dump(str(work_dir / Path(args.config).name))
     logger = get_root_logger(log_file=str(work_dir / f"{timestamp}.log"), log_level=cfg.get("log_level", "INFO"))
-    logger.info(f"python {platform.python_version()}, torch {torch.__version__}, "
-                f"cuda available: {torch.cuda.is_available()}, {world_size} process(es)")
+    logger.info(
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"cuda available: {torch.cuda.is_available()}, {world_size} process(es)"
+    )
     logger.info(f"config {args.config}:\n{cfg.pretty_text}")
 
     seed = args.seed if args.seed is not None else cfg.get("seed", 0)
@@ -73,5 +81,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     dataset = build_dataset(cfg.data.train)
     model.CLASSES = dataset.CLASSES
     meta = dict(config=cfg.pretty_text, seed=seed, exp_name=Path(args.config).name, CLASSES=dataset.CLASSES)
-    train_detector(model, dataset, cfg, distributed=distributed, validate=not args.no_validate,
-                   timestamp=timestamp, meta=meta)
+    train_detector(
+        model, dataset, cfg, distributed=distributed, validate=not args.no_validate, timestamp=timestamp, meta=meta
+    )

@@ -1,4 +1,5 @@
 """Build a detector from a config (and checkpoint) and run it on single images."""
+
 import warnings
 from collections.abc import Sequence
 from typing import Optional, Union
@@ -37,8 +38,12 @@ def dataset_classes(cfg: Config) -> tuple:
     return dataset_cls.get_classes(test.get("classes"))
 
 
-def init_detector(config: Union[str, Config], checkpoint: Optional[str] = None,
-                  device: Union[str, torch.device] = "cpu", cfg_options: Optional[dict] = None) -> nn.Module:
+def init_detector(
+    config: Union[str, Config],
+    checkpoint: Optional[str] = None,
+    device: Union[str, torch.device] = "cpu",
+    cfg_options: Optional[dict] = None,
+) -> nn.Module:
     """Detector in eval mode on `device`, with `model.cfg` and `model.CLASSES` (checkpoint meta, else the
     test dataset's classes)."""
     from mmdet.models import build_detector
@@ -57,8 +62,9 @@ def init_detector(config: Union[str, Config], checkpoint: Optional[str] = None,
         meta = load_checkpoint(model, checkpoint, map_location="cpu").get("meta") or {}
         classes = meta.get("CLASSES")
         if classes is None:
-            warnings.warn(f"checkpoint {checkpoint} has no CLASSES in its meta; using the dataset's class names",
-                          stacklevel=2)
+            warnings.warn(
+                f"checkpoint {checkpoint} has no CLASSES in its meta; using the dataset's class names", stacklevel=2
+            )
     model.CLASSES = tuple(classes) if classes is not None else dataset_classes(config)
     model.cfg = config
     model.to(device)

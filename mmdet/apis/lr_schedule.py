@@ -8,6 +8,7 @@
 `step` is a list of epochs (iterations when `by_epoch=False`) at which lr is multiplied by gamma, or an int
 meaning every that many; epochs and iterations count from 0.
 """
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -32,8 +33,9 @@ class StepLrSchedule:
         if self.warmup is not None and self.warmup not in WARMUP_KINDS:
             raise ValueError(f"lr_config.warmup must be one of {WARMUP_KINDS} or None, got {self.warmup!r}")
         if self.warmup is not None and self.warmup_iters <= 0:
-            raise ValueError(f"lr_config.warmup_iters must be positive with warmup={self.warmup!r}, "
-                             f"got {self.warmup_iters!r}")
+            raise ValueError(
+                f"lr_config.warmup_iters must be positive with warmup={self.warmup!r}, got {self.warmup_iters!r}"
+            )
         if not 0 < self.warmup_ratio <= 1:
             raise ValueError(f"lr_config.warmup_ratio must be in (0, 1], got {self.warmup_ratio!r}")
         if isinstance(self.step, int):
@@ -48,7 +50,7 @@ class StepLrSchedule:
             num_decays = progress // self.step
         else:
             num_decays = sum(1 for s in self.step if progress >= s)
-        lr = self.base_lr * self.gamma ** num_decays
+        lr = self.base_lr * self.gamma**num_decays
         return lr if self.min_lr is None else max(lr, self.min_lr)
 
     def lr_at(self, epoch: int, iteration: int) -> float:
@@ -86,4 +88,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
-

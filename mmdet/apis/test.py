@@ -1,4 +1,5 @@
 """Run a detector over a test loader: one process, or every rank on its shard with results gathered to rank 0."""
+
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -11,8 +12,22 @@ from mmdet.datasets.samplers import DistributedTestSampler, interleave_shards
 from mmdet.utils import get_dist_info, to_device
 
 # Keys of a config's `evaluation` dict that configure the training-time evaluation hook, not `dataset.evaluate`.
-EVAL_HOOK_KEYS = ("interval", "start", "by_epoch", "save_best", "rule", "greater_keys", "less_keys", "test_fn",
-                  "out_dir", "file_client_args", "tmpdir", "gpu_collect", "broadcast_bn_buffer", "dynamic_intervals")
+EVAL_HOOK_KEYS = (
+    "interval",
+    "start",
+    "by_epoch",
+    "save_best",
+    "rule",
+    "greater_keys",
+    "less_keys",
+    "test_fn",
+    "out_dir",
+    "file_client_args",
+    "tmpdir",
+    "gpu_collect",
+    "broadcast_bn_buffer",
+    "dynamic_intervals",
+)
 
 
 def evaluation_kwargs(cfg, metrics: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -67,8 +82,10 @@ def multi_gpu_test(model: nn.Module, data_loader, show_progress: bool = True) ->
     if world_size == 1:
         return single_gpu_test(model, data_loader, show_progress)
     if not isinstance(data_loader.sampler, DistributedTestSampler):
-        raise ValueError("multi_gpu_test needs a loader built with build_dataloader(..., dist=True, shuffle=False) "
-                         f"(a DistributedTestSampler), got sampler {type(data_loader.sampler).__name__}")
+        raise ValueError(
+            "multi_gpu_test needs a loader built with build_dataloader(..., dist=True, shuffle=False) "
+            f"(a DistributedTestSampler), got sampler {type(data_loader.sampler).__name__}"
+        )
     size = len(data_loader.dataset)
     progress = tqdm(total=size, desc="test") if show_progress and rank == 0 else None
     try:

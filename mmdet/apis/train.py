@@ -7,6 +7,7 @@ The config keys it reads have the same meaning as in mmdetection 2.28:
 - `runner`, `optimizer_config`, `checkpoint_config`, `log_config`, `evaluation`: see training/settings.py.
 - `load_from`: weights to start from (strict=False, mismatches are reported).
 """
+
 import random
 import time
 from typing import Optional
@@ -51,8 +52,15 @@ def _single_dataset(dataset) -> Dataset:
     return dataset
 
 
-def train_detector(model: nn.Module, dataset, cfg, distributed: bool = False, validate: bool = False,
-                   timestamp: Optional[str] = None, meta: Optional[dict] = None) -> None:
+def train_detector(
+    model: nn.Module,
+    dataset,
+    cfg,
+    distributed: bool = False,
+    validate: bool = False,
+    timestamp: Optional[str] = None,
+    meta: Optional[dict] = None,
+) -> None:
     """Train `model` on `dataset` as `cfg` says; logs and checkpoints go to `cfg.work_dir`.
 
     Args:
@@ -79,27 +87,44 @@ def train_detector(model: nn.Module, dataset, cfg, distributed: bool = False, va
     model = model.to(device)
     model.train()
     if distributed:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        find_unused_parameters=cfg.get("find_unused_parameters", False))
+        model = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.get("find_unused_parameters", False),
+        )
     optimizer = build_optimizer(model, cfg.optimizer)
     schedule = StepLrSchedule.from_config(cfg.get("lr_config") or {}, base_lr=cfg.optimizer["lr"])
     val_loader = build_val_loader(cfg, distributed) if validate else None
     checkpoint_meta = dict(meta or {})
     checkpoint_meta.setdefault("CLASSES", getattr(dataset, "CLASSES", None))
 
-    logger.info(f"training on {device} ({world_size} process(es)), {settings.max_epochs} epochs of {len(loader)} "
-                f"iterations, work dir {settings.work_dir}")
+    logger.info(
+        f"training on {device} ({world_size} process(es)), {settings.max_epochs} epochs of {len(loader)} "
+        f"iterations, work dir {settings.work_dir}"
+    )
     iteration = 0
     clock = TrainClock(total_iters=settings.max_epochs * len(loader))
     for epoch in range(1, settings.max_epochs + 1):
-        iteration = train_epoch(model, loader, optimizer, schedule, device, epoch - 1, iteration, settings, log,
-                                clock, show_progress=rank == 0)
+        iteration = train_epoch(
+            model,
+            loader,
+            optimizer,
+            schedule,
+            device,
+            epoch - 1,
+            iteration,
+            settings,
+            log,
+            clock,
+            show_progress=rank == 0,
+        )
         if rank == 0 and settings.checkpoint_due(epoch):
-            save_epoch_checkpoint(model, settings.work_dir, epoch, iteration, checkpoint_meta,
-                                  settings.max_keep_ckpts)
+            save_epoch_checkpoint(model, settings.work_dir, epoch, iteration, checkpoint_meta, settings.max_keep_ckpts)
         if val_loader is not None and settings.evaluation_due(epoch):
             metrics = evaluate(model, val_loader, distributed, settings.eval_kwargs, logger)
             if metrics is not None:
-                log.write(dict(mode="val", epoch=epoch, iter=iteration, **metrics),
-                          f"Epoch(val) [{epoch}]\t{format_values(metrics)}")
+                log.write(
+                    dict(mode="val", epoch=epoch, iter=iteration, **metrics),
+                    f"Epoch(val) [{epoch}]\t{format_values(metrics)}",
+                )
     logger.info(f"training done in {clock.elapsed()}")

@@ -1,29 +1,45 @@
 """Anchors, box coding, assignment and sampling, and post-processing shared by the heads."""
+
 from .anchor import AnchorGenerator
 from .bbox import (
-                   AssignResult,
-                   DeltaXYWHBBoxCoder,
-                   MaxIoUAssigner,
-                   PseudoSampler,
-                   RandomSampler,
-                   SamplingResult,
-                   bbox2result,
-                   bbox2roi,
-                   bbox_overlaps,
+    AssignResult,
+    DeltaXYWHBBoxCoder,
+    MaxIoUAssigner,
+    PseudoSampler,
+    RandomSampler,
+    SamplingResult,
+    bbox2result,
+    bbox2roi,
+    bbox_overlaps,
 )
 from .builder import (
-                   TASK_UTILS,
-                   build_anchor_generator,
-                   build_assigner,
-                   build_bbox_coder,
-                   build_prior_generator,
-                   build_sampler,
+    TASK_UTILS,
+    build_anchor_generator,
+    build_assigner,
+    build_bbox_coder,
+    build_prior_generator,
+    build_sampler,
 )
 from .post_processing import batched_nms, multiclass_nms, sorted_topk
 
 __all__ = [
-    "AnchorGenerator", "AssignResult", "DeltaXYWHBBoxCoder", "MaxIoUAssigner", "PseudoSampler", "RandomSampler",
-    "SamplingResult", "bbox2result", "bbox2roi", "bbox_overlaps", "TASK_UTILS", "build_anchor_generator",
-    "build_assigner", "build_bbox_coder", "build_prior_generator", "build_sampler", "batched_nms", "multiclass_nms",
+    "AnchorGenerator",
+    "AssignResult",
+    "DeltaXYWHBBoxCoder",
+    "MaxIoUAssigner",
+    "PseudoSampler",
+    "RandomSampler",
+    "SamplingResult",
+    "bbox2result",
+    "bbox2roi",
+    "bbox_overlaps",
+    "TASK_UTILS",
+    "build_anchor_generator",
+    "build_assigner",
+    "build_bbox_coder",
+    "build_prior_generator",
+    "build_sampler",
+    "batched_nms",
+    "multiclass_nms",
     "sorted_topk",
 ]

@@ -1,4 +1,5 @@
 """Registry and builders for the non-module task utilities (anchors, coders, assigners, samplers)."""
+
 from mmengine.registry import Registry
 
 TASK_UTILS = Registry("task utils", scope="qdrop_det")

@@ -1,4 +1,5 @@
 """Small helpers shared by the heads."""
+
 from collections.abc import Mapping
 from typing import Optional
 

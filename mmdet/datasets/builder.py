@@ -1,4 +1,5 @@
 """Dataset/pipeline registries and the data-loader factory (mmdetection 2.x signatures, no DataContainer)."""
+
 import random
 from functools import partial
 from typing import Optional

@@ -1,4 +1,5 @@
 """CocoDataset: COCO-format json + images, mmdetection 2.28 parsing, filtering and bbox evaluation."""
+
 import contextlib
 import difflib
 import io
@@ -19,21 +20,102 @@ from .builder import DATASETS
 from .pipelines import Compose
 
 COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 
 # pycocotools' `stats` index of each reportable item.
 COCO_METRIC_INDEX = {
-    "mAP": 0, "mAP_50": 1, "mAP_75": 2, "mAP_s": 3, "mAP_m": 4, "mAP_l": 5,
-    "AR@100": 6, "AR@300": 7, "AR@1000": 8, "AR_s@1000": 9, "AR_m@1000": 10, "AR_l@1000": 11,
+    "mAP": 0,
+    "mAP_50": 1,
+    "mAP_75": 2,
+    "mAP_s": 3,
+    "mAP_m": 4,
+    "mAP_l": 5,
+    "AR@100": 6,
+    "AR@300": 7,
+    "AR@1000": 8,
+    "AR_s@1000": 9,
+    "AR_m@1000": 10,
+    "AR_l@1000": 11,
 }
 DEFAULT_METRIC_ITEMS = {
     "bbox": ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"),
@@ -201,8 +283,9 @@ class CocoDataset(Dataset):
 
     def _set_group_flag(self) -> None:
         """Group 1: wider than tall; group 0 otherwise (for aspect-grouped batches)."""
-        self.flag = np.array([1 if info["width"] / info["height"] > 1 else 0 for info in self.data_infos],
-                             dtype=np.uint8)
+        self.flag = np.array(
+            [1 if info["width"] / info["height"] > 1 else 0 for info in self.data_infos], dtype=np.uint8
+        )
 
     def get_ann_info(self, idx: int) -> dict:
         img_id = self.data_infos[idx]["id"]
@@ -272,20 +355,25 @@ class CocoDataset(Dataset):
             if name not in DEFAULT_METRIC_ITEMS:
                 close = difflib.get_close_matches(str(name), list(DEFAULT_METRIC_ITEMS), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise KeyError(f"metric '{name}' is not supported by {cls.__name__}{hint}; "
-                               f"choose from {sorted(DEFAULT_METRIC_ITEMS)}")
+                raise KeyError(
+                    f"metric '{name}' is not supported by {cls.__name__}{hint}; "
+                    f"choose from {sorted(DEFAULT_METRIC_ITEMS)}"
+                )
         return metrics
 
     def _check_results(self, results) -> None:
         if not isinstance(results, list):
             raise TypeError(f"results must be a list (one entry per image), got {type(results).__name__}")
         if len(results) != len(self):
-            raise ValueError(f"results has {len(results)} entries but the dataset ({self.ann_file}) has "
-                             f"{len(self)} images")
+            raise ValueError(
+                f"results has {len(results)} entries but the dataset ({self.ann_file}) has {len(self)} images"
+            )
         for i, result in enumerate(results):
             if not (isinstance(result, (list, tuple)) and len(result) == len(self.cat_ids)):
-                raise ValueError(f"result {i} must be a list of {len(self.cat_ids)} per-class (k, 5) arrays, "
-                                 f"got {type(result).__name__} {result!r:.80}")
+                raise ValueError(
+                    f"result {i} must be a list of {len(self.cat_ids)} per-class (k, 5) arrays, "
+                    f"got {type(result).__name__} {result!r:.80}"
+                )
 
     def _det2json(self, results: list) -> list[dict]:
         json_results = []
@@ -294,8 +382,14 @@ class CocoDataset(Dataset):
             for label, dets in enumerate(result):
                 dets = np.asarray(dets, dtype=np.float32).reshape(-1, 5)
                 for x1, y1, x2, y2, score in dets.tolist():
-                    json_results.append(dict(image_id=img_id, bbox=[x1, y1, x2 - x1, y2 - y1],
-                                             score=score, category_id=self.cat_ids[label]))
+                    json_results.append(
+                        dict(
+                            image_id=img_id,
+                            bbox=[x1, y1, x2 - x1, y2 - y1],
+                            score=score,
+                            category_id=self.cat_ids[label],
+                        )
+                    )
         return json_results
 
     def results2json(self, results: list, outfile_prefix: str) -> dict:

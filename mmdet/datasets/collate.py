@@ -15,8 +15,10 @@ def collate(samples: list[dict]) -> dict:
     images = [sample["img"] for sample in samples]
     for image in images:
         if not torch.is_tensor(image) or image.dim() != 3:
-            raise ValueError(f"collate expects CHW image tensors, got {type(image).__name__} "
-                             f"with shape {getattr(image, 'shape', None)}")
+            raise ValueError(
+                f"collate expects CHW image tensors, got {type(image).__name__} "
+                f"with shape {getattr(image, 'shape', None)}"
+            )
     height = max(image.shape[1] for image in images)
     width = max(image.shape[2] for image in images)
     batch_img = images[0].new_zeros((len(images), images[0].shape[0], height, width))

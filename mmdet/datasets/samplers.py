@@ -1,4 +1,5 @@
 """Samplers: aspect-ratio grouped shuffling for training, rank-interleaved order for distributed testing."""
+
 import math
 from collections.abc import Iterator, Sequence
 from typing import Optional

@@ -11,6 +11,7 @@ Boxes are the tight extent of each object's *visible* pixels; an object that a l
 beyond `MAX_OCCLUDED_FRACTION` is not drawn at all, so every drawn shape is annotated. The `area` field
 is the box area (there are no segmentations), which is what COCO's small/medium/large split then uses.
 """
+
 import json
 import math
 from pathlib import Path
@@ -75,8 +76,9 @@ def _star(size: float, rng: np.random.Generator) -> np.ndarray:
 
 def _cross(size: float, rng: np.random.Generator) -> np.ndarray:
     a, b = size / 2, size / 2 * rng.uniform(0.25, 0.4)
-    return np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b],
-                     [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]])
+    return np.array(
+        [[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]]
+    )
 
 
 def _crescent(size: float, rng: np.random.Generator) -> np.ndarray:
@@ -84,7 +86,7 @@ def _crescent(size: float, rng: np.random.Generator) -> np.ndarray:
     radius = size / 2
     inner_radius, offset = radius * 0.8, radius * 0.55
     # The two circles meet where x = (r^2 - R^2 + d^2) / (2 d) along the offset axis.
-    meet_x = (radius ** 2 - inner_radius ** 2 + offset ** 2) / (2 * offset)
+    meet_x = (radius**2 - inner_radius**2 + offset**2) / (2 * offset)
     outer_half = math.acos(meet_x / radius)
     inner_half = math.acos((meet_x - offset) / inner_radius)
     outer_angles = np.linspace(outer_half, 2 * math.pi - outer_half, 40)
@@ -233,14 +235,16 @@ def _write_split(out_dir: Path, split: str, num_images: int, seed: int, first_an
         (image_dir / file_name).write_bytes(encoded.tobytes())
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for category_id, bbox in objects:
-            annotations.append({
-                "id": first_ann_id + len(annotations),
-                "image_id": image_id,
-                "category_id": category_id,
-                "bbox": bbox,
-                "area": bbox[2] * bbox[3],
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": first_ann_id + len(annotations),
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in SYNTHETIC_CATEGORIES]
     coco = {
         "info": {"description": f"synthetic shapes, {split}, seed {seed}", "version": "1.0"},
@@ -256,8 +260,9 @@ def _write_split(out_dir: Path, split: str, num_images: int, seed: int, first_an
     return coco
 
 
-def make_synthetic_coco(out_dir: Union[str, Path], num_train: int = DEFAULT_NUM_TRAIN,
-                        num_val: int = DEFAULT_NUM_VAL, seed: int = 0) -> dict[str, dict]:
+def make_synthetic_coco(
+    out_dir: Union[str, Path], num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL, seed: int = 0
+) -> dict[str, dict]:
     """Write the data set under `out_dir`; returns the two annotation dicts keyed by split name."""
     for name, value in (("num_train", num_train), ("num_val", num_val)):
         if not isinstance(value, int) or value < 1:
@@ -267,4 +272,3 @@ def make_synthetic_coco(out_dir: Union[str, Path], num_train: int = DEFAULT_NUM_
     # Annotation ids are unique over both splits, as in COCO.
     val = _write_split(out_dir, "val2017", num_val, seed, first_ann_id=len(train["annotations"]) + 1)
     return {"train2017": train, "val2017": val}
-

@@ -3,6 +3,7 @@
 Only the file headers and tails are read (no pixel decoding): the format from its magic bytes, the size from the
 header, and the end marker that a truncated file lacks.
 """
+
 import os
 import os.path as osp
 import struct
@@ -117,8 +118,9 @@ def read_image_header(filename: str) -> ImageHeader:
         else:
             raise ImageFileError(f"{filename}: not a JPEG, PNG or BMP image (starts with {magic!r})")
     if header.width == 0 or header.height == 0:
-        raise ImageFileError(f"{filename}: {header.format.upper()} header declares a "
-                             f"{header.width}x{header.height} image")
+        raise ImageFileError(
+            f"{filename}: {header.format.upper()} header declares a {header.width}x{header.height} image"
+        )
     return header
 
 
@@ -148,8 +150,9 @@ def verify_image_files(filenames: Iterable[str], source: str, progress: Optional
     if problems:
         shown = "\n  ".join(message for _, message in problems[:_SHOWN_FILES])
         more = f"\n  ... and {len(problems) - _SHOWN_FILES} more" if len(problems) > _SHOWN_FILES else ""
-        raise ImageFileError(f"{len(problems)} of the {len(filenames)} images of {source} are missing or unreadable:"
-                             f"\n  {shown}{more}")
+        raise ImageFileError(
+            f"{len(problems)} of the {len(filenames)} images of {source} are missing or unreadable:\n  {shown}{more}"
+        )
     return headers
 
 

@@ -1,4 +1,5 @@
 """Models: importing this package registers every backbone, neck, head, loss and detector in ``MODELS``."""
+
 from . import backbones, dense_heads, detectors, losses, necks, roi_heads  # noqa: F401  (registration)
 from .backbones import ResNet
 from .builder import (
@@ -22,8 +23,26 @@ from .detectors import BaseDetector, FasterRCNN, RetinaNet, SingleStageDetector,
 from .necks import FPN
 
 __all__ = [
-    "BACKBONES", "DETECTORS", "HEADS", "LOSSES", "MODELS", "NECKS", "ROI_EXTRACTORS", "SHARED_HEADS",
-    "build_backbone", "build_detector", "build_head", "build_loss", "build_neck", "build_roi_extractor",
-    "build_shared_head", "BaseDetector", "FasterRCNN", "RetinaNet", "SingleStageDetector", "TwoStageDetector",
-    "ResNet", "FPN",
+    "BACKBONES",
+    "DETECTORS",
+    "HEADS",
+    "LOSSES",
+    "MODELS",
+    "NECKS",
+    "ROI_EXTRACTORS",
+    "SHARED_HEADS",
+    "build_backbone",
+    "build_detector",
+    "build_head",
+    "build_loss",
+    "build_neck",
+    "build_roi_extractor",
+    "build_shared_head",
+    "BaseDetector",
+    "FasterRCNN",
+    "RetinaNet",
+    "SingleStageDetector",
+    "TwoStageDetector",
+    "ResNet",
+    "FPN",
 ]

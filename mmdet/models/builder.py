@@ -1,4 +1,5 @@
 """Registry and builders for every nn.Module that a config can name (mmdetection 2.x names kept)."""
+
 from typing import Optional
 
 from mmengine.registry import Registry

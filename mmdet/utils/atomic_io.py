@@ -1,4 +1,5 @@
 """Atomic file writes: a file is either its previous complete version or the new complete one, never half-written."""
+
 import os
 import tempfile
 from collections.abc import Iterator

@@ -1,4 +1,5 @@
 """Reading and writing mmdetection-style checkpoints ({'state_dict', 'meta'}) with architecture checks."""
+
 import logging
 import os
 import pickle
@@ -45,15 +46,19 @@ def _check_file_format(filename: str) -> None:
     """Reject an empty file or one that is neither torch's zip format nor its legacy pickle format."""
     size = os.path.getsize(filename)
     if size == 0:
-        raise CheckpointFileError(f"checkpoint file {filename!r} is empty (0 bytes); expected a file written by "
-                                  "torch.save (an interrupted download or copy?)")
+        raise CheckpointFileError(
+            f"checkpoint file {filename!r} is empty (0 bytes); expected a file written by "
+            "torch.save (an interrupted download or copy?)"
+        )
     with open(filename, "rb") as f:
         head = f.read(16)
     if not (head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTOCOL_OPCODE):
         is_text = head.decode("ascii", "replace").isprintable() or head.isascii()
         kind = "a text file" if is_text else "not a PyTorch checkpoint"
-        raise CheckpointFileError(f"checkpoint file {filename!r} ({size} bytes) is {kind}: it starts with {head!r}, "
-                                  "expected a torch.save zip archive (b'PK\\x03\\x04') or pickle")
+        raise CheckpointFileError(
+            f"checkpoint file {filename!r} ({size} bytes) is {kind}: it starts with {head!r}, "
+            "expected a torch.save zip archive (b'PK\\x03\\x04') or pickle"
+        )
 
 
 def _torch_load(filename: str, map_location, weights_only: bool):
@@ -65,8 +70,10 @@ def _torch_load(filename: str, map_location, weights_only: bool):
     except (EOFError, RuntimeError, KeyError, IndexError, ValueError, OSError) as error:
         size = os.path.getsize(filename)
         reason = str(error).split(". ")[0] or ("unexpected end of file" if isinstance(error, EOFError) else "no detail")
-        raise CheckpointFileError(f"checkpoint file {filename!r} ({size} bytes) is truncated or corrupt and cannot be "
-                                  f"read ({type(error).__name__}: {reason}); write or download it again") from error
+        raise CheckpointFileError(
+            f"checkpoint file {filename!r} ({size} bytes) is truncated or corrupt and cannot be "
+            f"read ({type(error).__name__}: {reason}); write or download it again"
+        ) from error
 
 
 def read_checkpoint(filename: str, map_location="cpu") -> dict:
@@ -96,13 +103,16 @@ def read_checkpoint(filename: str, map_location="cpu") -> dict:
         # Older checkpoints may keep non-plain Python objects in their meta; load them fully, but say so.
         logging.getLogger("mmdet").warning(
             "checkpoint %r is not loadable with weights_only=True (%s); loading it with full unpickling",
-            filename, error
+            filename,
+            error,
         )
         try:
             checkpoint = _torch_load(filename, map_location, weights_only=False)
         except pickle.UnpicklingError as full_error:
-            raise CheckpointFileError(f"checkpoint file {filename!r} is truncated or corrupt and cannot be unpickled "
-                                      f"({full_error}); write or download it again") from full_error
+            raise CheckpointFileError(
+                f"checkpoint file {filename!r} is truncated or corrupt and cannot be unpickled "
+                f"({full_error}); write or download it again"
+            ) from full_error
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {filename!r} holds a {type(checkpoint).__name__}; expected a dict")
     return checkpoint
@@ -111,7 +121,8 @@ def read_checkpoint(filename: str, map_location="cpu") -> dict:
 def non_finite_tensors(state_dict: Mapping[str, Any]) -> list[str]:
     """Names of the floating-point tensors of ``state_dict`` that hold a NaN or an Inf, in key order."""
     return [
-        key for key, value in state_dict.items()
+        key
+        for key, value in state_dict.items()
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
     ]
 
@@ -128,17 +139,19 @@ def check_finite(state_dict: Mapping[str, Any], source: str) -> None:
         return
     shown = ", ".join(bad[:_SHOWN_NAMES])
     more = f" and {len(bad) - _SHOWN_NAMES} more" if len(bad) > _SHOWN_NAMES else ""
-    raise NonFiniteWeightsError(f"checkpoint {source!r} holds NaN or Inf in {len(bad)} tensor(s): {shown}{more}; "
-                                "the weights are unusable (a diverged training run or a damaged file?)")
+    raise NonFiniteWeightsError(
+        f"checkpoint {source!r} holds NaN or Inf in {len(bad)} tensor(s): {shown}{more}; "
+        "the weights are unusable (a diverged training run or a damaged file?)"
+    )
 
 
 def _strip_prefix(state_dict: dict) -> "OrderedDict[str, torch.Tensor]":
     """Remove a leading 'module.' (DataParallel) from every key, keeping and re-keying ``_metadata``."""
-    stripped = OrderedDict((k[len(_PREFIX):] if k.startswith(_PREFIX) else k, v) for k, v in state_dict.items())
+    stripped = OrderedDict((k[len(_PREFIX) :] if k.startswith(_PREFIX) else k, v) for k, v in state_dict.items())
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
         stripped._metadata = OrderedDict(
-            ("" if k == "module" else k[len(_PREFIX):] if k.startswith(_PREFIX) else k, v) for k, v in metadata.items()
+            ("" if k == "module" else k[len(_PREFIX) :] if k.startswith(_PREFIX) else k, v) for k, v in metadata.items()
         )
     return stripped
 
@@ -207,8 +220,9 @@ def load_checkpoint(
     absent_buffers = [k for k in model.state_dict() if _is_optional(k) and k not in state_dict]
     model.load_state_dict(state_dict, strict=False)
     if absent_buffers:
-        logger.info("checkpoint %s lacks %d num_batches_tracked buffers (kept at their defaults)", filename,
-                    len(absent_buffers))
+        logger.info(
+            "checkpoint %s lacks %d num_batches_tracked buffers (kept at their defaults)", filename, len(absent_buffers)
+        )
     if unexpected:
         logger.warning("checkpoint %s: unexpected keys ignored: %s", filename, ", ".join(unexpected))
     logger.info("loaded checkpoint %s into %s", filename, type(model).__name__)

@@ -4,6 +4,7 @@ A ``--cfg-options`` key must name an entry the config already has (``data.test.a
 ``data.train.pipeline.2.img_scale=...`` for a list element); a typo is an error listing the nearest existing keys.
 A key written with a leading ``+`` (``+model.test_cfg.new_key=1``) adds an entry the config does not have yet.
 """
+
 import ast
 import difflib
 import os
@@ -21,7 +22,7 @@ def _relocate(node, old_root: str, new_root: str):
     if isinstance(node, dict):
         for key, value in node.items():
             if key in _PATH_KEYS and isinstance(value, str) and value.startswith(old_root):
-                node[key] = osp.join(new_root, value[len(old_root):].lstrip("/"))
+                node[key] = osp.join(new_root, value[len(old_root) :].lstrip("/"))
             elif key == "data_root" and value == old_root:
                 node[key] = new_root
             else:
@@ -116,10 +117,15 @@ def _unknown_key_message(cfg: Config, key: str, parts: list[str], missing: int) 
         for part in parts[:missing]:
             node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
         siblings = list(node) if isinstance(node, dict) else []
-        hint = f"'{parent or '<top level>'}' has: {', '.join(map(str, siblings[:20]))}" if siblings else \
-            f"'{parent}' is a {type(node).__name__}, not a dict"
-    return (f"--cfg-options key '{key}' is not in the config {cfg.filename}: {where}; {hint}. "
-            f"To add a new key on purpose, prefix it with '{NEW_KEY_PREFIX}': {NEW_KEY_PREFIX}{key}=...")
+        hint = (
+            f"'{parent or '<top level>'}' has: {', '.join(map(str, siblings[:20]))}"
+            if siblings
+            else f"'{parent}' is a {type(node).__name__}, not a dict"
+        )
+    return (
+        f"--cfg-options key '{key}' is not in the config {cfg.filename}: {where}; {hint}. "
+        f"To add a new key on purpose, prefix it with '{NEW_KEY_PREFIX}': {NEW_KEY_PREFIX}{key}=..."
+    )
 
 
 def apply_cfg_options(cfg: Config, options: dict[str, Any]) -> None:
@@ -136,7 +142,7 @@ def apply_cfg_options(cfg: Config, options: dict[str, Any]) -> None:
     merged = {}
     for key, value in options.items():
         if key.startswith(NEW_KEY_PREFIX):
-            merged[key[len(NEW_KEY_PREFIX):]] = value
+            merged[key[len(NEW_KEY_PREFIX) :]] = value
             continue
         parts = key.split(".")
         missing = _missing_part(tree, parts)

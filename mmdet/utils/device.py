@@ -1,4 +1,5 @@
 """The device a process computes on."""
+
 import torch
 
 

@@ -1,4 +1,5 @@
 """Process-group helpers that also work in a plain single process (no process group)."""
+
 import os
 import subprocess
 import warnings

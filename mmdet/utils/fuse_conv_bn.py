@@ -1,4 +1,5 @@
 """Fold inference-mode BatchNorm into the preceding Conv2d (mmcv's fuse_conv_bn semantics)."""
+
 import torch
 from torch import nn
 

@@ -1,4 +1,5 @@
 """The package logger 'mmdet': console on every rank (errors only off rank 0), file on rank 0."""
+
 import logging
 import os.path as osp
 from typing import Optional, Union

@@ -1,4 +1,5 @@
 """Small helpers."""
+
 from typing import Union
 
 import torch

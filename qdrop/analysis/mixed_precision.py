@@ -1,4 +1,5 @@
 """Mixed precision from a sensitivity ranking: which units get more weight bits within an average-bit budget."""
+
 from collections.abc import Mapping, Sequence
 
 import yaml
@@ -14,8 +15,10 @@ def unit_weight_counts(model: nn.Module) -> dict[str, int]:
     Returns:
         {unit name: number of weight elements under a weight quantizer}, in registration order.
     """
-    return {name: sum(layer.weight.numel() for layer, _ in weight_quantized_layers(unit))
-            for name, unit in quantization_units(model)}
+    return {
+        name: sum(layer.weight.numel() for layer, _ in weight_quantized_layers(unit))
+        for name, unit in quantization_units(model)
+    }
 
 
 def unit_weight_bits(model: nn.Module) -> dict[str, float]:
@@ -37,8 +40,9 @@ def average_weight_bits(bits: Mapping[str, float], counts: Mapping[str, int]) ->
     return sum(bits[name] * count for name, count in counts.items()) / total
 
 
-def suggest_overrides(scores: Sequence[Mapping], counts: Mapping[str, int], bits: Mapping[str, float],
-                      budget: float, high_bit: int) -> list[dict]:
+def suggest_overrides(
+    scores: Sequence[Mapping], counts: Mapping[str, int], bits: Mapping[str, float], budget: float, high_bit: int
+) -> list[dict]:
     """Raise the weights of the most damaging units to `high_bit` while the average stays within `budget`.
 
     Units are taken in order of decreasing score; each one that still fits the budget is raised, one that does not
@@ -62,8 +66,10 @@ def suggest_overrides(scores: Sequence[Mapping], counts: Mapping[str, int], bits
     current = dict(bits)
     average = average_weight_bits(current, counts)
     if budget < average:
-        raise ValueError(f"average weight-bit budget {budget}: below the {average:.3f} average weight bits the "
-                         "q_config already gives; allowed: a budget at or above it")
+        raise ValueError(
+            f"average weight-bit budget {budget}: below the {average:.3f} average weight bits the "
+            "q_config already gives; allowed: a budget at or above it"
+        )
     total = sum(counts.values())
     spent = average * total
     entries = []

@@ -3,6 +3,7 @@
 Every per-unit figure lists the units top to bottom in forward order, one row each, so that long qualified names
 stay readable; the figure grows with the number of units.
 """
+
 import math
 from collections.abc import Mapping, Sequence
 
@@ -21,6 +22,7 @@ def pyplot():
         raise ImportError(INSTALL_HINT) from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -50,8 +52,9 @@ def _unit_figure(plt, units: Sequence[str], plot_inches: float = 6.0):
     label_inches = _label_width_inches(units)
     height = max(MIN_HEIGHT_INCHES, ROW_INCHES * len(units) + 1.4)
     figure, axes = plt.subplots(figsize=(label_inches + plot_inches, height))
-    figure.subplots_adjust(left=label_inches / (label_inches + plot_inches), right=0.97,
-                           top=1 - 0.9 / height, bottom=0.7 / height)
+    figure.subplots_adjust(
+        left=label_inches / (label_inches + plot_inches), right=0.97, top=1 - 0.9 / height, bottom=0.7 / height
+    )
     axes.set_yticks(range(len(units)))
     axes.set_yticklabels(units, fontsize=9)
     axes.set_ylim(len(units) - 0.5, -0.5)  # the first unit on top
@@ -97,8 +100,9 @@ def plot_recon_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: s
     plt = pyplot()
     columns = min(columns, len(curves))
     rows = math.ceil(len(curves) / columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.3 * rows + 0.9), squeeze=False,
-                                layout="constrained")
+    figure, grid = plt.subplots(
+        rows, columns, figsize=(3.4 * columns, 2.3 * rows + 0.9), squeeze=False, layout="constrained"
+    )
     panels = [axes for row in grid for axes in row]
     for axes, (unit, points) in zip(panels, curves.items()):
         steps = [step for step, _ in points]
@@ -109,7 +113,7 @@ def plot_recon_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: s
         axes.set_title(unit, fontsize=9)
         axes.tick_params(labelsize=8)
         axes.grid(alpha=0.3, which="both")
-    for axes in panels[len(curves):]:
+    for axes in panels[len(curves) :]:
         axes.set_visible(False)
     figure.suptitle("Reconstruction loss per unit")
     figure.supxlabel("step")
@@ -174,8 +178,9 @@ def plot_summary(summary: Mapping[str, Mapping[str, float]], path: str) -> None:
     _save(plt, figure, path)
 
 
-def plot_detections(image_rgb, panels: Sequence[tuple[str, Sequence]], classes: Sequence[str], path: str,
-                    score_thr: float = 0.3) -> None:
+def plot_detections(
+    image_rgb, panels: Sequence[tuple[str, Sequence]], classes: Sequence[str], path: str, score_thr: float = 0.3
+) -> None:
     """The same image once per panel with that panel's detections drawn on it, side by side.
 
     Args:
@@ -191,13 +196,20 @@ def plot_detections(image_rgb, panels: Sequence[tuple[str, Sequence]], classes: 
     plt = pyplot()
     height, width = image_rgb.shape[:2]
     panel_inches = 5.0
-    figure, grid = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
-                                figsize=(panel_inches * len(panels), panel_inches * height / width + 0.6))
+    figure, grid = plt.subplots(
+        1,
+        len(panels),
+        squeeze=False,
+        layout="constrained",
+        figsize=(panel_inches * len(panels), panel_inches * height / width + 0.6),
+    )
     colours = plt.get_cmap("tab10")
     for axes, (title, detections) in zip(grid[0], panels):
         if len(detections) != len(classes):
-            raise ValueError(f"panel {title!r} has detections for {len(detections)} classes, expected "
-                             f"{len(classes)} ({', '.join(classes)})")
+            raise ValueError(
+                f"panel {title!r} has detections for {len(detections)} classes, expected "
+                f"{len(classes)} ({', '.join(classes)})"
+            )
         axes.imshow(image_rgb)
         shown = 0
         for label, boxes in enumerate(detections):
@@ -205,13 +217,20 @@ def plot_detections(image_rgb, panels: Sequence[tuple[str, Sequence]], classes: 
                 if score < score_thr:
                     continue
                 colour = colours(label % 10)
-                axes.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
-                                             linewidth=1.5))
+                axes.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
                 # the label sits inside the box's top edge, right-aligned near the image's right side
                 near_right = x1 > 0.7 * width
-                axes.text(x2 if near_right else x1, y1, f"{classes[label]} {score:.2f}", fontsize=7, color="white",
-                          va="top", ha="right" if near_right else "left", clip_on=True,
-                          bbox=dict(facecolor=colour, alpha=0.8, pad=1, edgecolor="none"))
+                axes.text(
+                    x2 if near_right else x1,
+                    y1,
+                    f"{classes[label]} {score:.2f}",
+                    fontsize=7,
+                    color="white",
+                    va="top",
+                    ha="right" if near_right else "left",
+                    clip_on=True,
+                    bbox=dict(facecolor=colour, alpha=0.8, pad=1, edgecolor="none"),
+                )
                 shown += 1
         axes.set_title(f"{title}: {shown} detections with score >= {score_thr:g}", fontsize=10)
         axes.set_xlabel("x (pixels)")

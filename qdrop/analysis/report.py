@@ -1,4 +1,5 @@
 """The run report of a quantization run: `report.md` and its two figures, written into the work dir."""
+
 import math
 import shlex
 from collections import Counter
@@ -19,6 +20,7 @@ CURVES_IMAGE = "recon_curves.png"
 @dataclass(frozen=True)
 class UnitReconstruction:
     """What reconstruction did to one unit."""
+
     unit: str
     error_before: float  # output error with round-to-nearest weights and calibrated activation ranges
     error_after: float
@@ -28,6 +30,7 @@ class UnitReconstruction:
 @dataclass
 class RunRecord:
     """Everything `report.md` shows about one run."""
+
     command: str
     q_config: Mapping  # the q_config in its YAML form
     placement: Sequence  # placement rows (qdrop.model.Placement)
@@ -59,8 +62,12 @@ def write_run_report(work_dir: str, record: RunRecord) -> list[str]:
     if record.units:
         try:
             names = [unit.unit for unit in record.units]
-            plot_recon_errors(names, [u.error_before for u in record.units], [u.error_after for u in record.units],
-                              f"{work_dir}/{ERRORS_IMAGE}")
+            plot_recon_errors(
+                names,
+                [u.error_before for u in record.units],
+                [u.error_after for u in record.units],
+                f"{work_dir}/{ERRORS_IMAGE}",
+            )
             images.append(("Output error before and after reconstruction", ERRORS_IMAGE))
             curves = {unit.unit: unit.curve for unit in record.units if unit.curve}
             if curves:
@@ -78,12 +85,17 @@ def format_report(record: RunRecord, images: Sequence[tuple[str, str]] = (), not
     """report.md's text; `images` are (caption, file name relative to the report)."""
     lines = ["# Quantization run report", "", "Command:", "", "```", record.command, "```", ""]
     lines += ["## Metrics", ""]
-    lines += _table(("metric", "value"), [(key, _number(value)) for key, value in record.metrics.items()]) \
-        if record.metrics else ["No metrics: the run did not evaluate."]
+    lines += (
+        _table(("metric", "value"), [(key, _number(value)) for key, value in record.metrics.items()])
+        if record.metrics
+        else ["No metrics: the run did not evaluate."]
+    )
     lines += ["", "## Time per stage", ""]
     total = sum(record.stage_seconds.values())
-    lines += _table(("stage", "seconds"), [(stage, f"{seconds:.1f}") for stage, seconds in
-                                           record.stage_seconds.items()] + [("total", f"{total:.1f}")])
+    lines += _table(
+        ("stage", "seconds"),
+        [(stage, f"{seconds:.1f}") for stage, seconds in record.stage_seconds.items()] + [("total", f"{total:.1f}")],
+    )
     lines += ["", "## Peak memory", ""]
     lines += _table(("memory", "MiB"), [(kind, f"{mib:.0f}") for kind, mib in record.peak_memory_mib.items()])
     lines += ["", "## Placement", ""] + placement_summary(record.placement)
@@ -96,13 +108,21 @@ def format_report(record: RunRecord, images: Sequence[tuple[str, str]] = (), not
         if note:
             lines.append(note)
         lines.append("")
-        lines += _table(("unit", "output error before", "after", "after / before"),
-                        [(u.unit, _number(u.error_before), _number(u.error_after), _ratio(u))
-                         for u in record.units])
+        lines += _table(
+            ("unit", "output error before", "after", "after / before"),
+            [(u.unit, _number(u.error_before), _number(u.error_after), _ratio(u)) for u in record.units],
+        )
     else:
         lines.append("No unit was reconstructed in this run.")
-    lines += ["", "## q_config", "", "```yaml", yaml.safe_dump(_plain(record.q_config), sort_keys=False).rstrip(),
-              "```", ""]
+    lines += [
+        "",
+        "## q_config",
+        "",
+        "```yaml",
+        yaml.safe_dump(_plain(record.q_config), sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -111,17 +131,21 @@ def placement_summary(rows: Sequence) -> list[str]:
     if not rows:
         return ["No quantizer in the model."]
     counts: dict[tuple, int] = Counter(
-        (row.tensor, row.bits, row.granularity, row.quantizer_class, row.observer_class) for row in rows)
+        (row.tensor, row.bits, row.granularity, row.quantizer_class, row.observer_class) for row in rows
+    )
     n_weight = sum(row.tensor == "weight" for row in rows)
     lines = [f"{len(rows)} quantizers: {n_weight} weight, {len(rows) - n_weight} activation.", ""]
-    lines += _table(("tensor", "bits", "granularity", "quantizer", "observer", "count"),
-                    [(*map(str, key), str(count)) for key, count in counts.items()])
+    lines += _table(
+        ("tensor", "bits", "granularity", "quantizer", "observer", "count"),
+        [(*map(str, key), str(count)) for key, count in counts.items()],
+    )
     return lines
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"] + \
-        ["| " + " | ".join(row) + " |" for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
 
 
 def _number(value) -> str:

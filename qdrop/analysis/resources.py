@@ -1,4 +1,5 @@
 """Where a run spends its time and memory: wall time per stage and peak memory of the process and the GPU."""
+
 import resource
 import sys
 import time
@@ -42,8 +43,8 @@ def peak_memory_mib(device: Optional[torch.device] = None) -> dict[str, float]:
     """
     # ru_maxrss is in KiB on Linux and in bytes on macOS
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_mib = rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10
+    rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
     peaks = {"host max RSS": rss_mib}
     if device is not None and torch.device(device).type == "cuda":
-        peaks["cuda max allocated"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        peaks["cuda max allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
     return peaks

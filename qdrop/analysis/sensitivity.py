@@ -5,6 +5,7 @@ The default damage is the relative output error of `extract_feat` (the neck's fe
 images: sum over levels of the squared difference to the float features, divided by the sum of the squared float
 features. It needs no labels and one forward per unit and image batch.
 """
+
 from collections.abc import Callable, Sequence
 from typing import Optional
 
@@ -58,8 +59,12 @@ class OutputError:
         return error / self.energy
 
 
-def unit_sensitivity(model: nn.Module, units: Sequence[tuple[str, nn.Module]], damage: Callable[[], float],
-                     on_unit: Optional[Callable[[int, str, float], None]] = None) -> list[dict]:
+def unit_sensitivity(
+    model: nn.Module,
+    units: Sequence[tuple[str, nn.Module]],
+    damage: Callable[[], float],
+    on_unit: Optional[Callable[[int, str, float], None]] = None,
+) -> list[dict]:
     """The damage of quantizing each unit alone.
 
     Args:

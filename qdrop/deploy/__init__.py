@@ -2,6 +2,7 @@
 
 Needs the `deploy` extra (``pip install -e .[deploy]``: onnx, onnxruntime); importing this package does not.
 """
+
 from .dependencies import INSTALL_HINT, import_onnx, import_onnxruntime
 from .export import (
     BOX_HEAD,
@@ -17,7 +18,22 @@ from .qdq import QuantParams, integer_type, integer_weight, quant_params
 from .runtime import OnnxDetector, create_session, session_options
 
 __all__ = [
-    "INSTALL_HINT", "import_onnx", "import_onnxruntime", "BOX_HEAD", "DEFAULT_OPSET", "NETWORK", "box_head_path",
-    "export_detector", "is_two_stage", "load_detector", "save_graphs", "QuantParams", "integer_type",
-    "integer_weight", "quant_params", "OnnxDetector", "create_session", "session_options",
+    "INSTALL_HINT",
+    "import_onnx",
+    "import_onnxruntime",
+    "BOX_HEAD",
+    "DEFAULT_OPSET",
+    "NETWORK",
+    "box_head_path",
+    "export_detector",
+    "is_two_stage",
+    "load_detector",
+    "save_graphs",
+    "QuantParams",
+    "integer_type",
+    "integer_weight",
+    "quant_params",
+    "OnnxDetector",
+    "create_session",
+    "session_options",
 ]

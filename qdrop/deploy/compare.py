@@ -1,5 +1,6 @@
 """The exported graphs against the PyTorch detector on the same input: the largest difference of every raw output,
 in absolute terms and in steps of the last activation quantizer."""
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,6 +18,7 @@ from .runtime import OnnxDetector
 class OutputDifference:
     """max |ONNX - PyTorch| of one graph output, the largest |PyTorch| value for scale, and how many of its
     ``elements`` differ by more than ``step``."""
+
     name: str
     max_abs_diff: float
     max_abs_value: float
@@ -50,8 +52,9 @@ def network_outputs(model: nn.Module, img: torch.Tensor) -> dict[str, torch.Tens
         return named
 
 
-def compare_outputs(model: nn.Module, detector: OnnxDetector, img: torch.Tensor, img_metas: list[dict],
-                    step: float = 0.0) -> list[OutputDifference]:
+def compare_outputs(
+    model: nn.Module, detector: OnnxDetector, img: torch.Tensor, img_metas: list[dict], step: float = 0.0
+) -> list[OutputDifference]:
     """Every network-graph output and, for a two-stage detector, the box-head graph's outputs on the PyTorch
     model's own proposals, against the PyTorch model.
 
@@ -76,13 +79,22 @@ def compare_outputs(model: nn.Module, detector: OnnxDetector, img: torch.Tensor,
     return differences
 
 
-def _box_head_differences(model: nn.Module, detector: OnnxDetector, expected: dict[str, torch.Tensor],
-                          img: torch.Tensor, img_metas: list[dict], step: float) -> list[OutputDifference]:
+def _box_head_differences(
+    model: nn.Module,
+    detector: OnnxDetector,
+    expected: dict[str, torch.Tensor],
+    img: torch.Tensor,
+    img_metas: list[dict],
+    step: float,
+) -> list[OutputDifference]:
     model.set_batch_input_shape(img, img_metas)
     levels = len(model.rpn_head.prior_generator.strides)
     with torch.no_grad():
-        proposals = model.rpn_head.get_bboxes([expected[f"rpn_cls_{i}"] for i in range(levels)],
-                                              [expected[f"rpn_reg_{i}"] for i in range(levels)], img_metas)
+        proposals = model.rpn_head.get_bboxes(
+            [expected[f"rpn_cls_{i}"] for i in range(levels)],
+            [expected[f"rpn_reg_{i}"] for i in range(levels)],
+            img_metas,
+        )
         extractor = model.roi_head.bbox_roi_extractor
         feats = [expected[f"feat_{i}"] for i in range(extractor.num_inputs)]
         roi_feats = extractor(feats, bbox2roi(proposals))  # (N, C, 7, 7)
@@ -95,5 +107,10 @@ def _difference(name: str, got: torch.Tensor, want: torch.Tensor, step: float) -
     if tuple(got.shape) != tuple(want.shape):
         raise ValueError(f"output {name}: ONNX shape {tuple(got.shape)}, PyTorch shape {tuple(want.shape)}")
     diff = (got.float() - want.float()).abs()
-    return OutputDifference(name, float(diff.max()) if diff.numel() else 0.0,
-                            float(want.abs().max()) if want.numel() else 0.0, int((diff > step).sum()), diff.numel())
+    return OutputDifference(
+        name,
+        float(diff.max()) if diff.numel() else 0.0,
+        float(want.abs().max()) if want.numel() else 0.0,
+        int((diff > step).sum()),
+        diff.numel(),
+    )

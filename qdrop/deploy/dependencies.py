@@ -1,4 +1,5 @@
 """The optional ONNX packages, imported on first use with an error that names the extra to install."""
+
 from types import ModuleType
 
 INSTALL_HINT = "pip install -e .[deploy]"
@@ -8,8 +9,10 @@ def _import(name: str) -> ModuleType:
     try:
         return __import__(name)
     except ImportError as err:
-        raise ImportError(f"qdrop.deploy needs the '{name}' package, which is not installed: run `{INSTALL_HINT}` "
-                          "(it installs onnx and onnxruntime)") from err
+        raise ImportError(
+            f"qdrop.deploy needs the '{name}' package, which is not installed: run `{INSTALL_HINT}` "
+            "(it installs onnx and onnxruntime)"
+        ) from err
 
 
 def import_onnx() -> ModuleType:

@@ -1,5 +1,6 @@
 """COCO evaluation of an exported detector: the test split through the config's pipeline, the network in ONNX
 Runtime, the heads' own post-processing, and `eval_<timestamp>.json` in the work dir as tools/test.py writes it."""
+
 import json
 import os
 import os.path as osp
@@ -16,8 +17,14 @@ from mmdet.utils import get_root_logger, load_config
 from .runtime import OnnxDetector
 
 
-def evaluate_onnx(config_path: str, onnx_path: str, metrics: Sequence[str] = ("bbox",), work_dir: Optional[str] = None,
-                  optimization: str = "all", threads: int = 0) -> dict:
+def evaluate_onnx(
+    config_path: str,
+    onnx_path: str,
+    metrics: Sequence[str] = ("bbox",),
+    work_dir: Optional[str] = None,
+    optimization: str = "all",
+    threads: int = 0,
+) -> dict:
     """Evaluate ``onnx_path`` (written by tools/deploy/export_onnx.py from a checkpoint of ``config_path``).
 
     Args:
@@ -42,8 +49,9 @@ def evaluate_onnx(config_path: str, onnx_path: str, metrics: Sequence[str] = ("b
         raise FileNotFoundError(f"{onnx_path}: no such ONNX file (write it with tools/deploy/export_onnx.py)")
 
     dataset = build_dataset(cfg.data.test)
-    loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=cfg.data.get("workers_per_gpu", 2),
-                              dist=False, shuffle=False)
+    loader = build_dataloader(
+        dataset, samples_per_gpu=1, workers_per_gpu=cfg.data.get("workers_per_gpu", 2), dist=False, shuffle=False
+    )
     model = build_detector(cfg.model, test_cfg=cfg.get("test_cfg"))
     detector = OnnxDetector.from_file(model, onnx_path, optimization=optimization, threads=threads)
     _check_graph_fits(detector, config_path, onnx_path)
@@ -66,5 +74,7 @@ def _check_graph_fits(detector: OnnxDetector, config_path: str, onnx_path: str) 
     else:
         expected = {f"cls_score_{i}" for i in range(len(model.bbox_head.prior_generator.strides))}
     if not expected <= names:
-        raise ValueError(f"{onnx_path} does not fit the detector of {config_path}: graph outputs {sorted(names)}, "
-                         f"expected {sorted(expected)}")
+        raise ValueError(
+            f"{onnx_path} does not fit the detector of {config_path}: graph outputs {sorted(names)}, "
+            f"expected {sorted(expected)}"
+        )

@@ -5,6 +5,7 @@ the network graph ``img`` -> FPN levels ``feat_<l>`` and the RPN's ``rpn_cls_<l>
 graph ``roi_feats`` (N, C, 7, 7) -> ``cls_score``, ``bbox_pred``; proposals, their NMS and RoI pooling run in
 between in the project's own code.
 """
+
 import os.path as osp
 from collections.abc import Sequence
 from typing import Optional
@@ -48,8 +49,10 @@ def load_detector(config_path: str, checkpoint_path: str, require_quantized: boo
     model = build_detector(cfg.model, test_cfg=cfg.get("test_cfg"))
     quantized = is_quantized_checkpoint_file(checkpoint_path)
     if require_quantized and not quantized:
-        raise ValueError(f"{checkpoint_path} is a float checkpoint, but a quantized one (quantized.pth written by "
-                         "qdrop/solver/quant_coco.py) is required; drop --require-quantized for a float export")
+        raise ValueError(
+            f"{checkpoint_path} is a float checkpoint, but a quantized one (quantized.pth written by "
+            "qdrop/solver/quant_coco.py) is required; drop --require-quantized for a float export"
+        )
     try:
         if quantized:
             load_quantized_checkpoint(model, checkpoint_path)
@@ -61,8 +64,9 @@ def load_detector(config_path: str, checkpoint_path: str, require_quantized: boo
     return model.eval(), quantized
 
 
-def export_detector(model: nn.Module, opset: int = DEFAULT_OPSET,
-                    shape: Optional[Sequence[int]] = None) -> dict[str, object]:
+def export_detector(
+    model: nn.Module, opset: int = DEFAULT_OPSET, shape: Optional[Sequence[int]] = None
+) -> dict[str, object]:
     """The detector's graphs as ONNX ModelProtos: {'network': ...} and, for two-stage detectors, {'bbox_head': ...}.
 
     Args:
@@ -80,16 +84,24 @@ def export_detector(model: nn.Module, opset: int = DEFAULT_OPSET,
     unknown_4d = [None] * 4
     if is_two_stage(model):
         cls_scores, bbox_preds = writer.dense_head(model.rpn_head, feats)
-        named = ([(f"feat_{i}", t) for i, t in enumerate(feats)]
-                 + [(f"rpn_cls_{i}", t) for i, t in enumerate(cls_scores)]
-                 + [(f"rpn_reg_{i}", t) for i, t in enumerate(bbox_preds)])
+        named = (
+            [(f"feat_{i}", t) for i, t in enumerate(feats)]
+            + [(f"rpn_cls_{i}", t) for i, t in enumerate(cls_scores)]
+            + [(f"rpn_reg_{i}", t) for i, t in enumerate(bbox_preds)]
+        )
     else:
         cls_scores, bbox_preds = writer.dense_head(model.bbox_head, feats)
         named = [(f"cls_score_{i}", t) for i, t in enumerate(cls_scores)] + [
-            (f"bbox_pred_{i}", t) for i, t in enumerate(bbox_preds)]
+            (f"bbox_pred_{i}", t) for i, t in enumerate(bbox_preds)
+        ]
     outputs = [_rename(graph, tensor, output) for output, tensor in named]
-    graphs = {NETWORK: graph.model([image], [float_info(o, onnx.TensorProto.FLOAT, unknown_4d) for o in outputs],
-                                   f"{type(model).__name__}_network")}
+    graphs = {
+        NETWORK: graph.model(
+            [image],
+            [float_info(o, onnx.TensorProto.FLOAT, unknown_4d) for o in outputs],
+            f"{type(model).__name__}_network",
+        )
+    }
     if is_two_stage(model):
         graphs[BOX_HEAD] = _box_head_graph(model, opset)
     return graphs
@@ -105,8 +117,11 @@ def _box_head_graph(model: nn.Module, opset: int):
     float_info = onnx.helper.make_tensor_value_info
     size = head.roi_feat_size
     roi_feats = float_info("roi_feats", onnx.TensorProto.FLOAT, ["num_rois", head.in_channels, size, size])
-    return graph.model([roi_feats], [float_info(o, onnx.TensorProto.FLOAT, [None, None]) for o in outputs],
-                       f"{type(model).__name__}_bbox_head")
+    return graph.model(
+        [roi_feats],
+        [float_info(o, onnx.TensorProto.FLOAT, [None, None]) for o in outputs],
+        f"{type(model).__name__}_bbox_head",
+    )
 
 
 def _rename(graph: GraphBuilder, tensor: str, output: str) -> str:
@@ -123,4 +138,3 @@ def save_graphs(graphs: dict[str, object], path: str) -> dict[str, str]:
     for part, file in files.items():
         onnx.save(graphs[part], file)
     return files
-

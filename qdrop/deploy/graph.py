@@ -1,4 +1,5 @@
 """A small ONNX graph writer: unique names, initializers, single-output nodes, and QDQ pairs from quantizers."""
+
 from collections.abc import Sequence
 from typing import Optional
 
@@ -86,8 +87,10 @@ class GraphBuilder:
             return self.node("Clip", [x, low_name, high_name], f"{prefix}/clip")
         # per channel along params.axis of an NCHW-like tensor: bounds shaped (C, 1, ..., 1) broadcast from the right
         if params.axis != 1:
-            raise ValueError(f"{prefix}: per-channel activation quantizers narrower than their integer type are "
-                             f"exported on axis 1 only, got axis {params.axis}")
+            raise ValueError(
+                f"{prefix}: per-channel activation quantizers narrower than their integer type are "
+                f"exported on axis 1 only, got axis {params.axis}"
+            )
         shape = (-1, 1, 1)
         low_name = self.constant(f"{prefix}/clip_min", low.reshape(shape).astype(np.float32))
         high_name = self.constant(f"{prefix}/clip_max", high.reshape(shape).astype(np.float32))
@@ -95,17 +98,19 @@ class GraphBuilder:
 
     def _check_opset(self, params: QuantParams, prefix: str) -> None:
         if params.onnx_type in ("INT4", "UINT4") and self.opset < MIN_OPSET_4BIT:
-            raise ValueError(f"{prefix}: {params.onnx_type} tensors need opset >= {MIN_OPSET_4BIT}, got --opset "
-                             f"{self.opset}")
+            raise ValueError(
+                f"{prefix}: {params.onnx_type} tensors need opset >= {MIN_OPSET_4BIT}, got --opset {self.opset}"
+            )
         if params.per_channel and self.opset < MIN_OPSET_PER_AXIS:
-            raise ValueError(f"{prefix}: per-channel QuantizeLinear/DequantizeLinear need opset >= "
-                             f"{MIN_OPSET_PER_AXIS}, got --opset {self.opset}")
+            raise ValueError(
+                f"{prefix}: per-channel QuantizeLinear/DequantizeLinear need opset >= "
+                f"{MIN_OPSET_PER_AXIS}, got --opset {self.opset}"
+            )
 
     def model(self, inputs: Sequence, outputs: Sequence, graph_name: str):
         """The ModelProto of everything added so far; ``inputs``/``outputs`` are ValueInfoProtos."""
         helper = self.onnx.helper
         graph = helper.make_graph(self.nodes, graph_name, list(inputs), list(outputs), self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
-                                  producer_name="qdrop-det")
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="qdrop-det")
         self.onnx.checker.check_model(model)
         return model

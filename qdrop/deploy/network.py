@@ -4,6 +4,7 @@ Quantized layers and blocks keep their quantizers: every enabled activation quan
 enabled weight quantizer an integer initializer with a DequantizeLinear; everything else is float. BatchNorm must be
 folded into the convs first.
 """
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,8 +63,10 @@ class NetworkWriter:
             for child in module:
                 x = self.module(child, x)
             return x
-        raise ValueError(f"ONNX export: {self.name_of(module)} is a {type(module).__name__}, which the exporter does "
-                         "not write (BatchNorm must be folded: --fuse-conv-bn)")
+        raise ValueError(
+            f"ONNX export: {self.name_of(module)} is a {type(module).__name__}, which the exporter does "
+            "not write (BatchNorm must be folded: --fuse-conv-bn)"
+        )
 
     def quantized_layer(self, layer: QuantizedLayer, x: str) -> str:
         out = self.weighted(layer.module, x)
@@ -124,12 +127,21 @@ class NetworkWriter:
         if isinstance(module, nn.Linear):
             return self.graph.node("Gemm", inputs, name, transB=1)
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise ValueError(f"ONNX export: {name} uses padding {module.padding!r} / {module.padding_mode!r}; only "
-                             "explicit zero padding is written")
+            raise ValueError(
+                f"ONNX export: {name} uses padding {module.padding!r} / {module.padding_mode!r}; only "
+                "explicit zero padding is written"
+            )
         pad_h, pad_w = module.padding
-        return self.graph.node("Conv", inputs, name, kernel_shape=list(module.kernel_size),
-                               strides=list(module.stride), pads=[pad_h, pad_w, pad_h, pad_w],
-                               dilations=list(module.dilation), group=module.groups)
+        return self.graph.node(
+            "Conv",
+            inputs,
+            name,
+            kernel_shape=list(module.kernel_size),
+            strides=list(module.stride),
+            pads=[pad_h, pad_w, pad_h, pad_w],
+            dilations=list(module.dilation),
+            group=module.groups,
+        )
 
     def activation_quantizer(self, quantizer: FakeQuantizeBase, x: str) -> str:
         if not quantizer.fake_quant_enabled:
@@ -137,8 +149,10 @@ class NetworkWriter:
         name = self.name_of(quantizer)
         axis = ACTIVATION_CHANNEL_AXIS if quantizer.ch_axis >= 0 else -1
         if quantizer.ch_axis not in (-1, ACTIVATION_CHANNEL_AXIS):
-            raise ValueError(f"{name}: per-channel activation quantizers are exported on the channel axis "
-                             f"({ACTIVATION_CHANNEL_AXIS}), got ch_axis {quantizer.ch_axis}")
+            raise ValueError(
+                f"{name}: per-channel activation quantizers are exported on the channel axis "
+                f"({ACTIVATION_CHANNEL_AXIS}), got ch_axis {quantizer.ch_axis}"
+            )
         return self.graph.quantize_dequantize(x, quant_params(quantizer, name, axis), name)
 
     def relu(self, x: str, name: str) -> str:
@@ -151,9 +165,15 @@ class NetworkWriter:
         if pool.dilation not in (1, (1, 1)):
             raise ValueError(f"ONNX export: {self.name_of(pool)} has dilation {pool.dilation}; only 1 is written")
         pad_h, pad_w = pair(pool.padding)
-        return self.graph.node("MaxPool", [x], self.name_of(pool), kernel_shape=pair(pool.kernel_size),
-                               strides=pair(pool.stride if pool.stride is not None else pool.kernel_size),
-                               pads=[pad_h, pad_w, pad_h, pad_w], ceil_mode=int(pool.ceil_mode))
+        return self.graph.node(
+            "MaxPool",
+            [x],
+            self.name_of(pool),
+            kernel_shape=pair(pool.kernel_size),
+            strides=pair(pool.stride if pool.stride is not None else pool.kernel_size),
+            pads=[pad_h, pad_w, pad_h, pad_w],
+            ceil_mode=int(pool.ceil_mode),
+        )
 
     def group_norm(self, norm: nn.GroupNorm, x: str) -> str:
         """(N, C, H, W) -> (N, G, C/G * H * W), normalised per group, back to (N, C, H, W), per-channel affine."""
@@ -198,11 +218,17 @@ class NetworkWriter:
         if neck.num_outs > used:
             if not neck.add_extra_convs:
                 for level in range(used, neck.num_outs):
-                    outs.append(self.graph.node("MaxPool", [outs[-1]], f"{name}/extra{level}", kernel_shape=[1, 1],
-                                                strides=[2, 2]))
+                    outs.append(
+                        self.graph.node(
+                            "MaxPool", [outs[-1]], f"{name}/extra{level}", kernel_shape=[1, 1], strides=[2, 2]
+                        )
+                    )
             else:
-                source = {"on_input": inputs[neck.backbone_end_level - 1], "on_lateral": laterals[-1],
-                          "on_output": outs[-1]}[neck.add_extra_convs]
+                source = {
+                    "on_input": inputs[neck.backbone_end_level - 1],
+                    "on_lateral": laterals[-1],
+                    "on_output": outs[-1],
+                }[neck.add_extra_convs]
                 outs.append(self.module(neck.fpn_convs[used], source))
                 for i in range(used + 1, neck.num_outs):
                     previous = outs[-1]
@@ -214,19 +240,38 @@ class NetworkWriter:
     def upsample(self, x: str, like: str, upsample_cfg: dict, name: str) -> str:
         """F.interpolate(x, size=like's H, W) in 'nearest' mode (floor of the asymmetric source coordinate)."""
         if upsample_cfg.get("mode", "nearest") != "nearest" or "scale_factor" in upsample_cfg:
-            raise ValueError(f"ONNX export: FPN upsample_cfg {upsample_cfg} is not written; only mode='nearest' to "
-                             "the finer level's size")
+            raise ValueError(
+                f"ONNX export: FPN upsample_cfg {upsample_cfg} is not written; only mode='nearest' to "
+                "the finer level's size"
+            )
         graph = self.graph
-        batch_channels = graph.node("Slice", [graph.node("Shape", [x], f"{name}/source_shape"),
-                                              graph.constant(f"{name}/start0", np.array([0]), "INT64"),
-                                              graph.constant(f"{name}/end2", np.array([2]), "INT64")],
-                                    f"{name}/batch_channels")
-        spatial = graph.node("Slice", [graph.node("Shape", [like], f"{name}/target_shape"),
-                                       graph.constant(f"{name}/start2", np.array([2]), "INT64"),
-                                       graph.constant(f"{name}/end4", np.array([4]), "INT64")], f"{name}/spatial")
+        batch_channels = graph.node(
+            "Slice",
+            [
+                graph.node("Shape", [x], f"{name}/source_shape"),
+                graph.constant(f"{name}/start0", np.array([0]), "INT64"),
+                graph.constant(f"{name}/end2", np.array([2]), "INT64"),
+            ],
+            f"{name}/batch_channels",
+        )
+        spatial = graph.node(
+            "Slice",
+            [
+                graph.node("Shape", [like], f"{name}/target_shape"),
+                graph.constant(f"{name}/start2", np.array([2]), "INT64"),
+                graph.constant(f"{name}/end4", np.array([4]), "INT64"),
+            ],
+            f"{name}/spatial",
+        )
         sizes = graph.node("Concat", [batch_channels, spatial], f"{name}/sizes", axis=0)
-        return graph.node("Resize", [x, "", "", sizes], name, mode="nearest",
-                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        return graph.node(
+            "Resize",
+            [x, "", "", sizes],
+            name,
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        )
 
     def dense_head(self, head: nn.Module, feats: Sequence[str]) -> tuple[list[str], list[str]]:
         """Per level (class scores, box deltas) of a RetinaHead or an RPNHead."""

@@ -1,5 +1,6 @@
 """A fake quantizer's parameters as ONNX QuantizeLinear/DequantizeLinear data: integer types, zero points and the
 integer weights (AdaRound's learned rounding where it has one, round-to-nearest otherwise)."""
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ class QuantParams:
     integer element type and ``type_range`` its saturation range, which may be wider than ``quant_range`` (2- and
     3-bit tensors in INT4/UINT4, 5- to 7-bit ones in INT8/UINT8).
     """
+
     scale: np.ndarray
     zero_point: np.ndarray
     axis: int
@@ -61,12 +63,14 @@ def quant_params(quantizer: FakeQuantizeBase, name: str, channels_axis: int) -> 
     scale = quantizer.scale.detach().float().cpu().reshape(-1).numpy().astype(np.float32)
     zero_point = torch.round(quantizer.zero_point.detach().float().cpu().reshape(-1)).numpy().astype(np.int64)
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-        raise ValueError(f"{name}: scale must be finite and positive to export, got min {scale.min()} "
-                         "(is the model calibrated?)")
+        raise ValueError(
+            f"{name}: scale must be finite and positive to export, got min {scale.min()} (is the model calibrated?)"
+        )
     qmin, qmax = quantizer.quant_min, quantizer.quant_max
     if np.any(zero_point < qmin) or np.any(zero_point > qmax):
-        raise ValueError(f"{name}: zero point outside its range [{qmin}, {qmax}]: "
-                         f"{zero_point.min()}..{zero_point.max()}")
+        raise ValueError(
+            f"{name}: zero point outside its range [{qmin}, {qmax}]: {zero_point.min()}..{zero_point.max()}"
+        )
     onnx_type, type_range = integer_type(quantizer.bit, quantizer.symmetric)
     return QuantParams(scale, zero_point, channels_axis, (qmin, qmax), onnx_type, type_range)
 
@@ -88,8 +92,10 @@ def integer_weight(weight: torch.Tensor, quantizer: FakeQuantizeBase, name: str)
     """
     params = quant_params(quantizer, name, channels_axis=0)
     if params.per_channel and quantizer.ch_axis != 0:
-        raise ValueError(f"{name}: per-channel weight quantizers must use ch_axis 0 (output channels) to export, "
-                         f"got ch_axis {quantizer.ch_axis}")
+        raise ValueError(
+            f"{name}: per-channel weight quantizers must use ch_axis 0 (output channels) to export, "
+            f"got ch_axis {quantizer.ch_axis}"
+        )
     channels = weight.shape[0]
     shape = (channels,) + (1,) * (weight.dim() - 1)  # broadcast over the kernel dimensions
     scale = torch.from_numpy(np.broadcast_to(params.scale, (channels,)).copy()).reshape(shape)
@@ -102,6 +108,12 @@ def integer_weight(weight: torch.Tensor, quantizer: FakeQuantizeBase, name: str)
         rounded = torch.round(w / scale)
     qmin, qmax = params.quant_range
     ints = torch.clamp(rounded + zero_point, qmin, qmax).to(torch.int64).numpy()
-    per_channel = QuantParams(scale.reshape(-1).numpy(), zero_point.reshape(-1).numpy().astype(np.int64), 0,
-                              params.quant_range, params.onnx_type, params.type_range)
+    per_channel = QuantParams(
+        scale.reshape(-1).numpy(),
+        zero_point.reshape(-1).numpy().astype(np.int64),
+        0,
+        params.quant_range,
+        params.onnx_type,
+        params.type_range,
+    )
     return ints, per_channel

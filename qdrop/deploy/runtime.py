@@ -1,4 +1,5 @@
 """A detector whose network runs in ONNX Runtime and whose pre- and post-processing are the project's own."""
+
 import copy
 from typing import Optional
 
@@ -22,8 +23,12 @@ def session_options(optimization: str = "all", threads: int = 0, optimized_model
     ort = import_onnxruntime()
     if optimization not in OPTIMIZATION_LEVELS:
         raise ValueError(f"optimization: got {optimization!r}; allowed values: {', '.join(OPTIMIZATION_LEVELS)}")
-    levels = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
-              "disable": "ORT_DISABLE_ALL"}
+    levels = {
+        "all": "ORT_ENABLE_ALL",
+        "extended": "ORT_ENABLE_EXTENDED",
+        "basic": "ORT_ENABLE_BASIC",
+        "disable": "ORT_DISABLE_ALL",
+    }
     options = ort.SessionOptions()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[optimization])
     options.intra_op_num_threads = threads
@@ -57,12 +62,12 @@ class OnnxDetector(nn.Module):
         self.sessions = dict(sessions)
         expected = {NETWORK, BOX_HEAD} if is_two_stage(model) else {NETWORK}
         if set(self.sessions) != expected:
-            raise ValueError(f"{type(model).__name__} needs ONNX graphs {sorted(expected)}, "
-                             f"got {sorted(self.sessions)}")
+            raise ValueError(
+                f"{type(model).__name__} needs ONNX graphs {sorted(expected)}, got {sorted(self.sessions)}"
+            )
 
     @classmethod
-    def from_file(cls, model: nn.Module, onnx_path: str, optimization: str = "all", threads: int = 0
-                  ) -> "OnnxDetector":
+    def from_file(cls, model: nn.Module, onnx_path: str, optimization: str = "all", threads: int = 0) -> "OnnxDetector":
         """Sessions for ``onnx_path`` (and its box-head graph FILE.bbox_head.onnx for two-stage detectors)."""
         files = {NETWORK: onnx_path}
         if is_two_stage(model):
@@ -87,7 +92,8 @@ class OnnxDetector(nn.Module):
     def box_head_outputs(self, roi_feats: torch.Tensor):
         """(cls_score (N, K + 1), bbox_pred (N, 4K)) of the box-head graph for (N, C, 7, 7) RoI features."""
         cls_score, bbox_pred = self.sessions[BOX_HEAD].run(
-            ["cls_score", "bbox_pred"], {"roi_feats": np.ascontiguousarray(roi_feats.numpy(), dtype=np.float32)})
+            ["cls_score", "bbox_pred"], {"roi_feats": np.ascontiguousarray(roi_feats.numpy(), dtype=np.float32)}
+        )
         return torch.from_numpy(cls_score), torch.from_numpy(bbox_pred)
 
     def forward(self, img, img_metas, return_loss: bool = False, rescale: bool = False):
@@ -102,8 +108,9 @@ class OnnxDetector(nn.Module):
         if is_two_stage(self.detector):
             return self._two_stage(outputs, img_metas, rescale)
         head = self.detector.bbox_head
-        results = head.get_bboxes(_levels(outputs, "cls_score_"), _levels(outputs, "bbox_pred_"), img_metas,
-                                  rescale=rescale)
+        results = head.get_bboxes(
+            _levels(outputs, "cls_score_"), _levels(outputs, "bbox_pred_"), img_metas, rescale=rescale
+        )
         return [bbox2result(bboxes, labels, head.num_classes) for bboxes, labels in results]
 
     def _two_stage(self, outputs: dict[str, torch.Tensor], img_metas: list[dict], rescale: bool) -> list:
@@ -114,25 +121,34 @@ class OnnxDetector(nn.Module):
         rois = bbox2roi(proposals)  # (N, 5): image index, x1, y1, x2, y2
         num_classes = roi_head.num_classes
         if rois.size(0) == 0:
-            return [bbox2result(rois.new_zeros((0, 5)), rois.new_zeros((0,), dtype=torch.long), num_classes)
-                    for _ in img_metas]
-        roi_feats = roi_head.bbox_roi_extractor(feats[:roi_head.bbox_roi_extractor.num_inputs], rois)
+            return [
+                bbox2result(rois.new_zeros((0, 5)), rois.new_zeros((0,), dtype=torch.long), num_classes)
+                for _ in img_metas
+            ]
+        roi_feats = roi_head.bbox_roi_extractor(feats[: roi_head.bbox_roi_extractor.num_inputs], rois)
         cls_score, bbox_pred = self.box_head_outputs(roi_feats)
         counts = [p.size(0) for p in proposals]
         results = []
-        for meta, img_rois, img_scores, img_deltas in zip(img_metas, rois.split(counts), cls_score.split(counts),
-                                                          bbox_pred.split(counts)):
+        for meta, img_rois, img_scores, img_deltas in zip(
+            img_metas, rois.split(counts), cls_score.split(counts), bbox_pred.split(counts)
+        ):
             if img_rois.size(0) == 0:
                 bboxes, labels = rois.new_zeros((0, 5)), rois.new_zeros((0,), dtype=torch.long)
             else:
-                bboxes, labels = roi_head.bbox_head.get_bboxes(img_rois, img_scores, img_deltas, meta["img_shape"],
-                                                               meta["scale_factor"], rescale=rescale,
-                                                               cfg=roi_head.test_cfg)
+                bboxes, labels = roi_head.bbox_head.get_bboxes(
+                    img_rois,
+                    img_scores,
+                    img_deltas,
+                    meta["img_shape"],
+                    meta["scale_factor"],
+                    rescale=rescale,
+                    cfg=roi_head.test_cfg,
+                )
             results.append(bbox2result(bboxes, labels, num_classes))
         return results
 
 
 def _levels(outputs: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:
     """The outputs named ``<prefix><level>`` in level order."""
-    names = sorted((name for name in outputs if name.startswith(prefix)), key=lambda name: int(name[len(prefix):]))
+    names = sorted((name for name in outputs if name.startswith(prefix)), key=lambda name: int(name[len(prefix) :]))
     return [outputs[name] for name in names]

@@ -5,6 +5,7 @@ re-folds BatchNorm, re-wraps the float detector with that q_config and loads the
 learned rounding `alpha`, used in AdaRound's hard mode; weight and activation scales and zero points), so
 activation quantization is kept, not only the weights.
 """
+
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Optional, Union
@@ -32,13 +33,16 @@ def load_quantized_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     """
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise ValueError(f"quantized state does not fit the quantized model: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]} (another model or q_config?)")
+        raise ValueError(
+            f"quantized state does not fit the quantized model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]} (another model or q_config?)"
+        )
     enable_quantization(model)
 
 
-def save_quantized_checkpoint(model: nn.Module, filename: str, q_config: Union[QConfig, Mapping],
-                              meta: Optional[dict] = None) -> None:
+def save_quantized_checkpoint(
+    model: nn.Module, filename: str, q_config: Union[QConfig, Mapping], meta: Optional[dict] = None
+) -> None:
     """Write {'state_dict', 'meta'} atomically; meta carries the q_config needed to rebuild the quantized model.
 
     Args:
@@ -81,8 +85,10 @@ def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu
     """
     checkpoint = read_checkpoint(filename, map_location=map_location)
     if not is_quantized_checkpoint(checkpoint):
-        raise ValueError(f"{filename} is not a quantized checkpoint written by qdrop (meta.format != "
-                         f"{QUANTIZED_FORMAT!r}); load float checkpoints with mmdet.utils.load_checkpoint")
+        raise ValueError(
+            f"{filename} is not a quantized checkpoint written by qdrop (meta.format != "
+            f"{QUANTIZED_FORMAT!r}); load float checkpoints with mmdet.utils.load_checkpoint"
+        )
     check_finite(checkpoint["state_dict"], filename)
     meta = checkpoint["meta"]
     fuse_conv_bn(model)

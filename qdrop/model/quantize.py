@@ -12,6 +12,7 @@ Backbone and neck are always quantized, the heads only with `quant_head: True`. 
 The q_config's `overrides:` then set the quantizers of single modules (qdrop.overrides); their default first entry
 keeps the first layer's weights at 8 bits.
 """
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -71,28 +72,34 @@ class Site:
 def _residual_block(block_cls: type) -> Callable[[nn.Module, Site], QuantizedUnit]:
     def build(block: nn.Module, site: Site) -> QuantizedUnit:
         return block_cls(block, site.w_cfg, site.a_cfg)
+
     return build
 
 
 def _layer(module: nn.Module, site: Site) -> QuantizedLayer:
-    return QuantizedLayer(module, nn.ReLU() if site.relu_after else None, site.w_cfg, site.a_cfg,
-                          qoutput=site.quantize_output)
+    return QuantizedLayer(
+        module, nn.ReLU() if site.relu_after else None, site.w_cfg, site.a_cfg, qoutput=site.quantize_output
+    )
 
 
 def _layer_from_conv_module(conv_module: ConvModule, site: Site) -> QuantizedLayer:
     norm = conv_module.norm
     if norm is not None and not isinstance(norm, nn.Identity):
-        raise ValueError(f"{site.name}: ConvModule with a {type(norm).__name__}: fold BatchNorm into the conv "
-                         "before quantizing")
+        raise ValueError(
+            f"{site.name}: ConvModule with a {type(norm).__name__}: fold BatchNorm into the conv before quantizing"
+        )
     if tuple(conv_module.order) != ("conv", "norm", "act"):
         raise ValueError(f"{site.name}: ConvModule order {conv_module.order} is not supported (only conv, norm, act)")
     activation = conv_module.activate
     if activation is not None and not isinstance(activation, (nn.ReLU, nn.Identity)):
-        raise ValueError(f"{site.name}: ConvModule activation {type(activation).__name__} is not supported (only "
-                         "ReLU folds into a quantized layer)")
+        raise ValueError(
+            f"{site.name}: ConvModule activation {type(activation).__name__} is not supported (only "
+            "ReLU folds into a quantized layer)"
+        )
     relu = site.relu_after or isinstance(activation, nn.ReLU)
-    return QuantizedLayer(conv_module.conv, nn.ReLU() if relu else None, site.w_cfg, site.a_cfg,
-                          qoutput=site.quantize_output)
+    return QuantizedLayer(
+        conv_module.conv, nn.ReLU() if relu else None, site.w_cfg, site.a_cfg, qoutput=site.quantize_output
+    )
 
 
 # Module type -> builder of its quantized form; looked up along the module's class hierarchy (most derived first).
@@ -136,8 +143,10 @@ def quantize_detector(model: nn.Module, q_config: Union[QConfig, Mapping]) -> nn
     q_config = QConfig.from_mapping(q_config)
     for part in TRUNK:
         if not isinstance(getattr(model, part, None), nn.Module):
-            raise ValueError(f"{type(model).__name__} has no '{part}': only detectors with a backbone and a neck "
-                             "(extract_feat = backbone + neck) can be quantized")
+            raise ValueError(
+                f"{type(model).__name__} has no '{part}': only detectors with a backbone and a neck "
+                "(extract_feat = backbone + neck) can be quantized"
+            )
     overrides = (first_layer_override(model.backbone),) + q_config.overrides
     context = _WalkContext(q_config.w_qconfig, q_config.a_qconfig, quantize_output=True, overrides=overrides)
     parts = TRUNK + (HEADS if q_config.quant_head else ())
@@ -160,9 +169,13 @@ def _quantize_children(parent: nn.Module, prefix: str, context: _WalkContext) ->
     previous = None
     for name, child in list(parent.named_children()):
         role = roles.get(name, PLAIN)
-        site = Site(prefix + name, context.w_cfg, context.a_cfg,
-                    quantize_output=context.quantize_output and not role.final_output,
-                    relu_after=context.relu_after_each_child or role.relu_after)
+        site = Site(
+            prefix + name,
+            context.w_cfg,
+            context.a_cfg,
+            quantize_output=context.quantize_output and not role.final_output,
+            relu_after=context.relu_after_each_child or role.relu_after,
+        )
         if isinstance(child, QuantizedUnit):
             raise ValueError(f"{site.name} is already quantized")
         build = _lookup(QUANTIZED_FORMS, child)
@@ -181,12 +194,19 @@ def _quantize_children(parent: nn.Module, prefix: str, context: _WalkContext) ->
         elif isinstance(child, nn.Identity):
             continue  # a folded BatchNorm between a conv and its ReLU
         elif isinstance(child, _BatchNorm):
-            raise ValueError(f"{site.name} is a {type(child).__name__}: fold BatchNorm into the convs "
-                             "(mmdet.utils.fuse_conv_bn / --fuse-conv-bn) before quantizing")
+            raise ValueError(
+                f"{site.name} is a {type(child).__name__}: fold BatchNorm into the convs "
+                "(mmdet.utils.fuse_conv_bn / --fuse-conv-bn) before quantizing"
+            )
         else:
-            child_context = _WalkContext(context.w_cfg, context.a_cfg, site.quantize_output,
-                                         relu_after_each_child=role.relu_after_each, overrides=context.overrides,
-                                         sites=context.sites)
+            child_context = _WalkContext(
+                context.w_cfg,
+                context.a_cfg,
+                site.quantize_output,
+                relu_after_each_child=role.relu_after_each,
+                overrides=context.overrides,
+                sites=context.sites,
+            )
             _quantize_children(child, site.name + ".", child_context)
             previous = None
 
@@ -194,15 +214,22 @@ def _quantize_children(parent: nn.Module, prefix: str, context: _WalkContext) ->
 def first_layer_override(backbone: nn.Module) -> ModuleOverride:
     """The default first entry of `overrides:`: the backbone's first conv/linear (the one that sees the image)
     keeps 8-bit weights."""
-    first = next((name for name, module in backbone.named_modules(prefix="backbone")
-                  if isinstance(module, (ConvModule, nn.Conv2d, nn.Linear))), None)
+    first = next(
+        (
+            name
+            for name, module in backbone.named_modules(prefix="backbone")
+            if isinstance(module, (ConvModule, nn.Conv2d, nn.Linear))
+        ),
+        None,
+    )
     if first is None:
         raise ValueError(f"backbone {type(backbone).__name__} has no quantizable layer")
     return ModuleOverride(first, w_qconfig=(("bit", FIRST_LAYER_WEIGHT_BITS),))
 
 
-def _apply_overrides(model: nn.Module, overrides: tuple[ModuleOverride, ...], base: ModuleSettings,
-                     sites: list[str]) -> None:
+def _apply_overrides(
+    model: nn.Module, overrides: tuple[ModuleOverride, ...], base: ModuleSettings, sites: list[str]
+) -> None:
     """Rebuild every quantizer whose module's effective settings differ from the q_config's sections.
 
     `overrides` are the default first-layer entry and the q_config's entries; `sites` the quantizable modules met
@@ -214,8 +241,10 @@ def _apply_overrides(model: nn.Module, overrides: tuple[ModuleOverride, ...], ba
             continue
         settings = effective_settings(name, base, overrides)
         if not settings.quantize:
-            raise ValueError(f"q_config overrides: quantize: False keeps whole units (layers or residual blocks) "
-                             f"float; {name} is a part of one: name its unit instead")
+            raise ValueError(
+                f"q_config overrides: quantize: False keeps whole units (layers or residual blocks) "
+                f"float; {name} is a part of one: name its unit instead"
+            )
         if isinstance(unit, QuantizedLayer):
             if name not in sites:
                 inner_layers.append(name)

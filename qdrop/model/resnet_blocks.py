@@ -4,6 +4,7 @@ Inner layers are `QuantizedLayer`s (weight-quantized conv, folded ReLU, optional
 the shortcut, applies the final ReLU and quantizes its output once, where the next unit's input is quantized in
 deployment.
 """
+
 from typing import Optional
 
 import torch
@@ -17,8 +18,10 @@ def _fused_conv(block: nn.Module, conv_name: str, bn_name: str) -> nn.Conv2d:
     """The conv `conv_name` of `block`, checking that its BatchNorm `bn_name` has been folded into it."""
     bn = getattr(block, bn_name, None)
     if bn is not None and not isinstance(bn, nn.Identity):
-        raise ValueError(f"{type(block).__name__}.{bn_name} is a {type(bn).__name__}: fold BatchNorm into the convs "
-                         "(mmdet.utils.fuse_conv_bn / --fuse-conv-bn) before quantizing")
+        raise ValueError(
+            f"{type(block).__name__}.{bn_name} is a {type(bn).__name__}: fold BatchNorm into the convs "
+            "(mmdet.utils.fuse_conv_bn / --fuse-conv-bn) before quantizing"
+        )
     return getattr(block, conv_name)
 
 
@@ -29,8 +32,10 @@ def _downsample(block: nn.Module, w_cfg: QuantizerConfig) -> Optional[QuantizedL
     convs = [m for m in block.downsample if isinstance(m, nn.Conv2d)]
     others = [m for m in block.downsample if not isinstance(m, (nn.Conv2d, nn.Identity))]
     if len(convs) != 1 or others:
-        raise ValueError(f"downsample branch {block.downsample} must be one conv with its BatchNorm folded "
-                         "(mmdet.utils.fuse_conv_bn / --fuse-conv-bn)")
+        raise ValueError(
+            f"downsample branch {block.downsample} must be one conv with its BatchNorm folded "
+            "(mmdet.utils.fuse_conv_bn / --fuse-conv-bn)"
+        )
     return QuantizedLayer(convs[0], None, w_cfg, qoutput=False)
 
 

@@ -22,7 +22,7 @@ from .fused import (
 )
 from .observer import ObserverBase
 
-ROUND_MODES = ('learned_hard_sigmoid',)
+ROUND_MODES = ("learned_hard_sigmoid",)
 
 
 class FakeQuantizeBase(nn.Module):
@@ -44,8 +44,10 @@ class FakeQuantizeBase(nn.Module):
         self.drop_prob = 1.0
 
     def extra_repr(self) -> str:
-        return (f'bit={self.bit}, symmetric={self.symmetric}, ch_axis={self.ch_axis}, '
-                f'observer_enabled={self.observer_enabled}, fake_quant_enabled={self.fake_quant_enabled}')
+        return (
+            f"bit={self.bit}, symmetric={self.symmetric}, ch_axis={self.ch_axis}, "
+            f"observer_enabled={self.observer_enabled}, fake_quant_enabled={self.fake_quant_enabled}"
+        )
 
     def enable_observer(self, enabled: bool = True) -> None:
         self.observer_enabled = enabled
@@ -65,7 +67,7 @@ class FakeQuantizeBase(nn.Module):
         observer = self.activation_post_process
         scale, zero_point = observer.calculate_qparams(observer.min_val, observer.max_val)
         with torch.no_grad():
-            for name, value in (('scale', scale), ('zero_point', zero_point)):
+            for name, value in (("scale", scale), ("zero_point", zero_point)):
                 current = getattr(self, name)
                 value = value.reshape(-1).to(device=current.device, dtype=current.dtype)
                 if current.shape != value.shape:
@@ -95,15 +97,17 @@ class FakeQuantizeBase(nn.Module):
             x_q = torch.where(torch.rand_like(x) < self.drop_prob, x_q, x)
         return x_q
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        for name in ('scale', 'zero_point'):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        for name in ("scale", "zero_point"):
             key = prefix + name
             current = getattr(self, name)
             if key in state_dict and state_dict[key].shape != current.shape:
                 current.data = torch.empty(state_dict[key].shape, dtype=current.dtype, device=current.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class FixedFakeQuantize(FakeQuantizeBase):
@@ -111,15 +115,16 @@ class FixedFakeQuantize(FakeQuantizeBase):
 
     def __init__(self, observer_cls: type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
         super().__init__(observer_cls, bit, symmetric, ch_axis)
-        self.register_buffer('scale', torch.tensor([1.0]))
-        self.register_buffer('zero_point', torch.tensor([0.0]))
+        self.register_buffer("scale", torch.tensor([1.0]))
+        self.register_buffer("zero_point", torch.tensor([0.0]))
 
     def _quantize(self, x: Tensor) -> Tensor:
         return fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis)
 
     def _quantize_fused(self, x: Tensor) -> Tensor:
-        return fused_fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis,
-                                   drop_prob=self.drop_prob)
+        return fused_fake_quantize(
+            x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis, drop_prob=self.drop_prob
+        )
 
 
 class LSQFakeQuantize(FakeQuantizeBase):
@@ -128,7 +133,7 @@ class LSQFakeQuantize(FakeQuantizeBase):
     def __init__(self, observer_cls: type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
         super().__init__(observer_cls, bit, symmetric, ch_axis)
         self.scale = nn.Parameter(torch.tensor([1.0]))
-        self.register_buffer('zero_point', torch.tensor([0.0]))
+        self.register_buffer("zero_point", torch.tensor([0.0]))
 
     def keep_scale_positive(self) -> None:
         """scale <- max(|scale|, float32 eps); called on every quantizing forward and when the observer stops."""
@@ -146,8 +151,16 @@ class LSQFakeQuantize(FakeQuantizeBase):
 
     def _quantize_fused(self, x: Tensor) -> Tensor:
         self.keep_scale_positive()
-        return fused_fake_quantize(x, self.scale, self.zero_point.detach(), self.quant_min, self.quant_max,
-                                   self.ch_axis, lsq_grad_factor(x, self.quant_max, self.ch_axis), self.drop_prob)
+        return fused_fake_quantize(
+            x,
+            self.scale,
+            self.zero_point.detach(),
+            self.quant_min,
+            self.quant_max,
+            self.ch_axis,
+            lsq_grad_factor(x, self.quant_max, self.ch_axis),
+            self.drop_prob,
+        )
 
 
 class LSQPlusFakeQuantize(LSQFakeQuantize):
@@ -164,8 +177,16 @@ class LSQPlusFakeQuantize(LSQFakeQuantize):
 
     def _quantize_fused(self, x: Tensor) -> Tensor:
         self.keep_scale_positive()
-        return fused_fake_quantize(x, self.scale, round_ste(self.zero_point), self.quant_min, self.quant_max,
-                                   self.ch_axis, lsq_grad_factor(x, self.quant_max, self.ch_axis), self.drop_prob)
+        return fused_fake_quantize(
+            x,
+            self.scale,
+            round_ste(self.zero_point),
+            self.quant_min,
+            self.quant_max,
+            self.ch_axis,
+            lsq_grad_factor(x, self.quant_max, self.ch_axis),
+            self.drop_prob,
+        )
 
 
 class AdaRoundFakeQuantize(FixedFakeQuantize):
@@ -177,12 +198,12 @@ class AdaRoundFakeQuantize(FixedFakeQuantize):
 
     def __init__(self, observer_cls: type[ObserverBase], bit: int = 8, symmetric: bool = False, ch_axis: int = -1):
         super().__init__(observer_cls, bit, symmetric, ch_axis)
-        self.register_parameter('alpha', None)
+        self.register_parameter("alpha", None)
         self.adaround = False
         self.soft_targets = True
         self.round_mode = ROUND_MODES[0]
 
-    def init(self, weight: Tensor, round_mode: str = 'learned_hard_sigmoid') -> None:
+    def init(self, weight: Tensor, round_mode: str = "learned_hard_sigmoid") -> None:
         """Start ``alpha`` where the rectified sigmoid equals frac(w / s), and switch on learned rounding."""
         if round_mode not in ROUND_MODES:
             raise ValueError(f"round_mode: unknown value {round_mode!r}; allowed values: {', '.join(ROUND_MODES)}")
@@ -201,7 +222,7 @@ class AdaRoundFakeQuantize(FixedFakeQuantize):
     def rectified_sigmoid(self) -> Tensor:
         """h(alpha) = clamp(sigmoid(alpha) * (zeta - gamma) + gamma, 0, 1)."""
         if self.alpha is None:
-            raise RuntimeError('AdaRoundFakeQuantize.init(weight, round_mode) has not been called')
+            raise RuntimeError("AdaRoundFakeQuantize.init(weight, round_mode) has not been called")
         return torch.clamp(torch.sigmoid(self.alpha) * (self.zeta - self.gamma) + self.gamma, 0, 1)
 
     def _rounded(self, weight: Tensor, rounding: Tensor) -> Tensor:
@@ -214,7 +235,7 @@ class AdaRoundFakeQuantize(FixedFakeQuantize):
 
     def get_hard_value(self, weight: Tensor) -> Tensor:
         if self.alpha is None:
-            raise RuntimeError('AdaRoundFakeQuantize.init(weight, round_mode) has not been called')
+            raise RuntimeError("AdaRoundFakeQuantize.init(weight, round_mode) has not been called")
         return self._rounded(weight, (self.alpha >= 0).to(weight.dtype))
 
     def round_loss(self, b: float) -> Tensor:
@@ -232,18 +253,29 @@ class AdaRoundFakeQuantize(FixedFakeQuantize):
         if not self.adaround:
             return super()._quantize_fused(x)
         if self.alpha is None:
-            raise RuntimeError('AdaRoundFakeQuantize.init(weight, round_mode) has not been called')
+            raise RuntimeError("AdaRoundFakeQuantize.init(weight, round_mode) has not been called")
         if self.soft_targets:
-            x_q = fused_adaround_soft(x, self.alpha, self.scale, self.zero_point, self.quant_min, self.quant_max,
-                                      self.ch_axis, self.zeta, self.gamma)
+            x_q = fused_adaround_soft(
+                x,
+                self.alpha,
+                self.scale,
+                self.zero_point,
+                self.quant_min,
+                self.quant_max,
+                self.ch_axis,
+                self.zeta,
+                self.gamma,
+            )
         else:
-            x_q = fused_adaround_hard(x, self.alpha, self.scale, self.zero_point, self.quant_min, self.quant_max,
-                                      self.ch_axis)
+            x_q = fused_adaround_hard(
+                x, self.alpha, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis
+            )
         return mix(x_q, x, self.drop_prob)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        key = prefix + 'alpha'
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        key = prefix + "alpha"
         if key in state_dict:
             # A checkpoint with alpha holds learned rounding: use it, hard-rounded as after reconstruction.
             if self.alpha is None or self.alpha.shape != state_dict[key].shape:
@@ -251,6 +283,6 @@ class AdaRoundFakeQuantize(FixedFakeQuantize):
                 self.alpha = nn.Parameter(torch.empty(state_dict[key].shape, device=device))
             self.adaround = True
             self.soft_targets = False
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )

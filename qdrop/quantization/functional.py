@@ -41,8 +41,9 @@ def broadcast_qparam(param: Tensor, x: Tensor, ch_axis: int) -> Tensor:
     return param.reshape(shape)  # (1, .., C, .., 1)
 
 
-def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
-                  ch_axis: int = -1) -> Tensor:
+def fake_quantize(
+    x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int, ch_axis: int = -1
+) -> Tensor:
     """Fake quantization with fixed ``scale``/``zero_point`` and straight-through rounding.
 
     Args:
@@ -65,8 +66,9 @@ def lsq_grad_factor(x: Tensor, quant_max: int, ch_axis: int = -1) -> float:
     return 1.0 / (per_scale * quant_max) ** 0.5
 
 
-def fake_quantize_lsq(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
-                      ch_axis: int = -1) -> Tensor:
+def fake_quantize_lsq(
+    x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int, ch_axis: int = -1
+) -> Tensor:
     """LSQ: learnable ``scale`` whose gradient is scaled by :func:`lsq_grad_factor`; ``zero_point`` is fixed.
 
     Arguments and result as :func:`fake_quantize`.
@@ -77,8 +79,9 @@ def fake_quantize_lsq(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: i
     return (torch.clamp(round_ste(x / s) + z, quant_min, quant_max) - z) * s
 
 
-def fake_quantize_lsq_plus(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
-                           ch_axis: int = -1) -> Tensor:
+def fake_quantize_lsq_plus(
+    x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int, ch_axis: int = -1
+) -> Tensor:
     """LSQ+: learnable ``scale`` and ``zero_point``; the zero point is rounded straight-through and
     both gradients are scaled by :func:`lsq_grad_factor`.
 
@@ -94,4 +97,4 @@ def quant_range(bit: int, symmetric: bool) -> tuple[int, int]:
     """Integer range: asymmetric [0, 2^b - 1], symmetric [-2^(b-1), 2^(b-1) - 1]."""
     if symmetric:
         return -(2 ** (bit - 1)), 2 ** (bit - 1) - 1
-    return 0, 2 ** bit - 1
+    return 0, 2**bit - 1

@@ -9,6 +9,7 @@ drawn inside the fused op from the same random numbers as ``torch.rand_like(x) <
 The fused path is on by default; ``QDROP_FAST=0`` in the environment switches it off for the whole process, and
 :func:`fast_path` switches it for a block of code (reconstruction uses ``recon.fast``).
 """
+
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +21,8 @@ from torch import Tensor
 
 from .functional import broadcast_qparam
 
-FAST_ENV = 'QDROP_FAST'
-_ENV_ALLOWS_FAST = os.environ.get(FAST_ENV, '1') != '0'
+FAST_ENV = "QDROP_FAST"
+_ENV_ALLOWS_FAST = os.environ.get(FAST_ENV, "1") != "0"
 _fast_enabled = _ENV_ALLOWS_FAST
 
 
@@ -59,7 +60,7 @@ def _strictly_inside(values: Tensor, low: float, high: float, out: Tensor) -> Te
     Clamping to the float32 neighbours inside [low, high] leaves exactly those values unchanged. ``out`` must be
     another tensor of values' shape."""
     if out is values:
-        raise ValueError('_strictly_inside: out must not be the values tensor itself')
+        raise ValueError("_strictly_inside: out must not be the values tensor itself")
     torch.clamp(values, *_inner_bounds(float(low), float(high)), out=out)
     return torch.eq(out, values, out=out)
 
@@ -109,8 +110,16 @@ class _FakeQuantizeFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
-                grad_factor: float, keep: Optional[Tensor]) -> Tensor:
+    def forward(
+        ctx,
+        x: Tensor,
+        scale: Tensor,
+        zero_point: Tensor,
+        quant_min: int,
+        quant_max: int,
+        grad_factor: float,
+        keep: Optional[Tensor],
+    ) -> Tensor:
         need_scale_grad = ctx.needs_input_grad[1]
         t = x / scale
         level = torch.round(t).add_(zero_point)  # round(x / s) + z
@@ -147,8 +156,16 @@ class _FakeQuantizeFn(torch.autograd.Function):
         return grad_x, grad_scale, grad_zero_point, None, None, None, None
 
 
-def fused_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int,
-                        ch_axis: int = -1, grad_factor: float = 1.0, drop_prob: float = 1.0) -> Tensor:
+def fused_fake_quantize(
+    x: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: int = -1,
+    grad_factor: float = 1.0,
+    drop_prob: float = 1.0,
+) -> Tensor:
     """Fake quantization of ``x`` then the drop mask, as ``fake_quantize``/``fake_quantize_lsq`` followed by
     ``torch.where(torch.rand_like(x) < drop_prob, x_q, x)``.
 
@@ -181,8 +198,17 @@ class _AdaRoundSoftFn(torch.autograd.Function):
     inside their bounds)."""
 
     @staticmethod
-    def forward(ctx, alpha: Tensor, weight: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
-                quant_max: int, zeta: float, gamma: float) -> Tensor:
+    def forward(
+        ctx,
+        alpha: Tensor,
+        weight: Tensor,
+        scale: Tensor,
+        zero_point: Tensor,
+        quant_min: int,
+        quant_max: int,
+        zeta: float,
+        gamma: float,
+    ) -> Tensor:
         sig = torch.sigmoid(alpha)
         h_raw = sig * (zeta - gamma) + gamma
         h = torch.clamp(h_raw, 0, 1)
@@ -203,8 +229,17 @@ class _AdaRoundSoftFn(torch.autograd.Function):
         return grad_out * grad_alpha, None, None, None, None, None, None, None
 
 
-def fused_adaround_soft(weight: Tensor, alpha: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
-                        quant_max: int, ch_axis: int, zeta: float, gamma: float) -> Tensor:
+def fused_adaround_soft(
+    weight: Tensor,
+    alpha: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: int,
+    zeta: float,
+    gamma: float,
+) -> Tensor:
     """AdaRound's soft-rounded weight, as ``AdaRoundFakeQuantize.get_soft_value``, with one-multiply backward.
 
     Args:
@@ -219,8 +254,9 @@ def fused_adaround_soft(weight: Tensor, alpha: Tensor, scale: Tensor, zero_point
     return _AdaRoundSoftFn.apply(alpha, weight.detach(), s.detach(), z.detach(), quant_min, quant_max, zeta, gamma)
 
 
-def fused_adaround_hard(weight: Tensor, alpha: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
-                        quant_max: int, ch_axis: int) -> Tensor:
+def fused_adaround_hard(
+    weight: Tensor, alpha: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int, ch_axis: int
+) -> Tensor:
     """AdaRound's hard-rounded weight (rounded up where alpha >= 0), as ``get_hard_value``, computed in one buffer.
     Neither alpha nor the weight gets a gradient (floor and the comparison have none).
 

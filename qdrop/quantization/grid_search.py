@@ -10,6 +10,7 @@ earlier candidate, as in a loop that keeps the first strict improvement). Two ki
   points (exact inside the clamping window, convexity bounds per unit cell outside), and a cheap per-range lower
   bound from cumulative sums (power means of the rounding error and of the clipping error) skips most ranges.
 """
+
 import math
 
 import torch
@@ -23,8 +24,9 @@ _FINER_SUBCELLS = (4, 8)  # sub-cells per rounding cell of the second and third 
 _SMALL_GROUP_VALUES = 1 << 16  # smaller groups bound two-sided grids range by range, larger ones by histograms
 
 
-def grid_candidates(x2d: Tensor, quant_min: int, quant_max: int, two_sided: bool,
-                    one_side: str) -> tuple[Tensor, Tensor]:
+def grid_candidates(
+    x2d: Tensor, quant_min: int, quant_max: int, two_sided: bool, one_side: str
+) -> tuple[Tensor, Tensor]:
     """Candidate ranges of the grid search, in the order a plain loop visits them.
 
     Two-sided data: for i in 1..100 the range spans i/100 of the data's extent and every integer zero point is
@@ -52,8 +54,8 @@ def grid_candidates(x2d: Tensor, quant_min: int, quant_max: int, two_sided: bool
         return cand_min.flatten(1), cand_max.flatten(1)  # (G, 100 * zero points), range-major
     magnitude = torch.maximum(x_min.abs(), x_max).unsqueeze(1) / NUM_RANGES * steps  # (G, 100)
     zeros = torch.zeros_like(magnitude)
-    cand_min = zeros if one_side == 'pos' else -magnitude
-    cand_max = zeros if one_side == 'neg' else magnitude
+    cand_min = zeros if one_side == "pos" else -magnitude
+    cand_max = zeros if one_side == "neg" else magnitude
     return cand_min, cand_max
 
 
@@ -61,21 +63,24 @@ def _chunk_size(columns: int) -> int:
     return max(1, _MAX_CHUNK // max(columns, 1))
 
 
-def _exact_errors(x2d: Tensor, groups: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
-                  quant_max: int) -> Tensor:
+def _exact_errors(
+    x2d: Tensor, groups: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int
+) -> Tensor:
     errors = []
     step = _chunk_size(x2d.shape[1])
     for start in range(0, groups.numel(), step):
-        g = groups[start:start + step]
-        rows = x2d[int(g[0]):int(g[0]) + 1] if g.numel() == 1 else x2d[g]
-        errors.append(lp_error(rows, scale[start:start + step], zero_point[start:start + step], quant_min, quant_max))
+        g = groups[start : start + step]
+        rows = x2d[int(g[0]) : int(g[0]) + 1] if g.numel() == 1 else x2d[g]
+        errors.append(
+            lp_error(rows, scale[start : start + step], zero_point[start : start + step], quant_min, quant_max)
+        )
     return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64, device=x2d.device)
 
 
 def _prune(g_idx: Tensor, c_idx: Tensor, lower: Tensor, upper: Tensor, slack: Tensor) -> tuple[Tensor, Tensor]:
     """Drop candidates whose lower bound exceeds the least upper bound of their group (``slack``: per group)."""
     best_upper = torch.full(slack.shape, math.inf, dtype=torch.float64, device=g_idx.device)
-    best_upper.scatter_reduce_(0, g_idx, upper, reduce='amin')
+    best_upper.scatter_reduce_(0, g_idx, upper, reduce="amin")
     keep = lower <= best_upper[g_idx] * (1 + RTOL) + slack[g_idx]
     return g_idx[keep], c_idx[keep]
 
@@ -90,7 +95,7 @@ class _SortedRows:
         self.sum1 = torch.cat([zeros, torch.cumsum(self.values, dim=1)], dim=1)  # (G, n + 1)
         self.sum2 = torch.cat([zeros, torch.cumsum(self.values * self.values, dim=1)], dim=1)
 
-    def rows(self, start: int, stop: int) -> '_SortedRows':
+    def rows(self, start: int, stop: int) -> "_SortedRows":
         """The same summaries for the groups start:stop (views)."""
         picked = _SortedRows.__new__(_SortedRows)
         picked.values, picked.sum1, picked.sum2 = (t[start:stop] for t in (self.values, self.sum1, self.sum2))
@@ -143,8 +148,9 @@ def _lumped_bounds(count: Tensor, first: Tensor, second: Tensor, levels: int, su
     """Lower bounds (before the factor s^p / n) per zero point from group moments (P, R, groups): groups inside
     the window land on their centre, and each clamped side is bounded as one group. Returns (P, R, levels + 1),
     slot k for zero point quant_min + k."""
-    inside = _power_mean_cost(count[..., 1:-1], first[..., 1:-1], second[..., 1:-1],
-                              _group_levels(levels, sub, count.device)[1:-1])
+    inside = _power_mean_cost(
+        count[..., 1:-1], first[..., 1:-1], second[..., 1:-1], _group_levels(levels, sub, count.device)[1:-1]
+    )
     cumulative = [torch.cumsum(F.pad(v, (1, 0)), dim=2) for v in (inside, count, first, second)]
     slots = torch.arange(levels + 1, device=count.device)
     # Slot k keeps [L, U] = [-k, levels - k]: the groups from 1 + (levels - k) * sub to 1 + (2 * levels - k + 1) * sub.
@@ -163,8 +169,9 @@ def _split_bounds(count: Tensor, first: Tensor, second: Tensor, slot: Tensor, le
     return _power_mean_cost(count, first, second, level).sum(1)
 
 
-def _two_sided_candidates(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_range: int, quant_min: int,
-                          quant_max: int, slack: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _two_sided_candidates(
+    x2d: Tensor, scale: Tensor, zero_point: Tensor, per_range: int, quant_min: int, quant_max: int, slack: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The candidates of a two-sided grid that can still win: flat group and candidate indices, their lower
     bounds, and the exact objective of one candidate per group (an upper bound of the group's least).
 
@@ -192,8 +199,10 @@ def _two_sided_candidates(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_ra
     for cell_split in (1, *(max(1, min(finer, n // cells)) for finer in _FINER_SUBCELLS)):
         scales = range_scale.gather(1, order)  # (G, W)
         step = max(1, _MAX_CHUNK // (scales.shape[1] * (cells * cell_split + 2)))
-        moments = [_window_moments(sorted_rows.rows(start, start + step), scales[start:start + step], levels,
-                                   cell_split) for start in range(0, groups, step)]
+        moments = [
+            _window_moments(sorted_rows.rows(start, start + step), scales[start : start + step], levels, cell_split)
+            for start in range(0, groups, step)
+        ]
         moments = [torch.cat(parts) for parts in zip(*moments)]  # each (G, W, groups of values)
         factor = scales.pow(LP_NORM).unsqueeze(2) / n * (1 - RTOL)
         lower = _lumped_bounds(*moments, levels, cell_split) * factor  # (G, W, K)
@@ -206,12 +215,13 @@ def _two_sided_candidates(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_ra
             lower = torch.full_like(lower, math.inf).index_put_((g_idx, pos, zero_slot), split * factor[g_idx, pos, 0])
         likely = lower.flatten(1).argmin(1)
         likely = order[all_rows, likely // per_range] * per_range + likely % per_range
-        best = torch.minimum(best, lp_error(x2d, scale[all_rows, likely], zero_point[all_rows, likely], quant_min,
-                                            quant_max))
+        best = torch.minimum(
+            best, lp_error(x2d, scale[all_rows, likely], zero_point[all_rows, likely], quant_min, quant_max)
+        )
         keep = lower <= (best * (1 + RTOL) + slack).view(groups, 1, 1)
         # The ranges still open in each group first, in range order; groups with fewer repeat closed ones.
         still_open = keep.any(2)
-        position = torch.argsort((~still_open).to(torch.int8), dim=1, stable=True)[:, :int(still_open.sum(1).max())]
+        position = torch.argsort((~still_open).to(torch.int8), dim=1, stable=True)[:, : int(still_open.sum(1).max())]
         order, is_open = order.gather(1, position), still_open.gather(1, position)
         position = position.unsqueeze(2).expand(-1, -1, per_range)
         lower, keep = lower.gather(1, position), keep.gather(1, position)
@@ -219,9 +229,19 @@ def _two_sided_candidates(x2d: Tensor, scale: Tensor, zero_point: Tensor, per_ra
     return g_idx, order[g_idx, pos] * per_range + zero_slot, lower[g_idx, pos, zero_slot], best
 
 
-def _evaluate_in_rounds(x2d: Tensor, g_idx: Tensor, c_idx: Tensor, lower: Tensor, best: Tensor, scale: Tensor,
-                        zero_point: Tensor, quant_min: int, quant_max: int, slack: Tensor,
-                        per_round: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+def _evaluate_in_rounds(
+    x2d: Tensor,
+    g_idx: Tensor,
+    c_idx: Tensor,
+    lower: Tensor,
+    best: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    quant_min: int,
+    quant_max: int,
+    slack: Tensor,
+    per_round: int = 2,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Exact objectives of the candidates that can still win, most promising first: each round evaluates the next
     ``per_round`` candidates of every group by lower bound, and the least objective found so far rules out the
     candidates whose bound exceeds it.
@@ -233,8 +253,9 @@ def _evaluate_in_rounds(x2d: Tensor, g_idx: Tensor, c_idx: Tensor, lower: Tensor
     order = order[torch.argsort(g_idx[order], stable=True)]  # by group, then by bound
     g_idx, c_idx, lower = g_idx[order], c_idx[order], lower[order]
     position = torch.arange(g_idx.numel(), device=x2d.device)
-    group_start = torch.zeros_like(best, dtype=torch.long).scatter_reduce_(0, g_idx, position, reduce='amin',
-                                                                            include_self=False)
+    group_start = torch.zeros_like(best, dtype=torch.long).scatter_reduce_(
+        0, g_idx, position, reduce="amin", include_self=False
+    )
     rank = position - group_start[g_idx]
     best = best.clone()
     done_g, done_c, done_e = [], [], []
@@ -247,15 +268,22 @@ def _evaluate_in_rounds(x2d: Tensor, g_idx: Tensor, c_idx: Tensor, lower: Tensor
             continue
         g, c = g_idx[pick], c_idx[pick]
         errors = _exact_errors(x2d, g, scale[g, c], zero_point[g, c], quant_min, quant_max)
-        best.scatter_reduce_(0, g, errors, reduce='amin')
+        best.scatter_reduce_(0, g, errors, reduce="amin")
         done_g.append(g)
         done_c.append(c)
         done_e.append(errors)
     return torch.cat(done_g), torch.cat(done_c), torch.cat(done_e)
 
 
-def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qparams: QParamsFn,
-                quant_min: int, quant_max: int, per_range: int = 1) -> tuple[Tensor, Tensor]:
+def grid_search(
+    x2d: Tensor,
+    cand_min: Tensor,
+    cand_max: Tensor,
+    calculate_qparams: QParamsFn,
+    quant_min: int,
+    quant_max: int,
+    per_range: int = 1,
+) -> tuple[Tensor, Tensor]:
     """The candidate of least objective per row, exactly as a loop that keeps the first strict improvement.
 
     Args:
@@ -274,10 +302,12 @@ def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qpara
     scale, zero_point = scale.expand(groups, candidates), zero_point.expand(groups, candidates)
     slack = absolute_slack(x2d)
     if per_range > 1 and x2d.shape[1] < _SMALL_GROUP_VALUES:
-        g_idx, c_idx, lower, best = _two_sided_candidates(x2d, scale, zero_point, per_range, quant_min, quant_max,
-                                                          slack)
-        g_idx, c_idx, errors = _evaluate_in_rounds(x2d, g_idx, c_idx, lower, best, scale, zero_point, quant_min,
-                                                   quant_max, slack)
+        g_idx, c_idx, lower, best = _two_sided_candidates(
+            x2d, scale, zero_point, per_range, quant_min, quant_max, slack
+        )
+        g_idx, c_idx, errors = _evaluate_in_rounds(
+            x2d, g_idx, c_idx, lower, best, scale, zero_point, quant_min, quant_max, slack
+        )
     else:
         binned = BinnedGroups(x2d)
         g_idx = torch.arange(groups, device=x2d.device).repeat_interleave(candidates)
@@ -286,7 +316,7 @@ def grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qpara
             step = _chunk_size(binned.levels[level][0].shape[1] * 12)
             lower, upper = [], []
             for start in range(0, g_idx.numel(), step):
-                g, c = g_idx[start:start + step], c_idx[start:start + step]
+                g, c = g_idx[start : start + step], c_idx[start : start + step]
                 lo, hi = binned.bounds(level, g, scale[g, c], zero_point[g, c], quant_min, quant_max)
                 lower.append(lo)
                 upper.append(hi)

@@ -8,6 +8,7 @@ Words used throughout the package:
 * unit: what reconstruction optimises at once, a layer or a block (`QuantizedUnit`, the base of both). A unit may
   sit inside another (a block's layers); the outermost ones are reconstructed.
 """
+
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -23,10 +24,19 @@ class QConv2d(nn.Conv2d):
     """nn.Conv2d whose weight passes through ``weight_fake_quant``; keeps ``weight``/``bias`` names."""
 
     def __init__(self, conv: nn.Conv2d, w_cfg: QuantizerSettings):
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                         padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                         bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                         device=conv.weight.device, dtype=conv.weight.dtype)
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         self.weight = conv.weight
         self.bias = conv.bias
         self.weight_fake_quant = WeightQuantizer(w_cfg)
@@ -39,8 +49,13 @@ class QLinear(nn.Linear):
     """nn.Linear whose weight passes through ``weight_fake_quant``; keeps ``weight``/``bias`` names."""
 
     def __init__(self, linear: nn.Linear, w_cfg: QuantizerSettings):
-        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                         device=linear.weight.device, dtype=linear.weight.dtype)
+        super().__init__(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         self.weight = linear.weight
         self.bias = linear.bias
         self.weight_fake_quant = WeightQuantizer(w_cfg)
@@ -63,8 +78,7 @@ def weight_quantized(module: nn.Module, w_cfg: QuantizerSettings) -> Union[QConv
         return QConv2d(module, w_cfg)
     if isinstance(module, nn.Linear):
         return QLinear(module, w_cfg)
-    raise ValueError(f'weight_quantized: cannot quantize {type(module).__name__}; '
-                     'allowed types: nn.Conv2d, nn.Linear')
+    raise ValueError(f"weight_quantized: cannot quantize {type(module).__name__}; allowed types: nn.Conv2d, nn.Linear")
 
 
 class QuantizedUnit(nn.Module):
@@ -78,7 +92,7 @@ class QuantizedUnit(nn.Module):
         self.qoutput = qoutput
         if qoutput:
             if a_cfg is None:
-                raise ValueError(f'{type(self).__name__}: qoutput=True needs an a_qconfig (a_cfg)')
+                raise ValueError(f"{type(self).__name__}: qoutput=True needs an a_qconfig (a_cfg)")
             self.block_post_act_fake_quantize = ActivationQuantizer(a_cfg)
 
     def quantize_output(self, out: Tensor) -> Tensor:
@@ -89,8 +103,14 @@ class QuantizedLayer(QuantizedUnit):
     """A weight-quantized conv/linear (``module``), its folded ``activation`` (ReLU or None) and, if ``qoutput``,
     an output quantizer."""
 
-    def __init__(self, module: nn.Module, activation: Optional[nn.Module], w_cfg: QuantizerSettings,
-                 a_cfg: Optional[QuantizerSettings] = None, qoutput: bool = True):
+    def __init__(
+        self,
+        module: nn.Module,
+        activation: Optional[nn.Module],
+        w_cfg: QuantizerSettings,
+        a_cfg: Optional[QuantizerSettings] = None,
+        qoutput: bool = True,
+    ):
         super().__init__(qoutput, a_cfg)
         self.module = weight_quantized(module, w_cfg)
         self.activation = activation

@@ -10,6 +10,7 @@ count, mean, smallest and largest value of every bin at several resolutions. In 
 ``|q(x) - x| ** p`` is convex in ``x``: Jensen's inequality (at the bin mean) and the chord through the bin's
 extremes bound the bin's total.
 """
+
 import math
 from typing import Callable
 
@@ -69,9 +70,9 @@ class BinnedGroups:
         count = torch.bincount(index, minlength=groups * finest).to(torch.float64)
         total = torch.bincount(index, weights=values.to(torch.float64), minlength=groups * finest)
         smallest = torch.full((groups * finest,), math.inf, dtype=x2d.dtype, device=x2d.device)
-        smallest.scatter_reduce_(0, index, values, reduce='amin')
+        smallest.scatter_reduce_(0, index, values, reduce="amin")
         largest = torch.full_like(smallest, -math.inf)
-        largest.scatter_reduce_(0, index, values, reduce='amax')
+        largest.scatter_reduce_(0, index, values, reduce="amax")
         count, total = count.view(groups, finest), total.view(groups, finest)  # (G, finest)
         smallest, largest = smallest.view(groups, finest), largest.view(groups, finest)
         self.levels: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
@@ -91,11 +92,11 @@ class BinnedGroups:
         """(count, mean, smallest, largest) in the values' dtype; empty bins hold zeros."""
         filled = count > 0
         mean = torch.where(filled, total / count.clamp_min(1), torch.zeros_like(total)).to(smallest.dtype)
-        return (count.to(smallest.dtype), mean, torch.where(filled, smallest, mean),
-                torch.where(filled, largest, mean))
+        return (count.to(smallest.dtype), mean, torch.where(filled, smallest, mean), torch.where(filled, largest, mean))
 
-    def bounds(self, level: int, groups: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
-               quant_max: int) -> tuple[Tensor, Tensor]:
+    def bounds(
+        self, level: int, groups: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int
+    ) -> tuple[Tensor, Tensor]:
         """Lower and upper bounds (float64) of the objective for candidates (``groups[k]``, ``scale[k]``, ...)."""
         count, mean, low, high = (t[groups] for t in self.levels[level])
         # Full-size operands keep the element-wise kernels on their fast contiguous path.

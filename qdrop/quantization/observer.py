@@ -22,11 +22,11 @@ class ObserverBase(nn.Module):
         self.symmetric = symmetric
         self.ch_axis = ch_axis
         self.quant_min, self.quant_max = quant_range(bit, symmetric)
-        self.register_buffer('min_val', torch.tensor(float('inf')))
-        self.register_buffer('max_val', torch.tensor(float('-inf')))
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
 
     def extra_repr(self) -> str:
-        return f'bit={self.bit}, symmetric={self.symmetric}, ch_axis={self.ch_axis}'
+        return f"bit={self.bit}, symmetric={self.symmetric}, ch_axis={self.ch_axis}"
 
     def calculate_qparams(self, min_val: Tensor, max_val: Tensor) -> tuple[Tensor, Tensor]:
         """Scale and zero point of the range [min_val, max_val] (always widened to contain 0).
@@ -54,7 +54,7 @@ class ObserverBase(nn.Module):
         if self.ch_axis < 0:
             return x.reshape(1, -1)  # (1, numel)
         if self.ch_axis >= x.dim():
-            raise ValueError(f'ch_axis={self.ch_axis} is out of range for an input of shape {tuple(x.shape)}')
+            raise ValueError(f"ch_axis={self.ch_axis} is out of range for an input of shape {tuple(x.shape)}")
         return x.transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1)  # (C, values per channel)
 
     def _range_of(self, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,15 +79,17 @@ class ObserverBase(nn.Module):
         self._accumulate(batch_min.to(self.min_val.dtype), batch_max.to(self.max_val.dtype))
         return x
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        for name in ('min_val', 'max_val'):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        for name in ("min_val", "max_val"):
             key = prefix + name
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
                 current = getattr(self, name)
                 setattr(self, name, torch.empty(state_dict[key].shape, dtype=current.dtype, device=current.device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class _AveragingMixin:
@@ -127,11 +129,11 @@ class _MSEBase(ObserverBase):
 
     def _sidedness(self, rows: Tensor) -> str:
         if self.one_side_dist is None:
-            self.one_side_dist = 'pos' if rows.min() >= 0 else 'neg' if rows.max() <= 0 else 'no'
+            self.one_side_dist = "pos" if rows.min() >= 0 else "neg" if rows.max() <= 0 else "no"
         return self.one_side_dist
 
     def _two_sided(self, rows: Tensor) -> bool:
-        return self._sidedness(rows) == 'no' and not self.symmetric
+        return self._sidedness(rows) == "no" and not self.symmetric
 
 
 class MSEObserver(_MSEBase):
@@ -142,8 +144,7 @@ class MSEObserver(_MSEBase):
         two_sided = self._two_sided(rows)
         cand_min, cand_max = grid_candidates(rows, self.quant_min, self.quant_max, two_sided, self.one_side_dist)
         per_range = self.quant_max - self.quant_min + 1 if two_sided else 1
-        return grid_search(rows, cand_min, cand_max, self.calculate_qparams, self.quant_min, self.quant_max,
-                           per_range)
+        return grid_search(rows, cand_min, cand_max, self.calculate_qparams, self.quant_min, self.quant_max, per_range)
 
 
 class AvgMSEObserver(_AveragingMixin, MSEObserver):
@@ -158,8 +159,12 @@ class MSEFastObserver(_MSEBase):
         two_sided = self._two_sided(rows)
         objective = BoundedObjective(rows, self.calculate_qparams, self.quant_min, self.quant_max)
         row_min, row_max = rows.amin(dim=1).tolist(), rows.amax(dim=1).tolist()
-        found = [golden_search(objective, g, row_min[g], row_max[g], two_sided, self.one_side_dist,
-                               self.quant_min, self.quant_max) for g in range(rows.shape[0])]
+        found = [
+            golden_search(
+                objective, g, row_min[g], row_max[g], two_sided, self.one_side_dist, self.quant_min, self.quant_max
+            )
+            for g in range(rows.shape[0])
+        ]
         result = rows.new_tensor(found)
         return result[:, 0], result[:, 1]
 

@@ -5,6 +5,7 @@ Golden-section search only compares objective values, so comparing bounds (refin
 histogram down to an exact evaluation when they overlap) reproduces the path of a search that evaluates every
 probe exactly.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -36,7 +37,7 @@ class ObjectiveBounds:
 class Probe:
     """One probed candidate: its range (``qrange``) and the bounds of its objective."""
 
-    __slots__ = ('qrange', 'bounds')
+    __slots__ = ("qrange", "bounds")
 
     def __init__(self, qrange: tuple[float, float], bounds: ObjectiveBounds):
         self.qrange = qrange
@@ -70,7 +71,7 @@ class ExactObjective:
         """The candidate range [new_min, new_max] on row ``group``."""
         scale, zero_point = self._candidate(new_min, new_max)
         self.evaluations += 1
-        value = float(lp_error(self.x2d[group:group + 1], scale, zero_point, self.quant_min, self.quant_max))
+        value = float(lp_error(self.x2d[group : group + 1], scale, zero_point, self.quant_min, self.quant_max))
         return Probe((new_min, new_max), ObjectiveBounds(value, value))
 
     def less(self, a: Probe, b: Probe) -> bool:
@@ -79,15 +80,16 @@ class ExactObjective:
 
     def _exact_probe(self, group: int, qrange: tuple[float, float], scale: Tensor, zero_point: Tensor) -> Probe:
         self.evaluations += 1
-        value = float(lp_error(self.x2d[group:group + 1], scale, zero_point, self.quant_min, self.quant_max))
+        value = float(lp_error(self.x2d[group : group + 1], scale, zero_point, self.quant_min, self.quant_max))
         return Probe(qrange, ObjectiveBounds(value, value, None, group, scale, zero_point))
 
     def least(self, group: int, ranges: list[tuple[float, float]]) -> Probe:
         """The first of the candidate ranges of least objective on row ``group``."""
         mins, maxs = self.x2d.new_tensor(ranges).unbind(1)
         scale, zero_point = self.qparams(mins, maxs)
-        return _first_least([self._exact_probe(group, ranges[k], scale[k:k + 1], zero_point[k:k + 1])
-                             for k in range(len(ranges))])
+        return _first_least(
+            [self._exact_probe(group, ranges[k], scale[k : k + 1], zero_point[k : k + 1]) for k in range(len(ranges))]
+        )
 
 
 class BoundedObjective(ExactObjective):
@@ -118,14 +120,17 @@ class BoundedObjective(ExactObjective):
         if self.x2d.shape[1] * len(ranges) <= _DIRECT_VALUES:
             # Small groups: every candidate evaluated at once costs less than bounding them.
             self.evaluations += len(ranges)
-            rows = self.x2d[group:group + 1].expand(len(ranges), -1)
+            rows = self.x2d[group : group + 1].expand(len(ranges), -1)
             values = lp_error(rows, scale, zero_point, self.quant_min, self.quant_max).tolist()
-            return _first_least([Probe(ranges[k], ObjectiveBounds(v, v, exact, group, scale[k:k + 1],
-                                                                  zero_point[k:k + 1]))
-                                 for k, v in enumerate(values)])
+            return _first_least(
+                [
+                    Probe(ranges[k], ObjectiveBounds(v, v, exact, group, scale[k : k + 1], zero_point[k : k + 1]))
+                    for k, v in enumerate(values)
+                ]
+            )
         candidates = []
         for k in range(len(ranges)):
-            bounds = ObjectiveBounds(0.0, math.inf, -1, group, scale[k:k + 1], zero_point[k:k + 1])
+            bounds = ObjectiveBounds(0.0, math.inf, -1, group, scale[k : k + 1], zero_point[k : k + 1])
             self._refine(bounds)
             candidates.append(bounds)
         # Refine lazily until the least lower bound belongs to a candidate known to be the first least.
@@ -144,14 +149,20 @@ class BoundedObjective(ExactObjective):
         level = bounds.level + 1
         if level < len(self.binned.levels):
             groups = torch.tensor([bounds.group], device=self.x2d.device)
-            lo, hi = self.binned.bounds(level, groups, bounds.scale, bounds.zero_point, self.quant_min,
-                                        self.quant_max)
+            lo, hi = self.binned.bounds(level, groups, bounds.scale, bounds.zero_point, self.quant_min, self.quant_max)
             slack = self.slack[bounds.group]
             bounds.lower, bounds.upper = float(lo) * (1 - RTOL) - slack, float(hi) * (1 + RTOL) + slack
         else:
             self.evaluations += 1
-            bounds.lower = bounds.upper = float(lp_error(self.x2d[bounds.group:bounds.group + 1], bounds.scale,
-                                                         bounds.zero_point, self.quant_min, self.quant_max))
+            bounds.lower = bounds.upper = float(
+                lp_error(
+                    self.x2d[bounds.group : bounds.group + 1],
+                    bounds.scale,
+                    bounds.zero_point,
+                    self.quant_min,
+                    self.quant_max,
+                )
+            )
         bounds.level = level
 
     def less(self, a: Probe, b: Probe) -> bool:
@@ -173,8 +184,9 @@ class BoundedObjective(ExactObjective):
                 self._refine(ba)
 
 
-def _golden(value_at: Callable[[float], Probe], lo: float, hi: float, iterations: int,
-            less: Callable[[Probe, Probe], bool]) -> Probe:
+def _golden(
+    value_at: Callable[[float], Probe], lo: float, hi: float, iterations: int, less: Callable[[Probe, Probe], bool]
+) -> Probe:
     """Golden-section search of [lo, hi]; the best probe it saw."""
     c, d = hi - _INV_PHI * (hi - lo), lo + _INV_PHI * (hi - lo)
     fc, fd = value_at(c), value_at(d)
@@ -195,9 +207,18 @@ def _golden(value_at: Callable[[float], Probe], lo: float, hi: float, iterations
     return best
 
 
-def golden_search(objective: ExactObjective, group: int, x_min: float, x_max: float, two_sided: bool,
-                  one_side: str, quant_min: int, quant_max: int, scan_points: int = SCAN_POINTS,
-                  range_iterations: int = RANGE_ITERATIONS) -> tuple[float, float]:
+def golden_search(
+    objective: ExactObjective,
+    group: int,
+    x_min: float,
+    x_max: float,
+    two_sided: bool,
+    one_side: str,
+    quant_min: int,
+    quant_max: int,
+    scan_points: int = SCAN_POINTS,
+    range_iterations: int = RANGE_ITERATIONS,
+) -> tuple[float, float]:
     """Bounded search of the range in [1/100, 1] of the data's extent: a scan of ``scan_points`` evenly spaced
     ranges finds the basin of the least objective (the objective of the range need not be unimodal), then a
     golden-section search refines inside the scan's neighbours of the best. For two-sided data each range is
@@ -222,13 +243,16 @@ def golden_search(objective: ExactObjective, group: int, x_min: float, x_max: fl
 
         def range_value(span: float) -> Probe:
             delta = span / levels
-            return objective.least(group, [(-zero_point * delta, span - zero_point * delta)
-                                           for zero_point in range(quant_min, quant_max + 1)])
+            return objective.least(
+                group,
+                [(-zero_point * delta, span - zero_point * delta) for zero_point in range(quant_min, quant_max + 1)],
+            )
     else:
         extent = max(abs(x_min), x_max)
 
         def range_value(span: float) -> Probe:
-            return objective.probe(group, 0.0 if one_side == 'pos' else -span, 0.0 if one_side == 'neg' else span)
+            return objective.probe(group, 0.0 if one_side == "pos" else -span, 0.0 if one_side == "neg" else span)
+
     low = extent / NUM_RANGES
     step = (extent - low) / (scan_points - 1)
     scan = [range_value(low + k * step) for k in range(scan_points)]
@@ -237,6 +261,11 @@ def golden_search(objective: ExactObjective, group: int, x_min: float, x_max: fl
         if objective.less(probe, best):
             best = probe
     k = scan.index(best)
-    refined = _golden(range_value, low + max(k - 1, 0) * step, low + min(k + 1, scan_points - 1) * step,
-                      range_iterations, objective.less)
+    refined = _golden(
+        range_value,
+        low + max(k - 1, 0) * step,
+        low + min(k + 1, scan_points - 1) * step,
+        range_iterations,
+        objective.less,
+    )
     return (refined if objective.less(refined, best) else best).qrange

@@ -3,6 +3,7 @@
 A weight quantizer is the ``weight_fake_quant`` of a `QConv2d`/`QLinear`; every other fake quantizer quantizes an
 activation.
 """
+
 from collections.abc import Iterator
 from typing import Union
 
@@ -11,7 +12,7 @@ from torch import nn
 from .fake_quant import FakeQuantizeBase
 from .layers import QConv2d, QLinear
 
-KINDS = ('activation', 'weight', 'all')
+KINDS = ("activation", "weight", "all")
 
 
 def _check_kind(kind: str) -> None:
@@ -25,10 +26,10 @@ def quantizer_kind(name: str) -> str:
     Args:
         name: the quantizer's qualified module name, e.g. ``backbone.conv1.module.weight_fake_quant``.
     """
-    return 'weight' if name.split('.')[-1] == 'weight_fake_quant' else 'activation'
+    return "weight" if name.split(".")[-1] == "weight_fake_quant" else "activation"
 
 
-def fake_quantizers(model: nn.Module, kind: str = 'all') -> Iterator[tuple[str, FakeQuantizeBase]]:
+def fake_quantizers(model: nn.Module, kind: str = "all") -> Iterator[tuple[str, FakeQuantizeBase]]:
     """Every fake quantizer of ``kind`` below ``model``, in registration order.
 
     Args:
@@ -40,7 +41,7 @@ def fake_quantizers(model: nn.Module, kind: str = 'all') -> Iterator[tuple[str, 
     """
     _check_kind(kind)
     for name, module in model.named_modules():
-        if isinstance(module, FakeQuantizeBase) and kind in ('all', quantizer_kind(name)):
+        if isinstance(module, FakeQuantizeBase) and kind in ("all", quantizer_kind(name)):
             yield name, module
 
 
@@ -55,20 +56,20 @@ def weight_quantized_layers(model: nn.Module) -> Iterator[tuple[Union[QConv2d, Q
             yield module, module.weight_fake_quant
 
 
-def enable_calibration(model: nn.Module, kind: str = 'all') -> None:
+def enable_calibration(model: nn.Module, kind: str = "all") -> None:
     """Quantizers of ``kind`` observe without quantizing; the others are switched off."""
     _check_kind(kind)
     for name, quantizer in fake_quantizers(model):
-        quantizer.enable_observer(kind in ('all', quantizer_kind(name)))
+        quantizer.enable_observer(kind in ("all", quantizer_kind(name)))
         quantizer.disable_fake_quant()
 
 
-def enable_quantization(model: nn.Module, kind: str = 'all') -> None:
+def enable_quantization(model: nn.Module, kind: str = "all") -> None:
     """Quantizers of ``kind`` quantize with their current parameters (observers off); the others are off."""
     _check_kind(kind)
     for name, quantizer in fake_quantizers(model):
         quantizer.disable_observer()
-        quantizer.enable_fake_quant(kind in ('all', quantizer_kind(name)))
+        quantizer.enable_fake_quant(kind in ("all", quantizer_kind(name)))
 
 
 def disable_all(model: nn.Module) -> None:

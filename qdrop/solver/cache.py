@@ -4,6 +4,7 @@ Per image the cache holds the unit's input in the quantized model, its output in
 drop_prob < 1, its input in the float model. It lives on the accelerator (`keep_gpu: True`)
 or in host memory (pinned on CUDA, moved one step's batch at a time), in float32 or a 16-bit `cache_dtype`.
 """
+
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
@@ -13,6 +14,7 @@ import torch
 
 class CachedBatch(NamedTuple):
     """Tensors of images that share one shape, on the compute device in float32."""
+
     quant_input: torch.Tensor
     fp_input: Optional[torch.Tensor]
     fp_output: torch.Tensor
@@ -22,8 +24,9 @@ class ReconCache:
     """Calibration batches are stored as they came (images of a batch share their padded shape); a step gathers
     any images and groups them by shape, so images of different sizes are never padded together."""
 
-    def __init__(self, device: torch.device, keep_on_device: bool, dtype: torch.dtype = torch.float32,
-                 keep_fp_input: bool = True):
+    def __init__(
+        self, device: torch.device, keep_on_device: bool, dtype: torch.dtype = torch.float32, keep_fp_input: bool = True
+    ):
         self.device = torch.device(device)
         self.storage_device = self.device if keep_on_device else torch.device("cpu")
         self.pin = not keep_on_device and self.device.type == "cuda"
@@ -64,10 +67,10 @@ class ReconCache:
             rows = [self._batches[b][key][r].to(self.device, non_blocking=self.pin) for b, r in members]
             return torch.stack(rows).float()
 
-        return CachedBatch(stack("quant_input"), stack("fp_input") if self.keep_fp_input else None,
-                           stack("fp_output"))
+        return CachedBatch(stack("quant_input"), stack("fp_input") if self.keep_fp_input else None, stack("fp_output"))
 
     def all_batches(self, batch_size: int) -> list[list[CachedBatch]]:
         """Every image once, `batch_size` at a time (for measuring the unit's error)."""
-        return [self.gather(range(start, min(start + batch_size, len(self))))
-                for start in range(0, len(self), batch_size)]
+        return [
+            self.gather(range(start, min(start + batch_size, len(self)))) for start in range(0, len(self), batch_size)
+        ]

@@ -4,6 +4,7 @@ Activation observers watch the float forward (fake quantization off) over this p
 ranges are then averaged over ranks, so that every rank starts reconstruction from the same scales. Weight observers
 see each weight once.
 """
+
 from collections.abc import Iterable
 
 import torch
@@ -28,8 +29,9 @@ def _is_finite(tensor: torch.Tensor) -> bool:
 
 def _check_scale(name: str, quantizer: nn.Module) -> None:
     if not _is_finite(quantizer.scale) or not _is_finite(quantizer.zero_point):
-        raise NonFiniteCalibrationError(f"calibration gave {name} a non-finite scale or zero point "
-                                        f"(scale {quantizer.scale.flatten()[:4].tolist()})")
+        raise NonFiniteCalibrationError(
+            f"calibration gave {name} a non-finite scale or zero point (scale {quantizer.scale.flatten()[:4].tolist()})"
+        )
 
 
 def _average_observer_ranges(quantizers: list[tuple[str, nn.Module]]) -> None:
@@ -39,25 +41,32 @@ def _average_observer_ranges(quantizers: list[tuple[str, nn.Module]]) -> None:
         if not _is_finite(observer.min_val) or not _is_finite(observer.max_val):
             if bool((observer.min_val == float("inf")).all() and (observer.max_val == float("-inf")).all()):
                 raise RuntimeError(f"{name}: {type(observer).__name__} saw no data during calibration")
-            raise NonFiniteCalibrationError(f"calibration gave {name} a non-finite range (min "
-                                            f"{observer.min_val.flatten()[:4].tolist()}, max "
-                                            f"{observer.max_val.flatten()[:4].tolist()})")
+            raise NonFiniteCalibrationError(
+                f"calibration gave {name} a non-finite range (min "
+                f"{observer.min_val.flatten()[:4].tolist()}, max "
+                f"{observer.max_val.flatten()[:4].tolist()})"
+            )
         quantizer.set_qparams_from_observer()
         _check_scale(name, quantizer)
 
 
 def _refuse_non_finite_input(name: str):
     """A forward pre-hook that stops calibration when the quantizer's input holds NaN or Inf."""
+
     def hook(module: nn.Module, inputs: tuple) -> None:
         if not _is_finite(inputs[0]):
-            raise NonFiniteCalibrationError(f"calibration stopped: the float model's activations at {name} hold NaN "
-                                            "or Inf (weights or inputs that overflow before this layer?)")
+            raise NonFiniteCalibrationError(
+                f"calibration stopped: the float model's activations at {name} hold NaN "
+                "or Inf (weights or inputs that overflow before this layer?)"
+            )
+
     return hook
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[dict], device: torch.device, run_heads: bool = False,
-              show_progress: bool = True) -> None:
+def calibrate(
+    model: nn.Module, batches: Iterable[dict], device: torch.device, run_heads: bool = False, show_progress: bool = True
+) -> None:
     """Set the ranges of every quantizer of `model`; afterwards observers are off and fake quantization is on.
 
     Args:
@@ -111,5 +120,10 @@ def copy_activation_calibration(source: nn.Module, target: nn.Module) -> None:
 
 
 def _describe(quantizer: nn.Module) -> tuple:
-    return (type(quantizer), type(quantizer.activation_post_process), quantizer.bit, quantizer.symmetric,
-            quantizer.ch_axis)
+    return (
+        type(quantizer),
+        type(quantizer.activation_post_process),
+        quantizer.bit,
+        quantizer.symmetric,
+        quantizer.ch_axis,
+    )

@@ -1,4 +1,5 @@
 """Read a unit's input/output off `model.extract_feat` with forward hooks, stopping the forward once it has run."""
+
 from collections.abc import Sequence
 from typing import Optional
 
@@ -51,15 +52,20 @@ def capture_input_output(model: nn.Module, module: nn.Module, img: torch.Tensor)
     return captured[0], captured[1]
 
 
-def forward_order(model: nn.Module, modules: Sequence[tuple[str, nn.Module]], img: torch.Tensor,
-                  ) -> list[tuple[str, nn.Module]]:
+def forward_order(
+    model: nn.Module,
+    modules: Sequence[tuple[str, nn.Module]],
+    img: torch.Tensor,
+) -> list[tuple[str, nn.Module]]:
     """The given modules that `extract_feat` calls, in the order of their first call."""
     order: list[int] = []
     handles = []
     for index, (_, module) in enumerate(modules):
+
         def hook(_module, _args, index: int = index) -> Optional[torch.Tensor]:
             if index not in order:
                 order.append(index)
+
         handles.append(module.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():

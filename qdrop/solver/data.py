@@ -1,4 +1,5 @@
 """The data of a run: this rank's calibration batches and the test set's loader."""
+
 import copy
 from typing import NamedTuple, Optional
 
@@ -13,6 +14,7 @@ CALIBRATION_BATCH_SIZE = 2  # images per calibration batch
 
 class TestData(NamedTuple):
     """The test split of a config and its loader."""
+
     dataset: Dataset
     loader: DataLoader
 
@@ -40,8 +42,9 @@ def calibration_batches(cfg, num_images: int, seed: int, dataset: Optional[Datas
     if len(dataset) < num_images:
         raise ValueError(f"calibrate={num_images} exceeds the {len(dataset)} images of the train set")
     set_random_seed(seed + rank)
-    loader = build_dataloader(dataset, CALIBRATION_BATCH_SIZE, workers_per_gpu=0, dist=world > 1, shuffle=True,
-                              seed=seed)
+    loader = build_dataloader(
+        dataset, CALIBRATION_BATCH_SIZE, workers_per_gpu=0, dist=world > 1, shuffle=True, seed=seed
+    )
     batches, taken = [], 0
     for batch in loader:
         keep = min(per_rank - taken, batch["img"].shape[0])
@@ -65,6 +68,7 @@ def build_test_loader(cfg) -> TestData:
     test_cfg = copy.deepcopy(cfg.data.test)
     test_cfg.test_mode = True
     dataset = build_dataset(test_cfg)
-    loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=cfg.data.get("workers_per_gpu", 0),
-                              dist=world > 1, shuffle=False)
+    loader = build_dataloader(
+        dataset, samples_per_gpu=1, workers_per_gpu=cfg.data.get("workers_per_gpu", 0), dist=world > 1, shuffle=False
+    )
     return TestData(dataset, loader)

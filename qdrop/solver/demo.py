@@ -12,6 +12,7 @@ so the learning rates there are larger (scale_lr and AdaRound's round_lr). Per m
 every variant: activation ranges come from the float model, so they are shared by both weight bit widths, and each
 reconstruction starts from a copy of the calibrated model.
 """
+
 import argparse
 import copy
 import json
@@ -41,12 +42,17 @@ MODELS = {  # name: (config, checkpoint file name under --checkpoint-dir)
     "faster_rcnn": ("configs/tiny/faster_rcnn_tiny_synth.py", "faster_rcnn_tiny_synth.pth"),
 }
 SETTINGS = {"W4A4": "exp/demo/w4a4.yaml", "W2A4": "exp/demo/w2a4.yaml"}
-COLUMNS = ["FP"] + [f"{setting} {variant}" for setting in SETTINGS for variant in ("none", "BRECQ", "QDrop")] + [
-    "ONNX W4A4 QDrop"]
+COLUMNS = (
+    ["FP"]
+    + [f"{setting} {variant}" for setting in SETTINGS for variant in ("none", "BRECQ", "QDrop")]
+    + ["ONNX W4A4 QDrop"]
+)
 REPORTED_RUN = "W2A4 QDrop"  # the column whose run report `make demo` writes
-HOW_TO_TRAIN = ("make the synthetic data (`make data`), train the tiny models with tools/train.py "
-                "(`.venv/bin/python tools/train.py {config} --work-dir work_dirs/{stem}`) and copy the last "
-                "checkpoint to {checkpoint}")
+HOW_TO_TRAIN = (
+    "make the synthetic data (`make data`), train the tiny models with tools/train.py "
+    "(`.venv/bin/python tools/train.py {config} --work-dir work_dirs/{stem}`) and copy the last "
+    "checkpoint to {checkpoint}"
+)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -55,9 +61,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", default="checkpoints")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads; the models are tiny, and on a shared CPU more threads mostly "
-                             "wait for each other (1 thread ran this demo about 10x faster on a busy 2-core machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads; the models are tiny, and on a shared CPU more threads mostly "
+        "wait for each other (1 thread ran this demo about 10x faster on a busy 2-core machine)",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,8 +77,10 @@ def _missing_checkpoints(args) -> list[str]:
         config, file_name = MODELS[name]
         checkpoint = osp.join(args.checkpoint_dir, file_name)
         if not osp.isfile(checkpoint):
-            problems.append(f"{checkpoint} is missing: " + HOW_TO_TRAIN.format(
-                config=config, stem=Path(config).stem, checkpoint=checkpoint))
+            problems.append(
+                f"{checkpoint} is missing: "
+                + HOW_TO_TRAIN.format(config=config, stem=Path(config).stem, checkpoint=checkpoint)
+            )
     return problems
 
 
@@ -107,16 +119,30 @@ def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optiona
             model = copy.deepcopy(q_model)
             started = time.time()
             results = []
-            run_reconstruction(model, reference, batches, q_config, device=device, seed=seed, logger=logger,
-                               drop_prob=drop_prob, results=results)
+            run_reconstruction(
+                model,
+                reference,
+                batches,
+                q_config,
+                device=device,
+                seed=seed,
+                logger=logger,
+                drop_prob=drop_prob,
+                results=results,
+            )
             reconstruct_seconds = time.time() - started
             logger.info(f"{name} {setting} {variant}: reconstructed in {reconstruct_seconds:.0f} s")
             row[f"{setting} {variant}"] = mean_ap(model, f"{setting} {variant}")
             if report_dir is not None and f"{setting} {variant}" == REPORTED_RUN:
-                record = RunRecord(f"python exp/demo.py ({name}, column {REPORTED_RUN})", q_config.to_dict(),
-                                   placement_table(model), {"calibrate": calibrate_seconds,
-                                                            "reconstruct": reconstruct_seconds},
-                                   peak_memory_mib(device), {"bbox_mAP": row[REPORTED_RUN]}, results)
+                record = RunRecord(
+                    f"python exp/demo.py ({name}, column {REPORTED_RUN})",
+                    q_config.to_dict(),
+                    placement_table(model),
+                    {"calibrate": calibrate_seconds, "reconstruct": reconstruct_seconds},
+                    peak_memory_mib(device),
+                    {"bbox_mAP": row[REPORTED_RUN]},
+                    results,
+                )
                 write_run_report(report_dir, record)
             if setting == "W4A4" and variant == "QDrop":  # the same model exported to ONNX, run in ONNX Runtime
                 row["ONNX W4A4 QDrop"] = mean_ap(OnnxDetector.from_model(model), "ONNX W4A4 QDrop")
@@ -155,13 +181,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     report_dir = osp.join(args.work_dir, f"report_{args.models[0]}")
     for name in args.models:
         model_started = time.time()
-        summary[name] = run_model(name, osp.join(args.checkpoint_dir, MODELS[name][1]), args.seed, logger,
-                                  report_dir=report_dir if name == args.models[0] else None)
+        summary[name] = run_model(
+            name,
+            osp.join(args.checkpoint_dir, MODELS[name][1]),
+            args.seed,
+            logger,
+            report_dir=report_dir if name == args.models[0] else None,
+        )
         logger.info(f"{name}: done in {time.time() - model_started:.0f} s")
-    table = format_table(summary) + "\n" + "\n".join(
-        f"{name}: W4A4 QDrop is {100 * (row['FP'] - row['W4A4 QDrop']):.1f} points below FP; W2A4 QDrop is "
-        f"{100 * (row['W2A4 QDrop'] - row['W2A4 none']):.1f} points above W2A4 without reconstruction"
-        for name, row in summary.items())
+    table = (
+        format_table(summary)
+        + "\n"
+        + "\n".join(
+            f"{name}: W4A4 QDrop is {100 * (row['FP'] - row['W4A4 QDrop']):.1f} points below FP; W2A4 QDrop is "
+            f"{100 * (row['W2A4 QDrop'] - row['W2A4 none']):.1f} points above W2A4 without reconstruction"
+            for name, row in summary.items()
+        )
+    )
     logger.info(f"\n{table}\ntotal {time.time() - started:.0f} s")
     atomic_write_text(osp.join(args.work_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     atomic_write_text(osp.join(args.work_dir, "summary.txt"), table + "\n")

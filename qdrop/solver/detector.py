@@ -1,4 +1,5 @@
 """The float detector a run starts from, and the float reference that reconstruction matches."""
+
 import copy
 import logging
 from typing import Optional
@@ -11,8 +12,12 @@ from mmdet.utils import fuse_conv_bn, load_checkpoint
 from qdrop.quantization import disable_all
 
 
-def build_fp_detector(cfg, checkpoint: str, device: torch.device, logger: Optional[logging.Logger] = None,
-                      ) -> nn.Module:
+def build_fp_detector(
+    cfg,
+    checkpoint: str,
+    device: torch.device,
+    logger: Optional[logging.Logger] = None,
+) -> nn.Module:
     """The float detector of a config with its checkpoint loaded and BatchNorm folded into the convs.
 
     Args:

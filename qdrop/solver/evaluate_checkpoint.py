@@ -6,6 +6,7 @@
 CHECKPOINT may also be a quantized checkpoint written by qdrop/solver/quant_coco.py (its q_config travels in it).
     tools/dist_test.sh CONFIG CHECKPOINT GPUS --eval bbox        (torchrun, --launcher pytorch)
 """
+
 import argparse
 import json
 import os
@@ -43,11 +44,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", help="pickle file for the raw results")
     parser.add_argument("--fuse-conv-bn", action="store_true", help="fold BatchNorm into the preceding conv")
     parser.add_argument("--eval", nargs="+", help="metrics, e.g. bbox")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
-                        help="override config keys, key=value (the key must exist in the config; "
-                             "+key=value adds a new one)")
-    parser.add_argument("--eval-options", nargs="+", action=DictAction,
-                        help="keyword arguments of dataset.evaluate, e.g. classwise=True")
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        help="override config keys, key=value (the key must exist in the config; +key=value adds a new one)",
+    )
+    parser.add_argument(
+        "--eval-options",
+        nargs="+",
+        action=DictAction,
+        help="keyword arguments of dataset.evaluate, e.g. classwise=True",
+    )
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
     args = parser.parse_args(argv)
@@ -87,8 +95,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     dataset = build_dataset(cfg.data.test)
     check_test_set(dataset, show_progress=None if rank == 0 else False)
-    loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=cfg.data.get("workers_per_gpu", 2),
-                              dist=distributed, shuffle=False)
+    loader = build_dataloader(
+        dataset, samples_per_gpu=1, workers_per_gpu=cfg.data.get("workers_per_gpu", 2), dist=distributed, shuffle=False
+    )
 
     model = build_detector(cfg.model, test_cfg=cfg.get("test_cfg"))
     if is_quantized_checkpoint_file(args.checkpoint):

@@ -1,4 +1,5 @@
 """Checks of a run's inputs, done before the model is built and any long step starts."""
+
 from collections.abc import Sequence
 from typing import Optional
 
@@ -17,8 +18,10 @@ def check_calibration_split(q_config: QConfig, q_config_path: str, world_size: i
     if q_config.calibrate % world_size:
         lower = q_config.calibrate - q_config.calibrate % world_size
         choices = f"{lower} or {lower + world_size}" if lower else str(world_size)
-        raise ValueError(f"{q_config_path}: calibrate: {q_config.calibrate} images cannot be split evenly over "
-                         f"{world_size} processes; use a multiple of {world_size} (e.g. {choices})")
+        raise ValueError(
+            f"{q_config_path}: calibrate: {q_config.calibrate} images cannot be split evenly over "
+            f"{world_size} processes; use a multiple of {world_size} (e.g. {choices})"
+        )
 
 
 def check_calibration_size(q_config: QConfig, q_config_path: str, train_set: Dataset) -> None:
@@ -29,9 +32,11 @@ def check_calibration_size(q_config: QConfig, q_config_path: str, train_set: Dat
     """
     if len(train_set) < q_config.calibrate:
         source = getattr(train_set, "ann_file", "data.train")
-        raise ValueError(f"{q_config_path}: calibrate: {q_config.calibrate} images requested but the train set "
-                         f"({source}) has {len(train_set)} usable images; lower calibrate to at most "
-                         f"{len(train_set)}")
+        raise ValueError(
+            f"{q_config_path}: calibrate: {q_config.calibrate} images requested but the train set "
+            f"({source}) has {len(train_set)} usable images; lower calibrate to at most "
+            f"{len(train_set)}"
+        )
 
 
 def check_metric_names(cfg, metrics: Sequence[str]) -> None:

@@ -6,6 +6,7 @@ and calibration data, the q_config, seed and world size), not the spelling of pa
 whose fingerprint differs is refused, naming the inputs that changed. The file is written to a temporary file and
 renamed, so it is always either the previous or the new complete state.
 """
+
 import hashlib
 import json
 import os
@@ -49,9 +50,13 @@ def file_sha256(path: str) -> str:
 def _plain(value: Any, drop: tuple = ()) -> Any:
     """A config subtree as JSON values (dicts, lists, scalars), dataset paths made absolute and resolved."""
     if isinstance(value, dict):
-        return {str(key): (os.path.realpath(item) if key in _PATH_KEYS and isinstance(item, str) and item
-                           else _plain(item, drop))
-                for key, item in value.items() if key not in drop}
+        return {
+            str(key): (
+                os.path.realpath(item) if key in _PATH_KEYS and isinstance(item, str) and item else _plain(item, drop)
+            )
+            for key, item in value.items()
+            if key not in drop
+        }
     if isinstance(value, (list, tuple)):
         return [_plain(item, drop) for item in value]
     return json.loads(json.dumps(value, default=str))
@@ -71,22 +76,28 @@ def run_fingerprint(cfg, checkpoint: str, q_config: QConfig, seed: int, world_si
         {'checkpoint_sha256', 'model', 'calibration_data', 'q_config', 'seed', 'world_size'}.
     """
     content = file_sha256(checkpoint) if os.path.isfile(checkpoint) else checkpoint
-    return {"checkpoint_sha256": content,
-            "model": _plain(cfg.model, drop=_DROPPED_MODEL_KEYS),
-            "calibration_data": _plain(cfg.data.train),
-            "q_config": _plain(q_config.to_dict()),
-            "seed": seed,
-            "world_size": world_size}
+    return {
+        "checkpoint_sha256": content,
+        "model": _plain(cfg.model, drop=_DROPPED_MODEL_KEYS),
+        "calibration_data": _plain(cfg.data.train),
+        "q_config": _plain(q_config.to_dict()),
+        "seed": seed,
+        "world_size": world_size,
+    }
 
 
 def _changes(saved: Any, now: Any, prefix: str) -> list[str]:
     """'key: saved -> now' for every leaf that differs (dict keys joined with dots, list items by index)."""
     if isinstance(saved, dict) and isinstance(now, dict):
-        return [change for key in sorted(set(saved) | set(now), key=str)
-                for change in _changes(saved.get(key, "<absent>"), now.get(key, "<absent>"), f"{prefix}.{key}")]
+        return [
+            change
+            for key in sorted(set(saved) | set(now), key=str)
+            for change in _changes(saved.get(key, "<absent>"), now.get(key, "<absent>"), f"{prefix}.{key}")
+        ]
     if isinstance(saved, list) and isinstance(now, list) and len(saved) == len(now):
-        return [change for index, (a, b) in enumerate(zip(saved, now))
-                for change in _changes(a, b, f"{prefix}.{index}")]
+        return [
+            change for index, (a, b) in enumerate(zip(saved, now)) for change in _changes(a, b, f"{prefix}.{index}")
+        ]
     if saved == now:
         return []
     if isinstance(saved, str) and len(saved) == 64 and isinstance(now, str) and len(now) == 64:
@@ -100,8 +111,9 @@ def _describe_difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
         if saved.get(key) == now[key]:
             continue
         changes = _changes(saved.get(key, "<absent>"), now[key], key)
-        shown = "; ".join(changes[:_SHOWN_CHANGES]) + (f"; and {len(changes) - _SHOWN_CHANGES} more"
-                                                        if len(changes) > _SHOWN_CHANGES else "")
+        shown = "; ".join(changes[:_SHOWN_CHANGES]) + (
+            f"; and {len(changes) - _SHOWN_CHANGES} more" if len(changes) > _SHOWN_CHANGES else ""
+        )
         parts.append(f"{_FINGERPRINT_NAMES.get(key, key)} changed ({shown})")
     return "; ".join(parts)
 
@@ -120,8 +132,10 @@ class ReconProgress:
         self._saved: Optional[dict[str, Any]] = None
 
     def _start_over(self) -> str:
-        return (f"to start over, delete {self.path} (calibration and reconstruction then run again) "
-                "or use another --work-dir")
+        return (
+            f"to start over, delete {self.path} (calibration and reconstruction then run again) "
+            "or use another --work-dir"
+        )
 
     def check(self) -> Optional[int]:
         """Read the progress file, if any, and check that it belongs to this run.
@@ -141,13 +155,16 @@ class ReconProgress:
             raise ProgressFileError(f"cannot resume: {error}; {self._start_over()}") from error
         missing = [key for key in ("fingerprint", "next_unit", "state_dict") if key not in saved]
         if missing:
-            raise ProgressFileError(f"cannot resume: {self.path} is not a reconstruction progress file (it lacks "
-                                    f"{', '.join(missing)}); {self._start_over()}")
+            raise ProgressFileError(
+                f"cannot resume: {self.path} is not a reconstruction progress file (it lacks "
+                f"{', '.join(missing)}); {self._start_over()}"
+            )
         if saved["fingerprint"] != self.fingerprint:
             raise ProgressFileError(
                 f"cannot resume: {self.path} holds the progress of a run with other inputs: "
                 f"{_describe_difference(saved['fingerprint'], self.fingerprint)}. Its reconstructed units do not "
-                f"fit this run; {self._start_over()}")
+                f"fit this run; {self._start_over()}"
+            )
         self._saved = saved
         return int(saved["next_unit"])
 
@@ -164,7 +181,13 @@ class ReconProgress:
         """Rank 0 writes the state; every rank waits for it."""
         rank, _ = get_dist_info()
         if rank == 0:
-            atomic_torch_save({"fingerprint": self.fingerprint, "next_unit": next_unit,
-                               "finished_units": list(finished_units),
-                               "state_dict": quantized_state_dict(model)}, self.path)
+            atomic_torch_save(
+                {
+                    "fingerprint": self.fingerprint,
+                    "next_unit": next_unit,
+                    "finished_units": list(finished_units),
+                    "state_dict": quantized_state_dict(model),
+                },
+                self.path,
+            )
         barrier()

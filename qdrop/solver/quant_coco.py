@@ -8,6 +8,7 @@ Steps: build the float detector, wrap it, calibrate, reconstruct unit by unit, s
 evaluate. Running the same command again resumes after the last reconstructed unit (work dir file
 recon_progress.pth).
 """
+
 import argparse
 import json
 import logging
@@ -44,16 +45,24 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="QDrop post-training quantization of an mmdetection detector")
     parser.add_argument("config", help="mmdetection config file")
     parser.add_argument("checkpoint", help="float checkpoint of that config")
-    parser.add_argument("--q_config", required=True,
-                        help="quantization YAML (exp/config.yaml: the published W2A4 setting)")
-    parser.add_argument("--work-dir", help="where log, config, placement, progress, checkpoint and metrics go "
-                                           "(default work_dirs/<config name>_quant)")
-    parser.add_argument("--fuse-conv-bn", action="store_true",
-                        help="fold BatchNorm into the convs; quantization always does it")
+    parser.add_argument(
+        "--q_config", required=True, help="quantization YAML (exp/config.yaml: the published W2A4 setting)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        help="where log, config, placement, progress, checkpoint and metrics go "
+        "(default work_dirs/<config name>_quant)",
+    )
+    parser.add_argument(
+        "--fuse-conv-bn", action="store_true", help="fold BatchNorm into the convs; quantization always does it"
+    )
     parser.add_argument("--eval", nargs="+", default=["bbox"], help="metrics, e.g. bbox")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
-                        help="override config keys, key=value (the key must exist in the config; "
-                             "+key=value adds a new one)")
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        help="override config keys, key=value (the key must exist in the config; +key=value adds a new one)",
+    )
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help="seeds calibration sampling and reconstruction")
@@ -95,14 +104,16 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     try:
         return _run(args, cfg, q_config, work_dir, timestamp, logger)
     finally:  # in-process callers (tests, notebooks) must not keep writing into this run's log
-        for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)
-                        and h.baseFilename == osp.abspath(log_file)]:
+        for handler in [
+            h for h in logger.handlers if isinstance(h, logging.FileHandler) and h.baseFilename == osp.abspath(log_file)
+        ]:
             logger.removeHandler(handler)
             handler.close()
 
 
-def _run(args: argparse.Namespace, cfg, q_config: QConfig, work_dir: str, timestamp: str,
-         logger: logging.Logger) -> Optional[dict]:
+def _run(
+    args: argparse.Namespace, cfg, q_config: QConfig, work_dir: str, timestamp: str, logger: logging.Logger
+) -> Optional[dict]:
     rank, world = get_dist_info()
     device = default_device()
     timer = StageTimer()
@@ -144,24 +155,50 @@ def _run(args: argparse.Namespace, cfg, q_config: QConfig, work_dir: str, timest
         progress.save(model, next_unit=done, finished_units=names)
 
     recon_results = []
-    units = run_reconstruction(model, fp_model, batches, q_config, device=device, seed=args.seed, logger=logger,
-                               start_unit=next_unit, on_unit_done=unit_done, results=recon_results)
+    units = run_reconstruction(
+        model,
+        fp_model,
+        batches,
+        q_config,
+        device=device,
+        seed=args.seed,
+        logger=logger,
+        start_unit=next_unit,
+        on_unit_done=unit_done,
+        results=recon_results,
+    )
     timer.lap("reconstruct")
     del fp_model
     if rank == 0:
-        save_quantized_checkpoint(model, osp.join(work_dir, QUANTIZED_CHECKPOINT), q_config,
-                                  meta={"config": cfg.pretty_text, "finished_units": units})
+        save_quantized_checkpoint(
+            model,
+            osp.join(work_dir, QUANTIZED_CHECKPOINT),
+            q_config,
+            meta={"config": cfg.pretty_text, "finished_units": units},
+        )
     barrier()
 
     metric = evaluate(model, test_data, cfg, args.eval, logger=logger)
     timer.lap("evaluate")
     if rank == 0:
         logger.info(f"metrics: {metric}")
-        atomic_write_text(osp.join(work_dir, f"eval_{timestamp}.json"),
-                          json.dumps({"config": args.config, "metric": metric}, indent=2))
-        written = write_run_report(work_dir, RunRecord(
-            args.command, q_config.to_dict(), placement_table(model), timer.seconds, peak_memory_mib(device), metric,
-            recon_results, placement_file=PLACEMENT_FILE))
+        atomic_write_text(
+            osp.join(work_dir, f"eval_{timestamp}.json"),
+            json.dumps({"config": args.config, "metric": metric}, indent=2),
+        )
+        written = write_run_report(
+            work_dir,
+            RunRecord(
+                args.command,
+                q_config.to_dict(),
+                placement_table(model),
+                timer.seconds,
+                peak_memory_mib(device),
+                metric,
+                recon_results,
+                placement_file=PLACEMENT_FILE,
+            ),
+        )
         logger.info("run report: " + ", ".join(written))
     barrier()
     return metric

@@ -6,9 +6,11 @@ schedule to 0) minimise the output error plus AdaRound's rounding regulariser. W
 input and every activation quantizer inside it keep the quantized value with probability p, element-wise, else the
 float one.
 """
+
 import logging
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -29,7 +31,7 @@ ERROR_BATCH_SIZE = 8  # images per forward when measuring a unit's output error
 class TemperatureDecay:
     """The regulariser's exponent b: b_range[0] during warm-up, then falling linearly to b_range[1]."""
 
-    def __init__(self, iters: int, warm_up: float, b_range: Tuple[float, float]):
+    def __init__(self, iters: int, warm_up: float, b_range: tuple[float, float]):
         self.iters = iters
         self.start = warm_up * iters
         self.b_start, self.b_end = b_range
@@ -46,7 +48,7 @@ def rounding_regulariser(quantizers: Sequence[nn.Module], b: float) -> torch.Ten
     return sum(q.round_loss(b) for q in quantizers)
 
 
-def output_error_sum(output: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, int]:
+def output_error_sum(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum over channels of the squared error, summed over the other dims, and the number of those positions."""
     per_position = (output - target).pow(2).sum(1)
     return per_position.sum(), per_position.numel()
@@ -54,13 +56,21 @@ def output_error_sum(output: torch.Tensor, target: torch.Tensor) -> Tuple[torch.
 
 def unit_seed(seed: int, unit_index: int, rank: int) -> int:
     """A fixed seed per (run seed, unit, rank), so a resumed run draws what an uninterrupted one draws."""
-    return (seed * 1_000_003 + unit_index * 10_007 + rank) % (2 ** 63)
+    return (seed * 1_000_003 + unit_index * 10_007 + rank) % (2**63)
 
 
-def build_cache(q_model: nn.Module, fp_model: nn.Module, q_unit: nn.Module, fp_unit: nn.Module,
-                images: Sequence[torch.Tensor], cfg: ReconConfig, device: torch.device) -> ReconCache:
-    cache = ReconCache(device, keep_on_device=cfg.keep_gpu, dtype=cfg.cache_torch_dtype,
-                       keep_fp_input=cfg.drop_prob < 1.0)
+def build_cache(
+    q_model: nn.Module,
+    fp_model: nn.Module,
+    q_unit: nn.Module,
+    fp_unit: nn.Module,
+    images: Sequence[torch.Tensor],
+    cfg: ReconConfig,
+    device: torch.device,
+) -> ReconCache:
+    cache = ReconCache(
+        device, keep_on_device=cfg.keep_gpu, dtype=cfg.cache_torch_dtype, keep_fp_input=cfg.drop_prob < 1.0
+    )
     for img in images:
         img = img.to(device)
         quant_input = capture_input(q_model, q_unit, img)
@@ -90,11 +100,15 @@ def check_finite_unit(unit: nn.Module, output_error: float, stage: str) -> None:
     """Raise NonFiniteReconstructionError when the unit's output error or any quantizer parameter or buffer (scale,
     zero point, alpha) is NaN or Inf, naming the first offending tensors."""
     if not math.isfinite(output_error):
-        raise NonFiniteReconstructionError(f"output error {output_error} {stage} (its quantized input or float "
-                                           "target holds NaN or Inf)")
-    bad = [f"{name}.{key}" for name, quantizer in fake_quantizers(unit)
-           for key, value in [*quantizer.named_parameters(recurse=False), *quantizer.named_buffers(recurse=False)]
-           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        raise NonFiniteReconstructionError(
+            f"output error {output_error} {stage} (its quantized input or float target holds NaN or Inf)"
+        )
+    bad = [
+        f"{name}.{key}"
+        for name, quantizer in fake_quantizers(unit)
+        for key, value in [*quantizer.named_parameters(recurse=False), *quantizer.named_buffers(recurse=False)]
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
     if bad:
         raise NonFiniteReconstructionError(f"non-finite quantization parameters {stage}: {', '.join(bad[:5])}")
 
@@ -104,7 +118,7 @@ def _set_drop_prob(unit: nn.Module, drop_prob: float) -> None:
         quantizer.drop_prob = drop_prob
 
 
-def _adaround_quantizers(unit: nn.Module) -> List[Tuple[nn.Module, nn.Module]]:
+def _adaround_quantizers(unit: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     return [(layer, q) for layer, q in weight_quantized_layers(unit) if isinstance(q, AdaRoundFakeQuantize)]
 
 
@@ -123,8 +137,9 @@ def _mix(quant: torch.Tensor, fp: Optional[torch.Tensor], drop_prob: float) -> t
     return torch.where(torch.rand_like(quant) < drop_prob, quant, fp)
 
 
-def training_forward(unit: nn.Module, cfg: ReconConfig) -> Callable[[torch.Tensor, Optional[torch.Tensor]],
-                                                                     torch.Tensor]:
+def training_forward(
+    unit: nn.Module, cfg: ReconConfig
+) -> Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]:
     """The unit's forward during reconstruction, with the input mixed by `drop_prob`: on the fused path or the
     plain one (`recon.fast`), compiled with torch.compile (`recon.compile`), convolutions under autocast
     (`recon.amp`; the quantizers compute in float32)."""
@@ -132,9 +147,12 @@ def training_forward(unit: nn.Module, cfg: ReconConfig) -> Callable[[torch.Tenso
     amp_dtype = cfg.amp_torch_dtype
 
     def forward(quant_input: torch.Tensor, fp_input: Optional[torch.Tensor]) -> torch.Tensor:
-        with fast_path(cfg.fast), torch.autocast(quant_input.device.type, dtype=amp_dtype,
-                                                 enabled=amp_dtype is not None):
+        with (
+            fast_path(cfg.fast),
+            torch.autocast(quant_input.device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
+        ):
             return module(_mix(quant_input, fp_input, cfg.drop_prob))
+
     return forward
 
 
@@ -147,9 +165,15 @@ def _average_gradients(params: Sequence[torch.Tensor]) -> None:
     all_reduce_mean_(grads)
 
 
-def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed: int,
-                     show_progress: bool = True, desc: str = "",
-                     curve: Optional[List[Tuple[int, float]]] = None) -> Tuple[float, float]:
+def reconstruct_unit(
+    unit: nn.Module,
+    cache: ReconCache,
+    cfg: ReconConfig,
+    seed: int,
+    show_progress: bool = True,
+    desc: str = "",
+    curve: Optional[list[tuple[int, float]]] = None,
+) -> tuple[float, float]:
     """Learn the unit's rounding and activation scales on its cached inputs and outputs.
 
     Args:
@@ -197,11 +221,10 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
     forward = training_forward(unit, cfg)
     bar = tqdm(range(cfg.iters), desc=desc, disable=not show_progress or rank != 0, leave=False, dynamic_ncols=True)
     for step in bar:
-        images = torch.randperm(len(cache), generator=sampler)[:cfg.batch_size]
+        images = torch.randperm(len(cache), generator=sampler)[: cfg.batch_size]
         error, positions = 0.0, 0
         for group in cache.gather(images.tolist()):
-            group_error, group_positions = output_error_sum(forward(group.quant_input, group.fp_input),
-                                                            group.fp_output)
+            group_error, group_positions = output_error_sum(forward(group.quant_input, group.fp_input), group.fp_output)
             error, positions = error + group_error, positions + group_positions
         reconstruction_loss = error / positions
         loss = reconstruction_loss
@@ -232,10 +255,20 @@ def reconstruct_unit(unit: nn.Module, cache: ReconCache, cfg: ReconConfig, seed:
     return reconstruction_value, loss_value
 
 
-def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.Tensor], cfg: ReconConfig, *,
-                device: torch.device, seed: int, logger: Optional[logging.Logger] = None, start_unit: int = 0,
-                on_unit_done: Optional[Callable[[int, List[str]], None]] = None,
-                show_progress: bool = True, results: Optional[List[UnitReconstruction]] = None) -> List[str]:
+def reconstruct(
+    q_model: nn.Module,
+    fp_model: nn.Module,
+    images: Sequence[torch.Tensor],
+    cfg: ReconConfig,
+    *,
+    device: torch.device,
+    seed: int,
+    logger: Optional[logging.Logger] = None,
+    start_unit: int = 0,
+    on_unit_done: Optional[Callable[[int, list[str]], None]] = None,
+    show_progress: bool = True,
+    results: Optional[list[UnitReconstruction]] = None,
+) -> list[str]:
     """Reconstruct every unit that extract_feat runs, in forward order, from `start_unit` on.
 
     Quantized heads (`quant_head: True`) are not reconstructed: they keep round-to-nearest weights and their
@@ -272,21 +305,31 @@ def reconstruct(q_model: nn.Module, fp_model: nn.Module, images: Sequence[torch.
         try:
             error_before = unit_output_error(q_unit, cache)
             check_finite_unit(q_unit, error_before, "before reconstruction")
-            curve: List[Tuple[int, float]] = []
-            rec_loss, loss = reconstruct_unit(q_unit, cache, cfg, seed=unit_seed(seed, index, rank),
-                                              show_progress=show_progress, desc=f"recon {where}", curve=curve)
+            curve: list[tuple[int, float]] = []
+            rec_loss, loss = reconstruct_unit(
+                q_unit,
+                cache,
+                cfg,
+                seed=unit_seed(seed, index, rank),
+                show_progress=show_progress,
+                desc=f"recon {where}",
+                curve=curve,
+            )
             error_after = unit_output_error(q_unit, cache)
             check_finite_unit(q_unit, error_after, "after reconstruction")
         except NonFiniteReconstructionError as error:
             raise NonFiniteReconstructionError(
                 f"reconstruction of {where} stopped: {error}; the {index} unit(s) before it stay saved and a "
-                "rerun resumes after them") from None
-        log(f"unit {index + 1}/{len(units)} {name}: output error {error_before:.6g} -> {error_after:.6g} "
+                "rerun resumes after them"
+            ) from None
+        log(
+            f"unit {index + 1}/{len(units)} {name}: output error {error_before:.6g} -> {error_after:.6g} "
             f"(last step: reconstruction loss {rec_loss:.6g}, with regulariser {loss:.6g}; "
-            f"cache {cache.nbytes() / 2 ** 20:.1f} MiB)")
+            f"cache {cache.nbytes() / 2**20:.1f} MiB)"
+        )
         del cache
         if results is not None:
             results.append(UnitReconstruction(name, error_before, error_after, tuple(curve)))
         if on_unit_done is not None:
-            on_unit_done(index + 1, [unit_name for unit_name, _ in units[:index + 1]])
+            on_unit_done(index + 1, [unit_name for unit_name, _ in units[: index + 1]])
     return [name for name, _ in units]

@@ -2,6 +2,7 @@
 
 qdrop/solver/quant_coco.py runs them once; exp/demo.py runs them per model and setting, sharing calibration.
 """
+
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -39,12 +40,20 @@ def shares_calibration(first: QConfig, second: QConfig) -> bool:
     """Whether a model calibrated under `first` can lend its activation ranges to one under `second`: activation
     observers watch the float model, so only the activation quantizers, the images and the observed forward
     (heads or not) matter, not the weights."""
-    return (first.a_qconfig, first.calibrate, first.quant_head) == (second.a_qconfig, second.calibrate,
-                                                                    second.quant_head)
+    return (first.a_qconfig, first.calibrate, first.quant_head) == (
+        second.a_qconfig,
+        second.calibrate,
+        second.quant_head,
+    )
 
 
-def run_calibration(model: nn.Module, batches: Sequence[dict], q_config: QConfig, device: torch.device,
-                    calibrated: Optional[nn.Module] = None) -> None:
+def run_calibration(
+    model: nn.Module,
+    batches: Sequence[dict],
+    q_config: QConfig,
+    device: torch.device,
+    calibrated: Optional[nn.Module] = None,
+) -> None:
     """Set every quantizer's range; afterwards fake quantization is on.
 
     Args:
@@ -63,11 +72,20 @@ def run_calibration(model: nn.Module, batches: Sequence[dict], q_config: QConfig
         observe_weights(model)
 
 
-def run_reconstruction(model: nn.Module, reference: nn.Module, batches: Sequence[dict], q_config: QConfig, *,
-                       device: torch.device, seed: int, logger: Optional[logging.Logger] = None,
-                       drop_prob: Optional[float] = None, start_unit: int = 0,
-                       on_unit_done: Optional[Callable[[int, list[str]], None]] = None,
-                       results: Optional[list[UnitReconstruction]] = None) -> list[str]:
+def run_reconstruction(
+    model: nn.Module,
+    reference: nn.Module,
+    batches: Sequence[dict],
+    q_config: QConfig,
+    *,
+    device: torch.device,
+    seed: int,
+    logger: Optional[logging.Logger] = None,
+    drop_prob: Optional[float] = None,
+    start_unit: int = 0,
+    on_unit_done: Optional[Callable[[int, list[str]], None]] = None,
+    results: Optional[list[UnitReconstruction]] = None,
+) -> list[str]:
     """Reconstruct every unit in forward order (none when `recon.iters` is 0).
 
     Args:
@@ -94,12 +112,28 @@ def run_reconstruction(model: nn.Module, reference: nn.Module, batches: Sequence
             logger.info("recon.iters is 0: no reconstruction (round-to-nearest weights, calibrated scales)")
         return []
     images = [batch["img"] for batch in batches]
-    return reconstruct(model, reference, images, recon, device=device, seed=seed, logger=logger,
-                       start_unit=start_unit, on_unit_done=on_unit_done, results=results)
+    return reconstruct(
+        model,
+        reference,
+        images,
+        recon,
+        device=device,
+        seed=seed,
+        logger=logger,
+        start_unit=start_unit,
+        on_unit_done=on_unit_done,
+        results=results,
+    )
 
 
-def evaluate(model: nn.Module, test_data: TestData, cfg, metrics: Sequence[str],
-             logger: Optional[logging.Logger] = None, show_progress: bool = True) -> Optional[dict]:
+def evaluate(
+    model: nn.Module,
+    test_data: TestData,
+    cfg,
+    metrics: Sequence[str],
+    logger: Optional[logging.Logger] = None,
+    show_progress: bool = True,
+) -> Optional[dict]:
     """COCO metrics of a model on the test split; every rank runs its shard.
 
     Args:

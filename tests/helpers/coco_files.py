@@ -1,4 +1,5 @@
 """Tiny COCO-format files on disk for the dataset, loader, evaluation and API tests."""
+
 import json
 
 import cv2
@@ -19,14 +20,19 @@ TRAIN_PIPELINE = [
 ]
 TEST_PIPELINE = [
     dict(type="LoadImageFromFile"),
-    dict(type="MultiScaleFlipAug", img_scale=(128, 96), flip=False, transforms=[
-        dict(type="Resize", keep_ratio=True),
-        dict(type="RandomFlip"),
-        dict(type="Normalize", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True),
-        dict(type="Pad", size_divisor=32),
-        dict(type="ImageToTensor", keys=["img"]),
-        dict(type="Collect", keys=["img"]),
-    ]),
+    dict(
+        type="MultiScaleFlipAug",
+        img_scale=(128, 96),
+        flip=False,
+        transforms=[
+            dict(type="Resize", keep_ratio=True),
+            dict(type="RandomFlip"),
+            dict(type="Normalize", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True),
+            dict(type="Pad", size_divisor=32),
+            dict(type="ImageToTensor", keys=["img"]),
+            dict(type="Collect", keys=["img"]),
+        ],
+    ),
 ]
 
 
@@ -43,5 +49,12 @@ def write_tiny_coco(root, images, annotations, categories=CATEGORIES, name="ann.
 
 
 def ann(ann_id, image_id, bbox, category_id, **extra):
-    return dict(id=ann_id, image_id=image_id, bbox=bbox, category_id=category_id,
-                area=extra.pop("area", bbox[2] * bbox[3]), iscrowd=extra.pop("iscrowd", 0), **extra)
+    return dict(
+        id=ann_id,
+        image_id=image_id,
+        bbox=bbox,
+        category_id=category_id,
+        area=extra.pop("area", bbox[2] * bbox[3]),
+        iscrowd=extra.pop("iscrowd", 0),
+        **extra,
+    )

@@ -1,4 +1,5 @@
 """Tiny quantized detectors for the ONNX deployment tests (tests/test_qdrop/test_deploy/)."""
+
 import torch
 
 from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg

@@ -2,6 +2,7 @@
 
 Tests check that the pruned search picks the same candidate; benchmarks/observers.py times it against the pruned one.
 """
+
 from typing import Optional
 
 import torch
@@ -10,8 +11,15 @@ from torch import Tensor
 from qdrop.quantization.mse_objective import QParamsFn, lp_error
 
 
-def plain_grid_search(x2d: Tensor, cand_min: Tensor, cand_max: Tensor, calculate_qparams: QParamsFn,
-                      quant_min: int, quant_max: int, columns: Optional[range] = None) -> tuple[Tensor, Tensor]:
+def plain_grid_search(
+    x2d: Tensor,
+    cand_min: Tensor,
+    cand_max: Tensor,
+    calculate_qparams: QParamsFn,
+    quant_min: int,
+    quant_max: int,
+    columns: Optional[range] = None,
+) -> tuple[Tensor, Tensor]:
     """Loop over the candidates, evaluate each on every value, keep the first strict improvement.
 
     Args:

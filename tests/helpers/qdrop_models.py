@@ -1,4 +1,5 @@
 """Small detectors, q_configs and data shared by the tests of the QDrop pipeline (tests/test_qdrop/)."""
+
 import copy
 from pathlib import Path
 from typing import Optional
@@ -15,33 +16,64 @@ NUM_CLASSES = 6  # the synthetic data set's classes
 
 def backbone_cfg(depth: int) -> dict:
     base = 8 if depth == 18 else 4
-    return dict(type="ResNet", depth=depth, base_channels=base, num_stages=4, out_indices=(0, 1, 2, 3),
-                frozen_stages=-1, norm_cfg=dict(type="BN", requires_grad=True), norm_eval=False, style="pytorch",
-                init_cfg=None)
+    return dict(
+        type="ResNet",
+        depth=depth,
+        base_channels=base,
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=-1,
+        norm_cfg=dict(type="BN", requires_grad=True),
+        norm_eval=False,
+        style="pytorch",
+        init_cfg=None,
+    )
 
 
 def stage_channels(depth: int) -> list:
     base, expansion = (8, 1) if depth == 18 else (4, 4)
-    return [base * 2 ** i * expansion for i in range(4)]
+    return [base * 2**i * expansion for i in range(4)]
 
 
 def retinanet_cfg(depth: int = 18) -> dict:
     return dict(
         type="RetinaNet",
         backbone=backbone_cfg(depth),
-        neck=dict(type="FPN", in_channels=stage_channels(depth), out_channels=16, start_level=1,
-                  add_extra_convs="on_input", num_outs=5),
+        neck=dict(
+            type="FPN",
+            in_channels=stage_channels(depth),
+            out_channels=16,
+            start_level=1,
+            add_extra_convs="on_input",
+            num_outs=5,
+        ),
         bbox_head=dict(
-            type="RetinaHead", num_classes=NUM_CLASSES, in_channels=16, stacked_convs=1, feat_channels=16,
-            anchor_generator=dict(type="AnchorGenerator", octave_base_scale=2, scales_per_octave=2,
-                                  ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64, 128]),
+            type="RetinaHead",
+            num_classes=NUM_CLASSES,
+            in_channels=16,
+            stacked_convs=1,
+            feat_channels=16,
+            anchor_generator=dict(
+                type="AnchorGenerator",
+                octave_base_scale=2,
+                scales_per_octave=2,
+                ratios=[0.5, 1.0, 2.0],
+                strides=[8, 16, 32, 64, 128],
+            ),
             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
             loss_cls=dict(type="FocalLoss", use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
-            loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
-        train_cfg=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0,
-                                     ignore_iof_thr=-1), allowed_border=-1, pos_weight=-1, debug=False),
-        test_cfg=dict(nms_pre=200, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5),
-                      max_per_img=50))
+            loss_bbox=dict(type="L1Loss", loss_weight=1.0),
+        ),
+        train_cfg=dict(
+            assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0, ignore_iof_thr=-1),
+            allowed_border=-1,
+            pos_weight=-1,
+            debug=False,
+        ),
+        test_cfg=dict(
+            nms_pre=200, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=50
+        ),
+    )
 
 
 def faster_rcnn_cfg(depth: int = 50) -> dict:
@@ -50,28 +82,42 @@ def faster_rcnn_cfg(depth: int = 50) -> dict:
         backbone=backbone_cfg(depth),
         neck=dict(type="FPN", in_channels=stage_channels(depth), out_channels=16, num_outs=5),
         rpn_head=dict(
-            type="RPNHead", in_channels=16, feat_channels=16,
-            anchor_generator=dict(type="AnchorGenerator", scales=[3], ratios=[0.5, 1.0, 2.0],
-                                  strides=[4, 8, 16, 32, 64]),
+            type="RPNHead",
+            in_channels=16,
+            feat_channels=16,
+            anchor_generator=dict(
+                type="AnchorGenerator", scales=[3], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64]
+            ),
             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
             loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
-            loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
+            loss_bbox=dict(type="L1Loss", loss_weight=1.0),
+        ),
         roi_head=dict(
             type="StandardRoIHead",
-            bbox_roi_extractor=dict(type="SingleRoIExtractor",
-                                    roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
-                                    out_channels=16, featmap_strides=[4, 8, 16, 32]),
-            bbox_head=dict(type="Shared2FCBBoxHead", in_channels=16, fc_out_channels=32, roi_feat_size=7,
-                           num_classes=NUM_CLASSES,
-                           bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4,
-                                           target_stds=[0.1, 0.1, 0.2, 0.2]),
-                           reg_class_agnostic=False,
-                           loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
-                           loss_bbox=dict(type="L1Loss", loss_weight=1.0))),
+            bbox_roi_extractor=dict(
+                type="SingleRoIExtractor",
+                roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+                out_channels=16,
+                featmap_strides=[4, 8, 16, 32],
+            ),
+            bbox_head=dict(
+                type="Shared2FCBBoxHead",
+                in_channels=16,
+                fc_out_channels=32,
+                roi_feat_size=7,
+                num_classes=NUM_CLASSES,
+                bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2]),
+                reg_class_agnostic=False,
+                loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+                loss_bbox=dict(type="L1Loss", loss_weight=1.0),
+            ),
+        ),
         train_cfg=None,
-        test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=50, nms=dict(type="nms", iou_threshold=0.7),
-                               min_bbox_size=0),
-                      rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=50)))
+        test_cfg=dict(
+            rpn=dict(nms_pre=200, max_per_img=50, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=50),
+        ),
+    )
 
 
 def fused_detector(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
@@ -91,13 +137,24 @@ def q_config(w_bit: int = 4, a_bit: int = 4, quant_head: bool = False, **recon) 
     """The quantizers of exp/config.yaml (AdaRound weights, LSQ activations) with min/max observers (the MSE
     searches cost seconds on a busy CPU)."""
     config = dict(
-        a_qconfig=dict(quantizer="LSQFakeQuantize", observer="AvgMinMaxObserver", bit=a_bit, symmetric=False,
-                       ch_axis=-1),
-        w_qconfig=dict(quantizer="AdaRoundFakeQuantize", observer="MinMaxObserver", bit=w_bit, symmetric=False,
-                       ch_axis=0),
+        a_qconfig=dict(
+            quantizer="LSQFakeQuantize", observer="AvgMinMaxObserver", bit=a_bit, symmetric=False, ch_axis=-1
+        ),
+        w_qconfig=dict(
+            quantizer="AdaRoundFakeQuantize", observer="MinMaxObserver", bit=w_bit, symmetric=False, ch_axis=0
+        ),
         calibrate=4,
-        recon=dict(batch_size=2, scale_lr=4.0e-5, warm_up=0.2, weight=0.01, iters=20, b_range=[20, 2],
-                   keep_gpu=False, round_mode="learned_hard_sigmoid", drop_prob=0.5),
+        recon=dict(
+            batch_size=2,
+            scale_lr=4.0e-5,
+            warm_up=0.2,
+            weight=0.01,
+            iters=20,
+            b_range=[20, 2],
+            keep_gpu=False,
+            round_mode="learned_hard_sigmoid",
+            drop_prob=0.5,
+        ),
     )
     config["recon"].update(recon)
     if quant_head:
@@ -116,27 +173,55 @@ def write_tiny_config(path: Path, data_root: Path, model_cfg: Optional[dict] = N
     norm = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
     scale = (96, 64)
     train_pipeline = [
-        dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True),
-        dict(type="Resize", img_scale=scale, keep_ratio=True), dict(type="RandomFlip", flip_ratio=0.5),
-        dict(type="Normalize", **norm), dict(type="Pad", size_divisor=32), dict(type="DefaultFormatBundle"),
-        dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels"])]
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", with_bbox=True),
+        dict(type="Resize", img_scale=scale, keep_ratio=True),
+        dict(type="RandomFlip", flip_ratio=0.5),
+        dict(type="Normalize", **norm),
+        dict(type="Pad", size_divisor=32),
+        dict(type="DefaultFormatBundle"),
+        dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels"]),
+    ]
     test_pipeline = [
         dict(type="LoadImageFromFile"),
-        dict(type="MultiScaleFlipAug", img_scale=scale, flip=False, transforms=[
-            dict(type="Resize", keep_ratio=True), dict(type="RandomFlip"), dict(type="Normalize", **norm),
-            dict(type="Pad", size_divisor=32), dict(type="ImageToTensor", keys=["img"]),
-            dict(type="Collect", keys=["img"])])]
+        dict(
+            type="MultiScaleFlipAug",
+            img_scale=scale,
+            flip=False,
+            transforms=[
+                dict(type="Resize", keep_ratio=True),
+                dict(type="RandomFlip"),
+                dict(type="Normalize", **norm),
+                dict(type="Pad", size_divisor=32),
+                dict(type="ImageToTensor", keys=["img"]),
+                dict(type="Collect", keys=["img"]),
+            ],
+        ),
+    ]
     classes = ("circle", "rectangle", "triangle", "star", "cross", "crescent")
     root = str(data_root) + "/"
 
     def split(name: str, pipeline: list) -> dict:
-        return dict(type="CocoDataset", classes=classes, ann_file=f"{root}annotations/instances_{name}.json",
-                    img_prefix=f"{root}{name}/", pipeline=pipeline)
+        return dict(
+            type="CocoDataset",
+            classes=classes,
+            ann_file=f"{root}annotations/instances_{name}.json",
+            img_prefix=f"{root}{name}/",
+            pipeline=pipeline,
+        )
 
-    config = dict(model=model_cfg, data_root=root, data=dict(
-        samples_per_gpu=2, workers_per_gpu=0, train=split("train2017", train_pipeline),
-        val=split("val2017", test_pipeline), test=split("val2017", test_pipeline)),
-        evaluation=dict(interval=1, metric="bbox"))
+    config = dict(
+        model=model_cfg,
+        data_root=root,
+        data=dict(
+            samples_per_gpu=2,
+            workers_per_gpu=0,
+            train=split("train2017", train_pipeline),
+            val=split("val2017", test_pipeline),
+            test=split("val2017", test_pipeline),
+        ),
+        evaluation=dict(interval=1, metric="bbox"),
+    )
     path.write_text("".join(f"{key} = {value!r}\n" for key, value in config.items()))
     return path
 
@@ -156,6 +241,17 @@ def write_tiny_run(root: Path, settings: dict, num_train: int = 8, num_val: int 
 
 def quant_coco_argv(config, checkpoint, q_path, work_dir, *extra: str, launcher: str = "none") -> list:
     """The published command line of quant_coco.py for the given files, plus `extra` arguments."""
-    return [str(config), str(checkpoint), "--launcher", launcher, "--work-dir", str(work_dir), "--fuse-conv-bn",
-            "--eval", "bbox", "--q_config", str(q_path), *extra]
-
+    return [
+        str(config),
+        str(checkpoint),
+        "--launcher",
+        launcher,
+        "--work-dir",
+        str(work_dir),
+        "--fuse-conv-bn",
+        "--eval",
+        "bbox",
+        "--q_config",
+        str(q_path),
+        *extra,
+    ]

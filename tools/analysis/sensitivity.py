@@ -11,6 +11,7 @@ sensitivity.png into the work dir and prints the ten most sensitive units. `--su
 (and writes to suggested_overrides.yaml) the q_config `overrides:` that raise the weights of the most sensitive
 units to `--high-bit` bits while the average weight bit width stays within BUDGET.
 """
+
 import argparse
 import json
 import os
@@ -51,12 +52,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("config", help="mmdetection config file")
     parser.add_argument("checkpoint", help="float checkpoint of that config")
     parser.add_argument("--q_config", required=True, help="quantization YAML, e.g. exp/demo/w2a4.yaml")
-    parser.add_argument("--metric", choices=METRICS, default=OUTPUT_ERROR,
-                        help="output_error: relative feature error on the calibration images (fast); "
-                             "bbox: drop in val bbox mAP (one evaluation per unit)")
+    parser.add_argument(
+        "--metric",
+        choices=METRICS,
+        default=OUTPUT_ERROR,
+        help="output_error: relative feature error on the calibration images (fast); "
+        "bbox: drop in val bbox mAP (one evaluation per unit)",
+    )
     parser.add_argument("--work-dir", help="where the results go (default work_dirs/<config name>_sensitivity)")
-    parser.add_argument("--suggest-bits", type=float, metavar="BUDGET",
-                        help="propose overrides within this average weight bit width")
+    parser.add_argument(
+        "--suggest-bits", type=float, metavar="BUDGET", help="propose overrides within this average weight bit width"
+    )
     parser.add_argument("--high-bit", type=int, default=4, help="weight bits of the units that --suggest-bits raises")
     parser.add_argument("--seed", type=int, default=0, help="seeds the draw of the calibration images")
     return parser.parse_args(argv)
@@ -66,8 +72,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     q_config = load_q_config(args.q_config)
     if args.suggest_bits is not None and not q_config.w_qconfig.bit < args.high_bit <= 8:
-        sys.exit(f"--high-bit {args.high_bit}: must lie above the q_config's {q_config.w_qconfig.bit}-bit weights "
-                 "and at most 8")
+        sys.exit(
+            f"--high-bit {args.high_bit}: must lie above the q_config's {q_config.w_qconfig.bit}-bit weights "
+            "and at most 8"
+        )
     cfg = load_config(args.config)
     work_dir = args.work_dir or osp.join("work_dirs", Path(args.config).stem + "_sensitivity")
     os.makedirs(work_dir, exist_ok=True)
@@ -119,9 +127,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
         block = format_overrides(entries)
         atomic_write_text(osp.join(work_dir, OVERRIDES_FILE), block)
         written.append(osp.join(work_dir, OVERRIDES_FILE))
-        print(f"\naverage weight bits {average_weight_bits(bits, counts):.3f} -> "
-              f"{average_weight_bits(raised, counts):.3f} (budget {args.suggest_bits:g}); add to the q_config:\n"
-              + block)
+        print(
+            f"\naverage weight bits {average_weight_bits(bits, counts):.3f} -> "
+            f"{average_weight_bits(raised, counts):.3f} (budget {args.suggest_bits:g}); add to the q_config:\n" + block
+        )
     print("written: " + ", ".join(written))
     return result
 

@@ -6,6 +6,7 @@ CHECKPOINT is the float checkpoint of CONFIG; QUANTIZED a quantized checkpoint w
 (quantized.pth in its work dir). Without QUANTIZED only the float detections are drawn. Needs matplotlib:
 pip install -e .[analysis].
 """
+
 import argparse
 import os
 import os.path as osp
@@ -44,8 +45,9 @@ def val_image_paths(cfg, count: int) -> list[str]:
     """The first `count` image files of the config's test split."""
     dataset = build_dataset(dict(cfg.data.test, test_mode=True))
     if count > len(dataset):
-        raise ValueError(f"--images {count}: the test split of the config ({cfg.data.test.ann_file}) has only "
-                         f"{len(dataset)} images")
+        raise ValueError(
+            f"--images {count}: the test split of the config ({cfg.data.test.ann_file}) has only {len(dataset)} images"
+        )
     return [osp.join(dataset.img_prefix or "", info["filename"]) for info in dataset.data_infos[:count]]
 
 

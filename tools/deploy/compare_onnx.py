@@ -6,6 +6,7 @@ For each ONNX Runtime optimization level, prints per output max |ONNX - PyTorch|
 the difference in steps (scale) of the model's last activation quantizer, and how many elements differ by more than
 one step. The inputs are the first test images through the config's test pipeline.
 """
+
 import argparse
 
 from mmdet.apis.inference import prepare_test_config
@@ -23,8 +24,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("checkpoint", help="the checkpoint the graph was exported from")
     parser.add_argument("onnx", help="network graph from tools/deploy/export_onnx.py")
     parser.add_argument("--images", type=int, default=2, help="number of test images compared (default 2)")
-    parser.add_argument("--optimization", nargs="+", choices=OPTIMIZATION_LEVELS, default=["disable", "all"],
-                        help="ONNX Runtime graph optimization levels to compare (default: disable all)")
+    parser.add_argument(
+        "--optimization",
+        nargs="+",
+        choices=OPTIMIZATION_LEVELS,
+        default=["disable", "all"],
+        help="ONNX Runtime graph optimization levels to compare (default: disable all)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     args = parser.parse_args(argv)
     if args.images <= 0:
@@ -45,17 +51,26 @@ def main(argv=None) -> dict:
     print(f"{args.onnx} against {args.checkpoint} on {min(args.images, len(dataset))} test image(s); {step_note}")
     worst = {}
     for level in args.optimization:
-        detector = OnnxDetector.from_file(build_detector(cfg.model, test_cfg=cfg.get("test_cfg")), args.onnx,
-                                          optimization=level, threads=args.threads)
+        detector = OnnxDetector.from_file(
+            build_detector(cfg.model, test_cfg=cfg.get("test_cfg")), args.onnx, optimization=level, threads=args.threads
+        )
         per_output: dict[str, OutputDifference] = {}
         for index, batch in enumerate(loader):
             if index == args.images:
                 break
             for new in compare_outputs(model, detector, batch["img"], batch["img_metas"], step):
                 old = per_output.get(new.name)
-                per_output[new.name] = new if old is None else OutputDifference(
-                    new.name, max(old.max_abs_diff, new.max_abs_diff), max(old.max_abs_value, new.max_abs_value),
-                    old.over_step + new.over_step, old.elements + new.elements)
+                per_output[new.name] = (
+                    new
+                    if old is None
+                    else OutputDifference(
+                        new.name,
+                        max(old.max_abs_diff, new.max_abs_diff),
+                        max(old.max_abs_value, new.max_abs_value),
+                        old.over_step + new.over_step,
+                        old.elements + new.elements,
+                    )
+                )
         print(f"optimization {level}:")
         print(f"  {'output':<12} {'max |diff|':>11} {'max |value|':>12} {'steps':>7} {'elements > 1 step':>18}")
         for name, difference in per_output.items():

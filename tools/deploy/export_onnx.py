@@ -7,6 +7,7 @@ Every activation quantizer becomes QuantizeLinear -> DequantizeLinear; every qua
 (INT4/UINT4 up to 4 bits, INT8/UINT8 above) with a per-channel DequantizeLinear. Faster R-CNN also writes
 FILE.bbox_head.onnx (the RoI box head). Without --shape, height and width are dynamic.
 """
+
 import argparse
 
 from qdrop.deploy import DEFAULT_OPSET, export_detector, load_detector, save_graphs
@@ -17,12 +18,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("config", help="config file")
     parser.add_argument("checkpoint", help="quantized.pth from quant_coco.py, or a float checkpoint")
     parser.add_argument("--out", required=True, help="output .onnx file")
-    parser.add_argument("--shape", nargs=2, type=int, metavar=("H", "W"),
-                        help="fixed input height and width (default: dynamic)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset (default {DEFAULT_OPSET}; INT4/UINT4 need 21)")
-    parser.add_argument("--require-quantized", action="store_true",
-                        help="refuse a float checkpoint instead of exporting a float graph")
+    parser.add_argument(
+        "--shape", nargs=2, type=int, metavar=("H", "W"), help="fixed input height and width (default: dynamic)"
+    )
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}; INT4/UINT4 need 21)"
+    )
+    parser.add_argument(
+        "--require-quantized", action="store_true", help="refuse a float checkpoint instead of exporting a float graph"
+    )
     args = parser.parse_args(argv)
     if args.shape is not None and min(args.shape) <= 0:
         parser.error(f"--shape: height and width must be positive, got {args.shape}")

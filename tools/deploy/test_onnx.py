@@ -4,6 +4,7 @@
 
 Writes `<timestamp>.log` and `eval_<timestamp>.json` to --work-dir, as tools/test.py does.
 """
+
 import argparse
 
 from qdrop.deploy.evaluate import evaluate_onnx
@@ -16,9 +17,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("onnx", help="network graph from tools/deploy/export_onnx.py")
     parser.add_argument("--eval", nargs="+", required=True, help="metrics, e.g. bbox")
     parser.add_argument("--work-dir", help="directory for the log and eval_<timestamp>.json")
-    parser.add_argument("--optimization", choices=OPTIMIZATION_LEVELS, default="all",
-                        help="ONNX Runtime graph optimization ('all' runs QDQ as integer kernels; 'disable' runs "
-                             "every node as written, which reproduces the fake-quantized model exactly)")
+    parser.add_argument(
+        "--optimization",
+        choices=OPTIMIZATION_LEVELS,
+        default="all",
+        help="ONNX Runtime graph optimization ('all' runs QDQ as integer kernels; 'disable' runs "
+        "every node as written, which reproduces the fake-quantized model exactly)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     return parser.parse_args(argv)
 

@@ -1,4 +1,5 @@
 """Epoch checkpoints of the training loop: `epoch_<n>.pth`, `latest.pth`, and pruning of the oldest."""
+
 import time
 from pathlib import Path
 
@@ -9,8 +10,9 @@ from mmdet.utils import save_checkpoint
 CHECKPOINT_PATTERN = "epoch_{}.pth"
 
 
-def save_epoch_checkpoint(model: nn.Module, work_dir: Path, epoch: int, iteration: int, meta: dict,
-                          max_keep: int) -> None:
+def save_epoch_checkpoint(
+    model: nn.Module, work_dir: Path, epoch: int, iteration: int, meta: dict, max_keep: int
+) -> None:
     """Write `epoch_<epoch>.pth` and `latest.pth` (weights and meta, no optimizer state).
 
     Args:

@@ -1,4 +1,5 @@
 """One training epoch: learning rate, optimisation step and log records for every iteration."""
+
 import datetime
 import time
 
@@ -37,9 +38,19 @@ def _set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
             sampler.set_epoch(epoch)
 
 
-def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, schedule: StepLrSchedule,
-                device: torch.device, epoch: int, iteration: int, settings: TrainSettings, log: TrainLog,
-                clock: TrainClock, show_progress: bool) -> int:
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    schedule: StepLrSchedule,
+    device: torch.device,
+    epoch: int,
+    iteration: int,
+    settings: TrainSettings,
+    log: TrainLog,
+    clock: TrainClock,
+    show_progress: bool,
+) -> int:
     """Train `model` for one pass over `loader`.
 
     Args:
@@ -59,8 +70,13 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         Iterations trained after this epoch.
     """
     _set_sampler_epoch(loader, epoch)
-    progress = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{settings.max_epochs}", disable=not show_progress,
-                    dynamic_ncols=True, leave=False)
+    progress = tqdm(
+        total=len(loader),
+        desc=f"epoch {epoch + 1}/{settings.max_epochs}",
+        disable=not show_progress,
+        dynamic_ncols=True,
+        leave=False,
+    )
     window = LogWindow()
     tick = time.perf_counter()
     for inner, batch in enumerate(loader):
@@ -75,8 +91,11 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         if (inner + 1) % settings.log_interval == 0 or inner + 1 == len(loader):
             averages = window.pop_averages()
             record = dict(mode="train", epoch=epoch + 1, iter=inner + 1, lr=current_lr(optimizer), **averages)
-            log.write(record, f"Epoch [{epoch + 1}][{inner + 1}/{len(loader)}]\tlr: {current_lr(optimizer):.3e}, "
-                              f"eta: {clock.eta(iteration)}, {format_values(averages)}")
+            log.write(
+                record,
+                f"Epoch [{epoch + 1}][{inner + 1}/{len(loader)}]\tlr: {current_lr(optimizer):.3e}, "
+                f"eta: {clock.eta(iteration)}, {format_values(averages)}",
+            )
         tick = time.perf_counter()
     progress.close()
     return iteration

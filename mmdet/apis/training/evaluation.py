@@ -1,4 +1,5 @@
 """Evaluation of the model during training."""
+
 import logging
 from typing import Optional
 
@@ -8,8 +9,9 @@ from torch.utils.data import DataLoader
 from mmdet.apis.test import multi_gpu_test, single_gpu_test
 
 
-def evaluate(model: nn.Module, loader: DataLoader, distributed: bool, eval_kwargs: dict,
-             logger: logging.Logger) -> Optional[dict[str, float]]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, distributed: bool, eval_kwargs: dict, logger: logging.Logger
+) -> Optional[dict[str, float]]:
     """Run the test-mode forward over `loader` and score the results; the model goes back to train mode.
 
     Args:

@@ -1,4 +1,5 @@
 """The train and validation loaders of a training config."""
+
 import copy
 
 from torch.utils.data import DataLoader, Dataset
@@ -18,12 +19,20 @@ def build_train_loader(dataset: Dataset, cfg, distributed: bool, world_size: int
     Returns:
         The loader; a `ValueError` when it has no batch.
     """
-    loader = build_dataloader(dataset, samples_per_gpu=cfg.data.samples_per_gpu,
-                              workers_per_gpu=cfg.data.workers_per_gpu, dist=distributed, shuffle=True,
-                              seed=cfg.get("seed"), num_gpus=1)
+    loader = build_dataloader(
+        dataset,
+        samples_per_gpu=cfg.data.samples_per_gpu,
+        workers_per_gpu=cfg.data.workers_per_gpu,
+        dist=distributed,
+        shuffle=True,
+        seed=cfg.get("seed"),
+        num_gpus=1,
+    )
     if len(loader) == 0:
-        raise ValueError(f"the training loader is empty: {len(dataset)} images, "
-                         f"samples_per_gpu={cfg.data.samples_per_gpu}, {world_size} process(es)")
+        raise ValueError(
+            f"the training loader is empty: {len(dataset)} images, "
+            f"samples_per_gpu={cfg.data.samples_per_gpu}, {world_size} process(es)"
+        )
     return loader
 
 
@@ -41,7 +50,10 @@ def build_val_loader(cfg, distributed: bool) -> DataLoader:
     val_cfg["test_mode"] = True
     val_dataset = build_dataset(val_cfg)
     loader_options = dict(cfg.data.get("val_dataloader") or {})
-    return build_dataloader(val_dataset,
-                            samples_per_gpu=loader_options.get("samples_per_gpu", 1),
-                            workers_per_gpu=loader_options.get("workers_per_gpu", cfg.data.workers_per_gpu),
-                            dist=distributed, shuffle=False)
+    return build_dataloader(
+        val_dataset,
+        samples_per_gpu=loader_options.get("samples_per_gpu", 1),
+        workers_per_gpu=loader_options.get("workers_per_gpu", cfg.data.workers_per_gpu),
+        dist=distributed,
+        shuffle=False,
+    )

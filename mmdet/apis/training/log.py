@@ -1,4 +1,5 @@
 """Training log records: text lines through the logger, json lines into `<timestamp>.log.json`."""
+
 import json
 import logging
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The optimizer of a training config and one optimisation step."""
+
 from typing import Optional
 
 import torch
@@ -30,8 +31,9 @@ def build_optimizer(model: nn.Module, optimizer_cfg: dict) -> torch.optim.Optimi
     return optimizer_cls(params, **options)
 
 
-def train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
-               grad_clip: Optional[dict] = None) -> dict[str, float]:
+def train_step(
+    model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, grad_clip: Optional[dict] = None
+) -> dict[str, float]:
     """One optimisation step on `batch`.
 
     The total loss is the sum of every entry whose key contains 'loss' (lists are summed); the others are logged only.

@@ -8,6 +8,7 @@ What the config keys do (same meaning as in mmdetection 2.28):
 - `log_config.interval` (iterations): a text line in `<timestamp>.log` and a json line in `<timestamp>.log.json`.
 - `evaluation.interval` (epochs); its other keys go to `dataset.evaluate` (e.g. `metric='bbox'`).
 """
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -39,8 +40,10 @@ def _grad_clip(cfg) -> Optional[dict]:
     hook_type = optimizer_config.pop("type", "OptimizerHook")
     grad_clip = optimizer_config.pop("grad_clip", None)
     if hook_type != "OptimizerHook" or optimizer_config:
-        raise ValueError(f"optimizer_config supports only grad_clip (OptimizerHook); got type={hook_type!r} "
-                         f"and keys {sorted(optimizer_config)}")
+        raise ValueError(
+            f"optimizer_config supports only grad_clip (OptimizerHook); got type={hook_type!r} "
+            f"and keys {sorted(optimizer_config)}"
+        )
     return None if grad_clip is None else dict(grad_clip)
 
 
@@ -68,8 +71,10 @@ class TrainSettings:
             The settings; a `ValueError` names the config key of an unsupported or invalid value.
         """
         if cfg.get("resume_from"):
-            raise ValueError(f"resume_from={cfg.resume_from!r}: resuming is not supported (checkpoints hold no "
-                             "optimizer state); use load_from to start from its weights")
+            raise ValueError(
+                f"resume_from={cfg.resume_from!r}: resuming is not supported (checkpoints hold no "
+                "optimizer state); use load_from to start from its weights"
+            )
         if not cfg.get("work_dir"):
             raise ValueError("cfg.work_dir must be set (tools/train.py sets it from --work-dir or the config name)")
         checkpoint_cfg = dict(cfg.get("checkpoint_config") or {})

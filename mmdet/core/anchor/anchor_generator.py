@@ -1,4 +1,5 @@
 """Anchor generator of mmdetection 2.x: float anchors, no rounding, centred on `stride * index`."""
+
 import math
 from collections.abc import Sequence
 from typing import Optional, Union
@@ -26,18 +27,22 @@ class AnchorGenerator:
     flat index is `(y * W + x) * A + a`; ratios are height / width.
     """
 
-    def __init__(self,
-                 strides: Sequence[Stride],
-                 ratios: Sequence[float],
-                 scales: Optional[Sequence[float]] = None,
-                 base_sizes: Optional[Sequence[float]] = None,
-                 scale_major: bool = True,
-                 octave_base_scale: Optional[float] = None,
-                 scales_per_octave: Optional[int] = None,
-                 center_offset: float = 0.0):
+    def __init__(
+        self,
+        strides: Sequence[Stride],
+        ratios: Sequence[float],
+        scales: Optional[Sequence[float]] = None,
+        base_sizes: Optional[Sequence[float]] = None,
+        scale_major: bool = True,
+        octave_base_scale: Optional[float] = None,
+        scales_per_octave: Optional[int] = None,
+        center_offset: float = 0.0,
+    ):
         if (scales is None) == (octave_base_scale is None):
-            raise ValueError("AnchorGenerator: give either `scales` or `octave_base_scale` with `scales_per_octave`, "
-                             f"got scales={scales!r}, octave_base_scale={octave_base_scale!r}")
+            raise ValueError(
+                "AnchorGenerator: give either `scales` or `octave_base_scale` with `scales_per_octave`, "
+                f"got scales={scales!r}, octave_base_scale={octave_base_scale!r}"
+            )
         if scales is None:
             if scales_per_octave is None:
                 raise ValueError("AnchorGenerator: `octave_base_scale` needs `scales_per_octave`")
@@ -81,8 +86,9 @@ class AnchorGenerator:
         if len(featmap_sizes) != self.num_levels:
             raise ValueError(f"AnchorGenerator: got {len(featmap_sizes)} feature maps for {self.num_levels} strides")
 
-    def single_level_grid_priors(self, featmap_size: tuple[int, int], level: int,
-                                 dtype: torch.dtype = torch.float32, device='cpu') -> torch.Tensor:
+    def single_level_grid_priors(
+        self, featmap_size: tuple[int, int], level: int, dtype: torch.dtype = torch.float32, device="cpu"
+    ) -> torch.Tensor:
         feat_h, feat_w = featmap_size
         stride_w, stride_h = self.strides[level]
         shift_x = torch.arange(feat_w, device=device).to(dtype) * stride_w
@@ -93,15 +99,18 @@ class AnchorGenerator:
         base = self.base_anchors[level].to(device=device, dtype=dtype)
         return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
 
-    def grid_priors(self, featmap_sizes: Sequence[tuple[int, int]], dtype: torch.dtype = torch.float32,
-                    device='cpu') -> list[torch.Tensor]:
+    def grid_priors(
+        self, featmap_sizes: Sequence[tuple[int, int]], dtype: torch.dtype = torch.float32, device="cpu"
+    ) -> list[torch.Tensor]:
         """Anchors of every level, each `(H * W * A, 4)`."""
         self._check_levels(featmap_sizes)
-        return [self.single_level_grid_priors(tuple(size), level, dtype, device)
-                for level, size in enumerate(featmap_sizes)]
+        return [
+            self.single_level_grid_priors(tuple(size), level, dtype, device) for level, size in enumerate(featmap_sizes)
+        ]
 
-    def valid_flags(self, featmap_sizes: Sequence[tuple[int, int]], pad_shape: Sequence[int],
-                    device='cpu') -> list[torch.Tensor]:
+    def valid_flags(
+        self, featmap_sizes: Sequence[tuple[int, int]], pad_shape: Sequence[int], device="cpu"
+    ) -> list[torch.Tensor]:
         """Per level, True for anchors whose cell lies inside the image's own padded shape (not the batch padding)."""
         self._check_levels(featmap_sizes)
         pad_h, pad_w = pad_shape[:2]
@@ -117,5 +126,7 @@ class AnchorGenerator:
         return flags
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(strides={self.strides}, ratios={self.ratios.tolist()}, "
-                f"scales={self.scales.tolist()}, base_sizes={self.base_sizes})")
+        return (
+            f"{type(self).__name__}(strides={self.strides}, ratios={self.ratios.tolist()}, "
+            f"scales={self.scales.tolist()}, base_sizes={self.base_sizes})"
+        )

@@ -1,4 +1,5 @@
 """MaxIoUAssigner: each candidate box becomes ignored (-1), negative (0) or the 1-based index of a gt box."""
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -11,6 +12,7 @@ from .iou import bbox_overlaps
 @dataclass
 class AssignResult:
     """`gt_inds[i]`: -1 ignored, 0 negative, k > 0 assigned to gt k-1; `labels[i]`: its gt label or -1."""
+
     num_gts: int
     gt_inds: torch.Tensor
     max_overlaps: torch.Tensor
@@ -29,14 +31,16 @@ class AssignResult:
 class MaxIoUAssigner:
     """mmdetection 2.x max-IoU assignment (`gt_max_assign_all`, low-quality matches overwrite in gt order)."""
 
-    def __init__(self,
-                 pos_iou_thr: float,
-                 neg_iou_thr: float,
-                 min_pos_iou: float = 0.0,
-                 gt_max_assign_all: bool = True,
-                 ignore_iof_thr: float = -1,
-                 ignore_wrt_candidates: bool = True,
-                 match_low_quality: bool = True):
+    def __init__(
+        self,
+        pos_iou_thr: float,
+        neg_iou_thr: float,
+        min_pos_iou: float = 0.0,
+        gt_max_assign_all: bool = True,
+        ignore_iof_thr: float = -1,
+        ignore_wrt_candidates: bool = True,
+        match_low_quality: bool = True,
+    ):
         if not isinstance(neg_iou_thr, (int, float)):
             raise ValueError(f"MaxIoUAssigner: neg_iou_thr must be a number, got {neg_iou_thr!r}")
         self.pos_iou_thr = pos_iou_thr
@@ -47,12 +51,22 @@ class MaxIoUAssigner:
         self.ignore_wrt_candidates = ignore_wrt_candidates
         self.match_low_quality = match_low_quality
 
-    def assign(self, bboxes: torch.Tensor, gt_bboxes: torch.Tensor, gt_bboxes_ignore: Optional[torch.Tensor] = None,
-               gt_labels: Optional[torch.Tensor] = None) -> AssignResult:
+    def assign(
+        self,
+        bboxes: torch.Tensor,
+        gt_bboxes: torch.Tensor,
+        gt_bboxes_ignore: Optional[torch.Tensor] = None,
+        gt_labels: Optional[torch.Tensor] = None,
+    ) -> AssignResult:
         bboxes = bboxes[:, :4]
         overlaps = bbox_overlaps(gt_bboxes, bboxes)
-        if (self.ignore_iof_thr > 0 and gt_bboxes_ignore is not None and gt_bboxes_ignore.numel() > 0
-                and gt_bboxes.numel() > 0 and bboxes.numel() > 0):
+        if (
+            self.ignore_iof_thr > 0
+            and gt_bboxes_ignore is not None
+            and gt_bboxes_ignore.numel() > 0
+            and gt_bboxes.numel() > 0
+            and bboxes.numel() > 0
+        ):
             if self.ignore_wrt_candidates:
                 ignore_overlaps = bbox_overlaps(bboxes, gt_bboxes_ignore, mode="iof").max(dim=1).values
             else:

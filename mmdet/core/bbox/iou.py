@@ -1,9 +1,11 @@
 """Pairwise box overlaps with plain areas (no +1) and the union floored at `eps`."""
+
 import torch
 
 
-def bbox_overlaps(bboxes1: torch.Tensor, bboxes2: torch.Tensor, mode: str = "iou", is_aligned: bool = False,
-                  eps: float = 1e-6) -> torch.Tensor:
+def bbox_overlaps(
+    bboxes1: torch.Tensor, bboxes2: torch.Tensor, mode: str = "iou", is_aligned: bool = False, eps: float = 1e-6
+) -> torch.Tensor:
     """IoU (`mode='iou'`) or intersection over the area of `bboxes1` (`mode='iof'`).
 
     Shapes: `(M, 4)` x `(N, 4)` -> `(M, N)`, or `(N, 4)` x `(N, 4)` -> `(N,)` when `is_aligned`.
@@ -16,8 +18,9 @@ def bbox_overlaps(bboxes1: torch.Tensor, bboxes2: torch.Tensor, mode: str = "iou
     area2 = (bboxes2[..., 2] - bboxes2[..., 0]) * (bboxes2[..., 3] - bboxes2[..., 1])
     if is_aligned:
         if bboxes1.shape != bboxes2.shape:
-            raise ValueError(f"bbox_overlaps: aligned mode needs equal shapes, got {tuple(bboxes1.shape)} "
-                             f"and {tuple(bboxes2.shape)}")
+            raise ValueError(
+                f"bbox_overlaps: aligned mode needs equal shapes, got {tuple(bboxes1.shape)} and {tuple(bboxes2.shape)}"
+            )
         top_left = torch.max(bboxes1[..., :2], bboxes2[..., :2])
         bottom_right = torch.min(bboxes1[..., 2:], bboxes2[..., 2:])
     else:

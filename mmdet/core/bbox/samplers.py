@@ -1,4 +1,5 @@
 """Samplers: choose positive and negative candidates from an AssignResult."""
+
 from typing import Optional
 
 import torch
@@ -10,8 +11,15 @@ from .assigners import AssignResult
 class SamplingResult:
     """Sampled positive/negative indices (sorted, unique) and the boxes and gt matches they refer to."""
 
-    def __init__(self, pos_inds: torch.Tensor, neg_inds: torch.Tensor, bboxes: torch.Tensor, gt_bboxes: torch.Tensor,
-                 assign_result: AssignResult, gt_flags: torch.Tensor):
+    def __init__(
+        self,
+        pos_inds: torch.Tensor,
+        neg_inds: torch.Tensor,
+        bboxes: torch.Tensor,
+        gt_bboxes: torch.Tensor,
+        assign_result: AssignResult,
+        gt_flags: torch.Tensor,
+    ):
         self.pos_inds = pos_inds
         self.neg_inds = neg_inds
         self.pos_bboxes = bboxes[pos_inds]
@@ -39,8 +47,13 @@ def _indices_where(mask: torch.Tensor) -> torch.Tensor:
 class PseudoSampler:
     """Takes every assigned candidate: positives gt_inds > 0, negatives gt_inds == 0."""
 
-    def sample(self, assign_result: AssignResult, bboxes: torch.Tensor, gt_bboxes: torch.Tensor,
-               gt_labels: Optional[torch.Tensor] = None) -> SamplingResult:
+    def sample(
+        self,
+        assign_result: AssignResult,
+        bboxes: torch.Tensor,
+        gt_bboxes: torch.Tensor,
+        gt_labels: Optional[torch.Tensor] = None,
+    ) -> SamplingResult:
         pos_inds = _indices_where(assign_result.gt_inds > 0).unique()
         neg_inds = _indices_where(assign_result.gt_inds == 0).unique()
         gt_flags = bboxes.new_zeros(bboxes.shape[0], dtype=torch.uint8)
@@ -76,8 +89,13 @@ class RandomSampler:
             return candidates
         return self.random_choice(candidates, num_expected)
 
-    def sample(self, assign_result: AssignResult, bboxes: torch.Tensor, gt_bboxes: torch.Tensor,
-               gt_labels: Optional[torch.Tensor] = None) -> SamplingResult:
+    def sample(
+        self,
+        assign_result: AssignResult,
+        bboxes: torch.Tensor,
+        gt_bboxes: torch.Tensor,
+        gt_labels: Optional[torch.Tensor] = None,
+    ) -> SamplingResult:
         bboxes = bboxes[:, :4]
         gt_flags = bboxes.new_zeros(bboxes.shape[0], dtype=torch.uint8)
         if self.add_gt_as_proposals and len(gt_bboxes) > 0:

@@ -1,4 +1,5 @@
 """Conversions between per-image box lists, RoI tensors and per-class result arrays."""
+
 from collections.abc import Sequence
 
 import numpy as np

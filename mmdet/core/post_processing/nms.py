@@ -1,4 +1,5 @@
 """mmcv-style NMS: coordinate-offset batched NMS with a single torchvision NMS call, and multi-class NMS."""
+
 from collections.abc import Mapping
 from typing import Optional
 
@@ -20,8 +21,9 @@ _CPU_SPLIT_MIN_BOXES = 1000
 _CPU_SPLIT_PAIRS_PER_GROUP = 50_000
 
 
-def _nms_by_group(boxes_for_nms: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
-                  iou_threshold: float) -> torch.Tensor:
+def _nms_by_group(
+    boxes_for_nms: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     """Same kept indices, in the same order, as one NMS call on the offset boxes.
 
     Offset groups never overlap, so each group's NMS (on the same offset coordinates) keeps exactly what the single
@@ -35,8 +37,9 @@ def _nms_by_group(boxes_for_nms: torch.Tensor, scores: torch.Tensor, idxs: torch
     return keep[scores[keep].sort(descending=True, stable=True).indices]
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, nms_cfg: Mapping,
-                class_agnostic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, nms_cfg: Mapping, class_agnostic: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """NMS run independently per group id `idxs`, with mmcv's semantics.
 
     Every box is shifted by `idx * (max coordinate of all boxes + 1)` so groups cannot overlap, and NMS runs on the
@@ -53,8 +56,11 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, n
         offsets = idxs.to(boxes) * (boxes.max() + 1)
         boxes_for_nms = boxes + offsets[:, None]
         num_boxes = boxes.size(0)
-        split = (boxes.device.type == "cpu" and num_boxes > _CPU_SPLIT_MIN_BOXES
-                 and num_boxes * num_boxes > _CPU_SPLIT_PAIRS_PER_GROUP * torch.unique(idxs).numel())
+        split = (
+            boxes.device.type == "cpu"
+            and num_boxes > _CPU_SPLIT_MIN_BOXES
+            and num_boxes * num_boxes > _CPU_SPLIT_PAIRS_PER_GROUP * torch.unique(idxs).numel()
+        )
         if split:
             keep = _nms_by_group(boxes_for_nms, scores, idxs, iou_threshold)
         else:
@@ -62,9 +68,15 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, n
     return torch.cat([boxes[keep], scores[keep, None]], dim=-1), keep
 
 
-def multiclass_nms(multi_bboxes: torch.Tensor, multi_scores: torch.Tensor, score_thr: float, nms_cfg: Mapping,
-                   max_num: int = -1, score_factors: Optional[torch.Tensor] = None,
-                   return_inds: bool = False):
+def multiclass_nms(
+    multi_bboxes: torch.Tensor,
+    multi_scores: torch.Tensor,
+    score_thr: float,
+    nms_cfg: Mapping,
+    max_num: int = -1,
+    score_factors: Optional[torch.Tensor] = None,
+    return_inds: bool = False,
+):
     """Per-class NMS over `(N, K + 1)` softmax scores whose last column is the background.
 
     `multi_bboxes` is `(N, 4)` (shared) or `(N, 4K)` (class-specific). Candidates are the (box, class) pairs, flattened
@@ -78,8 +90,10 @@ def multiclass_nms(multi_bboxes: torch.Tensor, multi_scores: torch.Tensor, score
     elif multi_bboxes.size(1) == 4 * num_classes:
         bboxes = multi_bboxes.view(num_boxes, num_classes, 4)
     else:
-        raise ValueError(f"multiclass_nms: boxes {tuple(multi_bboxes.shape)} do not fit {num_classes} classes "
-                         "(expected (N, 4) or (N, 4K))")
+        raise ValueError(
+            f"multiclass_nms: boxes {tuple(multi_bboxes.shape)} do not fit {num_classes} classes "
+            "(expected (N, 4) or (N, 4K))"
+        )
     scores = multi_scores[:, :-1]
     if score_factors is not None:
         scores = scores * score_factors[:, None]

@@ -1,4 +1,5 @@
 """Compose: run a list of transforms (config dicts or callables) in order."""
+
 from collections.abc import Sequence
 from typing import Callable, Optional, Union
 

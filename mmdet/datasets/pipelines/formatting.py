@@ -1,4 +1,5 @@
 """Turn numpy results into tensors and pick what a sample carries."""
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -6,8 +7,17 @@ import torch
 
 from ..builder import PIPELINES
 
-DEFAULT_META_KEYS = ("filename", "ori_filename", "ori_shape", "img_shape", "pad_shape", "scale_factor",
-                     "flip", "flip_direction", "img_norm_cfg")
+DEFAULT_META_KEYS = (
+    "filename",
+    "ori_filename",
+    "ori_shape",
+    "img_shape",
+    "pad_shape",
+    "scale_factor",
+    "flip",
+    "flip_direction",
+    "img_norm_cfg",
+)
 
 
 def to_tensor(data) -> torch.Tensor:
@@ -58,8 +68,10 @@ class DefaultFormatBundle:
             results.setdefault("pad_shape", img.shape)
             results.setdefault("scale_factor", np.ones(4, dtype=np.float32))
             channels = 1 if img.ndim == 2 else img.shape[2]
-            results.setdefault("img_norm_cfg", dict(mean=np.zeros(channels, dtype=np.float32),
-                                                    std=np.ones(channels, dtype=np.float32), to_rgb=False))
+            results.setdefault(
+                "img_norm_cfg",
+                dict(mean=np.zeros(channels, dtype=np.float32), std=np.ones(channels, dtype=np.float32), to_rgb=False),
+            )
             results["img"] = image_to_tensor(img)
         for key in ("gt_bboxes", "gt_bboxes_ignore"):
             if key in results:

@@ -1,4 +1,5 @@
 """Image and annotation loading: OpenCV decode, BGR uint8 HWC."""
+
 import os.path as osp
 
 import cv2

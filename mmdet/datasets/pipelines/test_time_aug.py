@@ -1,4 +1,5 @@
 """MultiScaleFlipAug restricted to what the batch format can carry: one scale, no flip."""
+
 from collections.abc import Sequence
 
 from ..builder import PIPELINES
@@ -15,8 +16,9 @@ class MultiScaleFlipAug:
     itself; several scales or `flip=True` (true test-time augmentation) are refused.
     """
 
-    def __init__(self, transforms: Sequence[dict], img_scale=None, flip: bool = False,
-                 flip_direction: str = "horizontal"):
+    def __init__(
+        self, transforms: Sequence[dict], img_scale=None, flip: bool = False, flip_direction: str = "horizontal"
+    ):
         scales = as_scale_list(img_scale)
         if len(scales) != 1:
             raise ValueError(f"MultiScaleFlipAug supports exactly one img_scale, got {img_scale!r}")

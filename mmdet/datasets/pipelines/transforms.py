@@ -1,4 +1,5 @@
 """Geometric and photometric transforms with mmdetection 2.28 / mmcv numerics."""
+
 import math
 from collections.abc import Sequence
 from typing import Optional, Union
@@ -110,8 +111,10 @@ class Resize:
         return results
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(img_scale={self.img_scale}, multiscale_mode='{self.multiscale_mode}', "
-                f"keep_ratio={self.keep_ratio}, bbox_clip_border={self.bbox_clip_border})")
+        return (
+            f"{type(self).__name__}(img_scale={self.img_scale}, multiscale_mode='{self.multiscale_mode}', "
+            f"keep_ratio={self.keep_ratio}, bbox_clip_border={self.bbox_clip_border})"
+        )
 
 
 _FLIP_AXES = {"horizontal": (1,), "vertical": (0,), "diagonal": (0, 1)}
@@ -135,8 +138,11 @@ class RandomFlip:
     """Flip with probability `flip_ratio` (numpy's global RNG). A `flip` key already in the results
     (MultiScaleFlipAug puts False there at test time) is obeyed and nothing is drawn."""
 
-    def __init__(self, flip_ratio: Union[float, Sequence[float], None] = None,
-                 direction: Union[str, Sequence[str]] = "horizontal"):
+    def __init__(
+        self,
+        flip_ratio: Union[float, Sequence[float], None] = None,
+        direction: Union[str, Sequence[str]] = "horizontal",
+    ):
         self.directions = [direction] if isinstance(direction, str) else list(direction)
         for name in self.directions:
             if name not in _FLIP_AXES:
@@ -211,11 +217,16 @@ class Normalize:
 class Pad:
     """Pad bottom/right with `pad_val` to a fixed `size` (h, w) or to multiples of `size_divisor`."""
 
-    def __init__(self, size: Optional[tuple[int, int]] = None, size_divisor: Optional[int] = None,
-                 pad_val: Union[float, dict] = 0):
+    def __init__(
+        self,
+        size: Optional[tuple[int, int]] = None,
+        size_divisor: Optional[int] = None,
+        pad_val: Union[float, dict] = 0,
+    ):
         if (size is None) == (size_divisor is None):
-            raise ValueError(f"Pad needs exactly one of size / size_divisor, got size={size}, "
-                             f"size_divisor={size_divisor}")
+            raise ValueError(
+                f"Pad needs exactly one of size / size_divisor, got size={size}, size_divisor={size_divisor}"
+            )
         self.size = size
         self.size_divisor = size_divisor
         self.pad_val = pad_val.get("img", 0) if isinstance(pad_val, dict) else pad_val

@@ -1,4 +1,5 @@
 """ResNet backbone with mmdetection 2.x parameter names (torchvision v1.5 layout: the stride sits on the 3x3 conv)."""
+
 import logging
 import os
 from collections.abc import Sequence
@@ -293,9 +294,14 @@ def _read_pretrained(source: str, allow_download: bool) -> Optional[dict]:
     if source.startswith("torchvision://"):
         import torchvision.models as tv_models
 
-        arch = source[len("torchvision://"):]
-        enum_name = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50",
-                     "resnet101": "ResNet101", "resnet152": "ResNet152"}.get(arch)
+        arch = source[len("torchvision://") :]
+        enum_name = {
+            "resnet18": "ResNet18",
+            "resnet34": "ResNet34",
+            "resnet50": "ResNet50",
+            "resnet101": "ResNet101",
+            "resnet152": "ResNet152",
+        }.get(arch)
         if enum_name is None:
             raise KeyError(f"unknown torchvision checkpoint {source!r}; expected torchvision://resnet18..152")
         weights = getattr(tv_models, f"{enum_name}_Weights").IMAGENET1K_V1

@@ -1,4 +1,5 @@
 """BaseDetector: the forward/train_step API shared by the detectors (mmdetection 2.x conventions)."""
+
 from collections.abc import Sequence
 from typing import Optional, Union
 

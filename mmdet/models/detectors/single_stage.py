@@ -1,4 +1,5 @@
 """Single-stage detectors: backbone -> neck -> dense head."""
+
 from typing import Optional
 
 import torch

@@ -1,4 +1,5 @@
 """Two-stage detectors: backbone -> neck -> RPN proposals -> RoI head."""
+
 from typing import Optional
 
 import torch
@@ -59,8 +60,13 @@ class TwoStageDetector(BaseDetector):
         if self.with_rpn:
             proposal_cfg = sub_cfg(self.train_cfg, "rpn_proposal") or sub_cfg(self.test_cfg, "rpn")
             rpn_losses, proposal_list = self.rpn_head.forward_train(
-                x, img_metas, gt_bboxes, gt_labels=None, gt_bboxes_ignore=gt_bboxes_ignore,
-                proposal_cfg=proposal_cfg, **kwargs,
+                x,
+                img_metas,
+                gt_bboxes,
+                gt_labels=None,
+                gt_bboxes_ignore=gt_bboxes_ignore,
+                proposal_cfg=proposal_cfg,
+                **kwargs,
             )
             losses.update(rpn_losses)
         elif proposals is not None:

@@ -1,4 +1,5 @@
 """Top-1 classification accuracy in percent (logged by the RoI head, never summed into the loss)."""
+
 import torch
 
 

@@ -1,4 +1,5 @@
 """Softmax cross-entropy (RoI head) and sigmoid binary cross-entropy (RPN)."""
+
 from collections.abc import Sequence
 from typing import Optional
 
@@ -10,9 +11,14 @@ from ..builder import MODELS
 from .utils import check_reduction, weight_reduce_loss
 
 
-def cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                  reduction: str = "mean", avg_factor: Optional[float] = None,
-                  class_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def cross_entropy(
+    pred: torch.Tensor,
+    label: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+    avg_factor: Optional[float] = None,
+    class_weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Softmax cross-entropy over the last dimension of `pred (N, C)` with integer labels `(N,)`."""
     loss = F.cross_entropy(pred, label, weight=class_weight, reduction="none")
     if weight is not None:
@@ -20,9 +26,14 @@ def cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torc
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
-def binary_cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                         reduction: str = "mean", avg_factor: Optional[float] = None,
-                         class_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def binary_cross_entropy(
+    pred: torch.Tensor,
+    label: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+    avg_factor: Optional[float] = None,
+    class_weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Sigmoid BCE on logits `(N, C)`.
 
     Integer labels `(N,)` are turned into one-hot targets: label `c < C` sets column `c`; label `C` (background)
@@ -44,8 +55,14 @@ def binary_cross_entropy(pred: torch.Tensor, label: torch.Tensor, weight: Option
 
 @MODELS.register_module()
 class CrossEntropyLoss(nn.Module):
-    def __init__(self, use_sigmoid: bool = False, use_mask: bool = False, reduction: str = "mean",
-                 class_weight: Optional[Sequence[float]] = None, loss_weight: float = 1.0):
+    def __init__(
+        self,
+        use_sigmoid: bool = False,
+        use_mask: bool = False,
+        reduction: str = "mean",
+        class_weight: Optional[Sequence[float]] = None,
+        loss_weight: float = 1.0,
+    ):
         super().__init__()
         if use_mask:
             raise ValueError("CrossEntropyLoss: use_mask=True (mask heads) is not supported")
@@ -55,10 +72,17 @@ class CrossEntropyLoss(nn.Module):
         self.loss_weight = loss_weight
         self.criterion = binary_cross_entropy if use_sigmoid else cross_entropy
 
-    def forward(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                avg_factor: Optional[float] = None, reduction_override: Optional[str] = None) -> torch.Tensor:
+    def forward(
+        self,
+        cls_score: torch.Tensor,
+        label: torch.Tensor,
+        weight: Optional[torch.Tensor] = None,
+        avg_factor: Optional[float] = None,
+        reduction_override: Optional[str] = None,
+    ) -> torch.Tensor:
         reduction = check_reduction(reduction_override or self.reduction, "CrossEntropyLoss")
         class_weight = None if self.class_weight is None else cls_score.new_tensor(self.class_weight)
-        loss = self.criterion(cls_score, label, weight, reduction=reduction, avg_factor=avg_factor,
-                              class_weight=class_weight)
+        loss = self.criterion(
+            cls_score, label, weight, reduction=reduction, avg_factor=avg_factor, class_weight=class_weight
+        )
         return self.loss_weight * loss

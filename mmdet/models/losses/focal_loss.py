@@ -1,4 +1,5 @@
 """Sigmoid focal loss (RetinaNet): -alpha_t * (1 - p_t)^gamma * ln(p_t) per (sample, class)."""
+
 from typing import Optional
 
 import torch
@@ -9,9 +10,15 @@ from ..builder import MODELS
 from .utils import check_reduction, weight_reduce_loss
 
 
-def sigmoid_focal_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                       gamma: float = 2.0, alpha: float = 0.25, reduction: str = "mean",
-                       avg_factor: Optional[float] = None) -> torch.Tensor:
+def sigmoid_focal_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    gamma: float = 2.0,
+    alpha: float = 0.25,
+    reduction: str = "mean",
+    avg_factor: Optional[float] = None,
+) -> torch.Tensor:
     """Focal loss on logits `(N, C)`; integer `target (N,)` with `C` meaning background (all-zero one-hot).
 
     A per-sample `weight (N,)` is broadcast over the classes.
@@ -32,8 +39,14 @@ def sigmoid_focal_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optiona
 
 @MODELS.register_module()
 class FocalLoss(nn.Module):
-    def __init__(self, use_sigmoid: bool = True, gamma: float = 2.0, alpha: float = 0.25, reduction: str = "mean",
-                 loss_weight: float = 1.0):
+    def __init__(
+        self,
+        use_sigmoid: bool = True,
+        gamma: float = 2.0,
+        alpha: float = 0.25,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+    ):
         super().__init__()
         if not use_sigmoid:
             raise ValueError("FocalLoss: only use_sigmoid=True is supported")
@@ -43,8 +56,15 @@ class FocalLoss(nn.Module):
         self.reduction = check_reduction(reduction, "FocalLoss")
         self.loss_weight = loss_weight
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                avg_factor: Optional[float] = None, reduction_override: Optional[str] = None) -> torch.Tensor:
+    def forward(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        weight: Optional[torch.Tensor] = None,
+        avg_factor: Optional[float] = None,
+        reduction_override: Optional[str] = None,
+    ) -> torch.Tensor:
         reduction = check_reduction(reduction_override or self.reduction, "FocalLoss")
-        return self.loss_weight * sigmoid_focal_loss(pred, target, weight, self.gamma, self.alpha, reduction,
-                                                     avg_factor)
+        return self.loss_weight * sigmoid_focal_loss(
+            pred, target, weight, self.gamma, self.alpha, reduction, avg_factor
+        )

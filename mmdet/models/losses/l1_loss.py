@@ -1,4 +1,5 @@
 """L1 and smooth-L1 box regression losses (summed over coordinates, then reduced)."""
+
 from typing import Optional
 
 import torch
@@ -26,8 +27,14 @@ class _RegressionLoss(nn.Module):
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                avg_factor: Optional[float] = None, reduction_override: Optional[str] = None) -> torch.Tensor:
+    def forward(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        weight: Optional[torch.Tensor] = None,
+        avg_factor: Optional[float] = None,
+        reduction_override: Optional[str] = None,
+    ) -> torch.Tensor:
         reduction = check_reduction(reduction_override or self.reduction, type(self).__name__)
         if target.numel() == 0:
             # Keeps the graph (and a zero gradient) when an image or batch has no positive box.

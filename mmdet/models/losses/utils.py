@@ -1,4 +1,5 @@
 """Element-wise weighting and reduction shared by the losses."""
+
 from typing import Optional
 
 import torch
@@ -12,8 +13,12 @@ def check_reduction(reduction: str, where: str) -> str:
     return reduction
 
 
-def weight_reduce_loss(loss: torch.Tensor, weight: Optional[torch.Tensor] = None, reduction: str = "mean",
-                       avg_factor: Optional[float] = None) -> torch.Tensor:
+def weight_reduce_loss(
+    loss: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+    avg_factor: Optional[float] = None,
+) -> torch.Tensor:
     """Multiply by `weight`, then reduce; with `avg_factor` the mean is `sum / (avg_factor + float32 eps)`."""
     if weight is not None:
         loss = loss * weight

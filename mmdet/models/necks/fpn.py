@@ -1,4 +1,5 @@
 """Feature Pyramid Network with mmdetection 2.28's options and parameter names."""
+
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -48,15 +49,17 @@ class FPN(nn.Module):
                 raise ValueError(f"FPN end_level={end_level} must index in_channels (length {num_ins}) or be -1")
             backbone_end_level = end_level + 1
             if num_outs != end_level - start_level + 1:
-                raise ValueError(f"FPN num_outs={num_outs} must equal end_level - start_level + 1 when end_level is "
-                                 "set")
+                raise ValueError(
+                    f"FPN num_outs={num_outs} must equal end_level - start_level + 1 when end_level is set"
+                )
         if not 0 <= start_level < backbone_end_level:
             raise ValueError(f"FPN start_level={start_level} must be below the end level {backbone_end_level}")
         if add_extra_convs is True:
             add_extra_convs = "on_input"
         if add_extra_convs not in (False,) + _EXTRA_CONV_SOURCES:
-            raise ValueError(f"FPN add_extra_convs={add_extra_convs!r}; expected False, True or one of "
-                             f"{_EXTRA_CONV_SOURCES}")
+            raise ValueError(
+                f"FPN add_extra_convs={add_extra_convs!r}; expected False, True or one of {_EXTRA_CONV_SOURCES}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_ins = num_ins
@@ -72,12 +75,27 @@ class FPN(nn.Module):
         self.fpn_convs = nn.ModuleList()
         for i in range(start_level, backbone_end_level):
             self.lateral_convs.append(
-                ConvModule(in_channels[i], out_channels, 1, conv_cfg=conv_cfg,
-                           norm_cfg=None if no_norm_on_lateral else norm_cfg, act_cfg=act_cfg, inplace=False)
+                ConvModule(
+                    in_channels[i],
+                    out_channels,
+                    1,
+                    conv_cfg=conv_cfg,
+                    norm_cfg=None if no_norm_on_lateral else norm_cfg,
+                    act_cfg=act_cfg,
+                    inplace=False,
+                )
             )
             self.fpn_convs.append(
-                ConvModule(out_channels, out_channels, 3, padding=1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                           act_cfg=act_cfg, inplace=False)
+                ConvModule(
+                    out_channels,
+                    out_channels,
+                    3,
+                    padding=1,
+                    conv_cfg=conv_cfg,
+                    norm_cfg=norm_cfg,
+                    act_cfg=act_cfg,
+                    inplace=False,
+                )
             )
         num_extra = num_outs - backbone_end_level + start_level
         if add_extra_convs and num_extra > 0:
@@ -85,8 +103,17 @@ class FPN(nn.Module):
                 from_input = i == 0 and add_extra_convs == "on_input"
                 extra_in = in_channels[backbone_end_level - 1] if from_input else out_channels
                 self.fpn_convs.append(
-                    ConvModule(extra_in, out_channels, 3, stride=2, padding=1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                               act_cfg=act_cfg, inplace=False)
+                    ConvModule(
+                        extra_in,
+                        out_channels,
+                        3,
+                        stride=2,
+                        padding=1,
+                        conv_cfg=conv_cfg,
+                        norm_cfg=norm_cfg,
+                        act_cfg=act_cfg,
+                        inplace=False,
+                    )
                 )
         self.init_weights()
 
@@ -106,9 +133,7 @@ class FPN(nn.Module):
     def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if len(inputs) != self.num_ins:
             raise ValueError(f"FPN expects {self.num_ins} input maps, got {len(inputs)}")
-        laterals: list[torch.Tensor] = [
-            conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)
-        ]
+        laterals: list[torch.Tensor] = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + self._upsample(laterals[i], laterals[i - 1])
         num_used = len(laterals)

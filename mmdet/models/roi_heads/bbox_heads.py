@@ -1,4 +1,5 @@
 """Shared2FCBBoxHead: two shared fully connected layers, then softmax classes (background last) and per-class deltas."""
+
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
@@ -21,10 +22,18 @@ _DEFAULT_LOSS_BBOX = dict(type="L1Loss", loss_weight=1.0)
 class Shared2FCBBoxHead(nn.Module):
     """`shared_fcs.0/1` (Linear + ReLU), `fc_cls` (K + 1 logits), `fc_reg` (4K deltas, or 4 if class-agnostic)."""
 
-    def __init__(self, in_channels: int = 256, fc_out_channels: int = 1024, roi_feat_size: int = 7,
-                 num_classes: int = 80, bbox_coder: dict = _DEFAULT_CODER, reg_class_agnostic: bool = False,
-                 loss_cls: dict = _DEFAULT_LOSS_CLS, loss_bbox: dict = _DEFAULT_LOSS_BBOX,
-                 init_cfg: Optional[dict] = None):
+    def __init__(
+        self,
+        in_channels: int = 256,
+        fc_out_channels: int = 1024,
+        roi_feat_size: int = 7,
+        num_classes: int = 80,
+        bbox_coder: dict = _DEFAULT_CODER,
+        reg_class_agnostic: bool = False,
+        loss_cls: dict = _DEFAULT_LOSS_CLS,
+        loss_bbox: dict = _DEFAULT_LOSS_BBOX,
+        init_cfg: Optional[dict] = None,
+    ):
         super().__init__()
         if loss_cls.get("use_sigmoid", False):
             raise ValueError("Shared2FCBBoxHead: loss_cls must be softmax (use_sigmoid=False)")
@@ -37,8 +46,9 @@ class Shared2FCBBoxHead(nn.Module):
         self.loss_bbox = build_loss(loss_bbox)
         self.init_cfg = init_cfg  # config compatibility only: `init_weights` applies mmdetection's defaults
         flat_size = in_channels * roi_feat_size * roi_feat_size
-        self.shared_fcs = nn.ModuleList([nn.Linear(flat_size, fc_out_channels),
-                                         nn.Linear(fc_out_channels, fc_out_channels)])
+        self.shared_fcs = nn.ModuleList(
+            [nn.Linear(flat_size, fc_out_channels), nn.Linear(fc_out_channels, fc_out_channels)]
+        )
         self.fc_cls = nn.Linear(fc_out_channels, num_classes + 1)
         self.fc_reg = nn.Linear(fc_out_channels, 4 if reg_class_agnostic else 4 * num_classes)
         self.init_weights()
@@ -60,8 +70,14 @@ class Shared2FCBBoxHead(nn.Module):
         return self.fc_cls(x), self.fc_reg(x)
 
     # ----------------------------------------------------------------------------------------------- training
-    def _targets_single(self, pos_bboxes: torch.Tensor, neg_bboxes: torch.Tensor, pos_gt_bboxes: torch.Tensor,
-                        pos_gt_labels: torch.Tensor, pos_weight: float):
+    def _targets_single(
+        self,
+        pos_bboxes: torch.Tensor,
+        neg_bboxes: torch.Tensor,
+        pos_gt_bboxes: torch.Tensor,
+        pos_gt_labels: torch.Tensor,
+        pos_weight: float,
+    ):
         num_pos, num_neg = pos_bboxes.size(0), neg_bboxes.size(0)
         num_samples = num_pos + num_neg
         labels = pos_bboxes.new_full((num_samples,), self.num_classes, dtype=torch.long)
@@ -80,13 +96,21 @@ class Shared2FCBBoxHead(nn.Module):
     def get_targets(self, sampling_results: Sequence, rcnn_train_cfg: Mapping):
         """Targets of the sampled RoIs (positives first, then negatives, per image), images concatenated."""
         pos_weight = rcnn_train_cfg.get("pos_weight", -1)
-        per_image = [self._targets_single(res.pos_bboxes, res.neg_bboxes, res.pos_gt_bboxes, res.pos_gt_labels,
-                                          pos_weight) for res in sampling_results]
+        per_image = [
+            self._targets_single(res.pos_bboxes, res.neg_bboxes, res.pos_gt_bboxes, res.pos_gt_labels, pos_weight)
+            for res in sampling_results
+        ]
         return tuple(torch.cat(parts, dim=0) for parts in zip(*per_image))
 
-    def loss(self, cls_score: torch.Tensor, bbox_pred: torch.Tensor, labels: torch.Tensor,
-             label_weights: torch.Tensor, bbox_targets: torch.Tensor, bbox_weights: torch.Tensor
-             ) -> dict[str, torch.Tensor]:
+    def loss(
+        self,
+        cls_score: torch.Tensor,
+        bbox_pred: torch.Tensor,
+        labels: torch.Tensor,
+        label_weights: torch.Tensor,
+        bbox_targets: torch.Tensor,
+        bbox_weights: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         """`loss_cls` (softmax CE over the weighted samples), `acc` (percent, logged only) and `loss_bbox`
         (L1 on the gt class's deltas of positives, averaged over all sampled RoIs)."""
         losses = {}
@@ -99,15 +123,24 @@ class Shared2FCBBoxHead(nn.Module):
                 pos_pred = bbox_pred.view(bbox_pred.size(0), 4)[positive]
             else:
                 pos_pred = bbox_pred.view(bbox_pred.size(0), -1, 4)[positive, labels[positive]]
-            losses["loss_bbox"] = self.loss_bbox(pos_pred, bbox_targets[positive], bbox_weights[positive],
-                                                 avg_factor=bbox_targets.size(0))
+            losses["loss_bbox"] = self.loss_bbox(
+                pos_pred, bbox_targets[positive], bbox_weights[positive], avg_factor=bbox_targets.size(0)
+            )
         else:
             losses["loss_bbox"] = bbox_pred[positive].sum()
         return losses
 
     # ----------------------------------------------------------------------------------------------- inference
-    def get_bboxes(self, rois: torch.Tensor, cls_score: torch.Tensor, bbox_pred: torch.Tensor,
-                   img_shape: Sequence[int], scale_factor, rescale: bool = False, cfg: Optional[Mapping] = None):
+    def get_bboxes(
+        self,
+        rois: torch.Tensor,
+        cls_score: torch.Tensor,
+        bbox_pred: torch.Tensor,
+        img_shape: Sequence[int],
+        scale_factor,
+        rescale: bool = False,
+        cfg: Optional[Mapping] = None,
+    ):
         """Softmax scores, decoded and clipped per-class boxes (divided by `scale_factor` when `rescale`), then
         multi-class NMS with `cfg` (score_thr, nms, max_per_img); without `cfg` the raw boxes and scores."""
         scores = F.softmax(cls_score, dim=-1)
@@ -118,5 +151,10 @@ class Shared2FCBBoxHead(nn.Module):
         if cfg is None:
             return bboxes, scores
         where = "Shared2FCBBoxHead test_cfg"
-        return multiclass_nms(bboxes, scores, require(cfg, "score_thr", where), require(cfg, "nms", where),
-                              require(cfg, "max_per_img", where))
+        return multiclass_nms(
+            bboxes,
+            scores,
+            require(cfg, "score_thr", where),
+            require(cfg, "nms", where),
+            require(cfg, "max_per_img", where),
+        )

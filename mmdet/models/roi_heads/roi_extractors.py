@@ -1,4 +1,5 @@
 """RoI feature extraction from an FPN: each RoI is pooled on one level chosen by its scale."""
+
 from collections.abc import Mapping, Sequence
 from typing import Optional, Union
 
@@ -12,8 +13,13 @@ from ..builder import MODELS
 class RoIAlign(nn.Module):
     """mmcv-style RoIAlign (average pooling) on `torchvision.ops.roi_align`; `aligned=True` shifts by -0.5 pixel."""
 
-    def __init__(self, output_size: Union[int, tuple[int, int]], spatial_scale: float, sampling_ratio: int = 0,
-                 aligned: bool = True):
+    def __init__(
+        self,
+        output_size: Union[int, tuple[int, int]],
+        spatial_scale: float,
+        sampling_ratio: int = 0,
+        aligned: bool = True,
+    ):
         super().__init__()
         self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
         self.spatial_scale = spatial_scale
@@ -21,12 +27,20 @@ class RoIAlign(nn.Module):
         self.aligned = aligned
 
     def forward(self, feats: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        return roi_align(feats, rois.to(feats.dtype), self.output_size, spatial_scale=self.spatial_scale,
-                         sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+        return roi_align(
+            feats,
+            rois.to(feats.dtype),
+            self.output_size,
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+        )
 
     def extra_repr(self) -> str:
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
 
 
 def _build_roi_layer(layer_cfg: Mapping, stride: float) -> RoIAlign:
@@ -34,12 +48,15 @@ def _build_roi_layer(layer_cfg: Mapping, stride: float) -> RoIAlign:
     layer_type = cfg.pop("type", None)
     pool_mode = cfg.pop("pool_mode", "avg")
     if layer_type != "RoIAlign" or pool_mode != "avg":
-        raise ValueError(f"SingleRoIExtractor roi_layer {dict(layer_cfg)!r}: only type='RoIAlign' with "
-                         "pool_mode='avg' is supported")
+        raise ValueError(
+            f"SingleRoIExtractor roi_layer {dict(layer_cfg)!r}: only type='RoIAlign' with pool_mode='avg' is supported"
+        )
     unknown = set(cfg) - {"output_size", "sampling_ratio", "aligned"}
     if unknown or "output_size" not in cfg:
-        raise ValueError(f"SingleRoIExtractor roi_layer {dict(layer_cfg)!r}: expected keys output_size, "
-                         f"sampling_ratio, aligned; unknown {sorted(unknown)}")
+        raise ValueError(
+            f"SingleRoIExtractor roi_layer {dict(layer_cfg)!r}: expected keys output_size, "
+            f"sampling_ratio, aligned; unknown {sorted(unknown)}"
+        )
     return RoIAlign(spatial_scale=1.0 / stride, **cfg)
 
 
@@ -47,8 +64,14 @@ def _build_roi_layer(layer_cfg: Mapping, stride: float) -> RoIAlign:
 class SingleRoIExtractor(nn.Module):
     """Pools every RoI `[batch_index, x1, y1, x2, y2]` on level `floor(log2(sqrt(area) / finest_scale + 1e-6))`."""
 
-    def __init__(self, roi_layer: Mapping, out_channels: int, featmap_strides: Sequence[float],
-                 finest_scale: int = 56, init_cfg: Optional[dict] = None):
+    def __init__(
+        self,
+        roi_layer: Mapping,
+        out_channels: int,
+        featmap_strides: Sequence[float],
+        finest_scale: int = 56,
+        init_cfg: Optional[dict] = None,
+    ):
         super().__init__()
         self.roi_layers = nn.ModuleList(_build_roi_layer(roi_layer, stride) for stride in featmap_strides)
         self.out_channels = out_channels

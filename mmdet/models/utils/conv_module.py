@@ -1,4 +1,5 @@
 """ConvModule: a conv with optional norm and activation, stored as `.conv`, `.bn`/`.gn`, `.activate` (mmcv's names)."""
+
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -42,8 +43,14 @@ class ConvModule(nn.Module):
             bias = norm_cfg is None
         self.order = tuple(order)
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=groups,
-            bias=bias
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
         )
         self.norm_name: Optional[str] = None
         if norm_cfg is not None:

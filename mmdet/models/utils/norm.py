@@ -1,4 +1,5 @@
 """Normalisation and activation layers named by mmcv-style config dicts."""
+
 from typing import Optional
 
 from torch import nn

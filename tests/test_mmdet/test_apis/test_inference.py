@@ -1,5 +1,6 @@
 """init_detector / inference_detector and the checkpoint evaluation of tools/test.py, end to end on a tiny RetinaNet
 (CPU, seconds)."""
+
 import json
 import os
 import pickle
@@ -58,8 +59,12 @@ model = dict(
 @pytest.fixture
 def tiny_setup(tmp_path):
     images = [dict(id=1, file_name="a.png", width=80, height=60), dict(id=2, file_name="b.png", width=60, height=70)]
-    write_tiny_coco(tmp_path, images, [ann(1, 1, [5, 5, 30, 30], 7), ann(2, 2, [10, 10, 20, 40], 2)],
-                    categories=[dict(id=7, name="cat"), dict(id=2, name="dog"), dict(id=11, name="bird")])
+    write_tiny_coco(
+        tmp_path,
+        images,
+        [ann(1, 1, [5, 5, 30, 30], 7), ann(2, 2, [10, 10, 20, 40], 2)],
+        categories=[dict(id=7, name="cat"), dict(id=2, name="dog"), dict(id=11, name="bird")],
+    )
     config = tmp_path / "tiny_retinanet.py"
     config.write_text(TINY_CONFIG.replace("{root}", tmp_path.as_posix()))
     return tmp_path, config
@@ -106,9 +111,21 @@ def test_checkpoint_meta_classes_and_tools_test(tiny_setup):
         assert torch.equal(a, b), name
 
     work_dir = root / "work"
-    metric = evaluate_checkpoint([str(config), str(checkpoint), "--eval", "bbox", "--work-dir", str(work_dir),
-                                  "--out", str(root / "results.pkl"), "--fuse-conv-bn",
-                                  "--cfg-options", "model.test_cfg.max_per_img=5"])
+    metric = evaluate_checkpoint(
+        [
+            str(config),
+            str(checkpoint),
+            "--eval",
+            "bbox",
+            "--work-dir",
+            str(work_dir),
+            "--out",
+            str(root / "results.pkl"),
+            "--fuse-conv-bn",
+            "--cfg-options",
+            "model.test_cfg.max_per_img=5",
+        ]
+    )
     assert set(metric) >= {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_copypaste"}
     eval_files = list(work_dir.glob("eval_*.json"))
     assert len(eval_files) == 1 and len(list(work_dir.glob("*.log"))) == 1
@@ -120,10 +137,26 @@ def test_checkpoint_meta_classes_and_tools_test(tiny_setup):
 
     # The torchrun wrapper: one process, the 'pytorch' launcher, the same metrics.
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()))
-    run = subprocess.run(["bash", "tools/dist_test.sh", str(config), str(checkpoint), "1", "--eval", "bbox",
-                          "--fuse-conv-bn", "--work-dir", str(root / "dist"),
-                          "--cfg-options", "model.test_cfg.max_per_img=5"],
-                         env=env, capture_output=True, text=True, timeout=240)
+    run = subprocess.run(
+        [
+            "bash",
+            "tools/dist_test.sh",
+            str(config),
+            str(checkpoint),
+            "1",
+            "--eval",
+            "bbox",
+            "--fuse-conv-bn",
+            "--work-dir",
+            str(root / "dist"),
+            "--cfg-options",
+            "model.test_cfg.max_per_img=5",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     dist_metric = json.loads(next((root / "dist").glob("eval_*.json")).read_text())["metric"]
     assert dist_metric == metric

@@ -1,4 +1,5 @@
 """Step decay with warm-up, as mmcv's StepLrUpdaterHook computes it."""
+
 import pytest
 import torch
 
@@ -6,7 +7,7 @@ from mmdet.apis.lr_schedule import StepLrSchedule, current_lr, set_lr
 
 
 def zoo_2x(base_lr: float = 0.02) -> StepLrSchedule:
-    config = dict(policy='step', warmup='linear', warmup_iters=500, warmup_ratio=0.001, step=[16, 22])
+    config = dict(policy="step", warmup="linear", warmup_iters=500, warmup_ratio=0.001, step=[16, 22])
     return StepLrSchedule.from_config(config, base_lr=base_lr)
 
 
@@ -37,7 +38,7 @@ def test_warmup_scales_the_decayed_lr():
 
 def test_other_warmups_and_int_step():
     exp = StepLrSchedule(base_lr=1.0, warmup="exp", warmup_iters=10, warmup_ratio=0.01)
-    assert exp.lr_at(0, 5) == pytest.approx(0.01 ** 0.5)
+    assert exp.lr_at(0, 5) == pytest.approx(0.01**0.5)
     constant = StepLrSchedule(base_lr=1.0, warmup="constant", warmup_iters=10, warmup_ratio=0.25)
     assert constant.lr_at(0, 9) == pytest.approx(0.25) and constant.lr_at(0, 10) == pytest.approx(1.0)
     every_three = StepLrSchedule(base_lr=1.0, step=3, gamma=0.5)
@@ -47,18 +48,21 @@ def test_other_warmups_and_int_step():
 
 
 def test_iteration_based_steps():
-    schedule = StepLrSchedule.from_config(dict(policy='step', by_epoch=False, step=[100, 200]), base_lr=1.0)
+    schedule = StepLrSchedule.from_config(dict(policy="step", by_epoch=False, step=[100, 200]), base_lr=1.0)
     assert [schedule.lr_at(0, i) for i in (99, 100, 199, 200)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
 
 
-@pytest.mark.parametrize("config, match", [
-    (dict(policy='cosine'), "policy"),
-    (dict(policy='step', warmup='quadratic', warmup_iters=5), "warmup"),
-    (dict(policy='step', warmup='linear', warmup_iters=0), "warmup_iters"),
-    (dict(policy='step', warmup_ratio=0.0), "warmup_ratio"),
-    (dict(policy='step', step=[10, 5]), "step"),
-    (dict(policy='step', steps=[10]), "unknown keys"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (dict(policy="cosine"), "policy"),
+        (dict(policy="step", warmup="quadratic", warmup_iters=5), "warmup"),
+        (dict(policy="step", warmup="linear", warmup_iters=0), "warmup_iters"),
+        (dict(policy="step", warmup_ratio=0.0), "warmup_ratio"),
+        (dict(policy="step", step=[10, 5]), "step"),
+        (dict(policy="step", steps=[10]), "unknown keys"),
+    ],
+)
 def test_bad_config_is_rejected(config, match):
     with pytest.raises(ValueError, match=match):
         StepLrSchedule.from_config(config, base_lr=0.01)

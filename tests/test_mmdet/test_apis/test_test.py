@@ -1,4 +1,5 @@
 """single_gpu_test / multi_gpu_test (2 gloo processes) give the same results and metrics in dataset order."""
+
 import json
 import socket
 
@@ -35,8 +36,14 @@ def _detections(index: int) -> list:
 
 
 def _dataset_cfg(root):
-    return dict(type="CocoDataset", ann_file=str(root / "ann.json"), img_prefix=str(root / "imgs"),
-                classes=CLASSES, pipeline=TEST_PIPELINE, test_mode=True)
+    return dict(
+        type="CocoDataset",
+        ann_file=str(root / "ann.json"),
+        img_prefix=str(root / "imgs"),
+        classes=CLASSES,
+        pipeline=TEST_PIPELINE,
+        test_mode=True,
+    )
 
 
 @pytest.fixture
@@ -57,16 +64,18 @@ def _dist_worker(rank: int, world_size: int, port: int, root, out_file):
 
     from mmdet.utils import init_dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
     init_dist("pytorch", backend="gloo")
     try:
         dataset = build_dataset(_dataset_cfg(root))
         loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=0, dist=True, shuffle=False)
         results = multi_gpu_test(_fake_model(), loader, show_progress=False)
         if rank == 0:
-            order_ok = all(all(np.array_equal(a, b) for a, b in zip(result, _detections(i)))
-                           for i, result in enumerate(results))
+            order_ok = all(
+                all(np.array_equal(a, b) for a, b in zip(result, _detections(i))) for i, result in enumerate(results)
+            )
             metrics = dataset.evaluate(results, logger="silent")
             out_file.write_text(json.dumps(dict(metrics=metrics, count=len(results), order_ok=order_ok)))
         else:

@@ -1,4 +1,5 @@
 """The training loop: loss parsing, optimiser, a few steps on a fixed batch, and a full train -> test round trip."""
+
 import json
 import os
 import subprocess
@@ -27,17 +28,24 @@ SMALL_SCALE = (192, 128)
 # Narrower still than the tiny configs, so a test step takes a fraction of a second.
 NARROW = {
     "retinanet": {
-        "model.backbone.base_channels": 8, "model.neck.in_channels": [8, 16, 32, 64], "model.neck.out_channels": 16,
-        "model.bbox_head.in_channels": 16, "model.bbox_head.feat_channels": 16, "model.bbox_head.stacked_convs": 1,
+        "model.backbone.base_channels": 8,
+        "model.neck.in_channels": [8, 16, 32, 64],
+        "model.neck.out_channels": 16,
+        "model.bbox_head.in_channels": 16,
+        "model.bbox_head.feat_channels": 16,
+        "model.bbox_head.stacked_convs": 1,
     },
     "faster_rcnn": {
-        "model.backbone.base_channels": 4, "model.neck.in_channels": [16, 32, 64, 128],
-        "model.neck.out_channels": 16, "model.rpn_head.in_channels": 16, "model.rpn_head.feat_channels": 16,
-        "model.roi_head.bbox_roi_extractor.out_channels": 16, "model.roi_head.bbox_head.in_channels": 16,
+        "model.backbone.base_channels": 4,
+        "model.neck.in_channels": [16, 32, 64, 128],
+        "model.neck.out_channels": 16,
+        "model.rpn_head.in_channels": 16,
+        "model.rpn_head.feat_channels": 16,
+        "model.roi_head.bbox_roi_extractor.out_channels": 16,
+        "model.roi_head.bbox_head.in_channels": 16,
         "model.roi_head.bbox_head.fc_out_channels": 32,
     },
 }
-
 
 
 def _narrow_options(config: str) -> dict:
@@ -80,10 +88,13 @@ def test_parse_losses_keeps_the_graph():
     assert weight.grad.item() == pytest.approx(3 + 1 + 4)
 
 
-@pytest.mark.parametrize("losses, error, match", [
-    ({"acc": torch.tensor(1.0)}, ValueError, "no entry whose key contains 'loss'"),
-    ({"loss_cls": 1.0}, TypeError, "loss_cls"),
-])
+@pytest.mark.parametrize(
+    "losses, error, match",
+    [
+        ({"acc": torch.tensor(1.0)}, ValueError, "no entry whose key contains 'loss'"),
+        ({"loss_cls": 1.0}, TypeError, "loss_cls"),
+    ],
+)
 def test_parse_losses_rejects_bad_input(losses, error, match):
     with pytest.raises(error, match=match):
         parse_losses(losses)
@@ -113,38 +124,58 @@ def test_build_optimizer_from_config():
     assert len(group["params"]) == 3  # the frozen BN weight is left out
 
 
-@pytest.mark.parametrize("config, match", [
-    (dict(type="Sgd", lr=0.1), "torch.optim"),
-    (dict(type="SGD"), "lr"),
-    (dict(type="SGD", lr=0.1, paramwise_cfg=dict(norm_decay_mult=0)), "paramwise_cfg"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (dict(type="Sgd", lr=0.1), "torch.optim"),
+        (dict(type="SGD"), "lr"),
+        (dict(type="SGD", lr=0.1, paramwise_cfg=dict(norm_decay_mult=0)), "paramwise_cfg"),
+    ],
+)
 def test_build_optimizer_rejects_bad_config(config, match):
     with pytest.raises(ValueError, match=match):
         build_optimizer(torch.nn.Linear(1, 1), config)
 
 
 # ----------------------------------------------------------------------------------------------- config checks
-@pytest.mark.parametrize("options, match", [
-    ({"runner": {"type": "IterBasedRunner", "max_iters": 10}}, "runner.type"),
-    ({"runner": {"type": "EpochBasedRunner", "max_epochs": 0}}, "max_epochs"),
-    ({"optimizer_config": {"grad_clip": None, "cumulative_iters": 4}}, "optimizer_config"),
-    ({"resume_from": "work_dirs/x/latest.pth"}, "resume_from"),
-    ({"work_dir": None}, "work_dir"),
-    ({"checkpoint_config": {"interval": 0}}, "checkpoint_config.interval"),
-    ({"checkpoint_config": {"max_keep_ckpts": "3"}}, "checkpoint_config.max_keep_ckpts"),
-    ({"log_config": {"interval": 1.5}}, "log_config.interval"),
-    ({"evaluation": {"interval": -1, "metric": "bbox"}}, "evaluation.interval"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"runner": {"type": "IterBasedRunner", "max_iters": 10}}, "runner.type"),
+        ({"runner": {"type": "EpochBasedRunner", "max_epochs": 0}}, "max_epochs"),
+        ({"optimizer_config": {"grad_clip": None, "cumulative_iters": 4}}, "optimizer_config"),
+        ({"resume_from": "work_dirs/x/latest.pth"}, "resume_from"),
+        ({"work_dir": None}, "work_dir"),
+        ({"checkpoint_config": {"interval": 0}}, "checkpoint_config.interval"),
+        ({"checkpoint_config": {"max_keep_ckpts": "3"}}, "checkpoint_config.max_keep_ckpts"),
+        ({"log_config": {"interval": 1.5}}, "log_config.interval"),
+        ({"evaluation": {"interval": -1, "metric": "bbox"}}, "evaluation.interval"),
+    ],
+)
 def test_train_detector_rejects_unsupported_settings(options, match, tmp_path):
-    cfg = Config(dict({"work_dir": str(tmp_path), "runner": {"type": "EpochBasedRunner", "max_epochs": 1},
-                       "optimizer_config": {"grad_clip": None}}, **options))
+    cfg = Config(
+        dict(
+            {
+                "work_dir": str(tmp_path),
+                "runner": {"type": "EpochBasedRunner", "max_epochs": 1},
+                "optimizer_config": {"grad_clip": None},
+            },
+            **options,
+        )
+    )
     with pytest.raises(ValueError, match=match):
         train_detector(torch.nn.Linear(1, 1), [object()], cfg)
 
 
 def test_checkpoints_and_evaluation_follow_their_intervals_and_the_last_epoch(tmp_path):
-    cfg = Config(dict(work_dir=str(tmp_path), runner=dict(type="EpochBasedRunner", max_epochs=7),
-                      checkpoint_config=dict(interval=3), evaluation=dict(interval=2, save_best="auto", metric="bbox")))
+    cfg = Config(
+        dict(
+            work_dir=str(tmp_path),
+            runner=dict(type="EpochBasedRunner", max_epochs=7),
+            checkpoint_config=dict(interval=3),
+            evaluation=dict(interval=2, save_best="auto", metric="bbox"),
+        )
+    )
     settings = TrainSettings.from_config(cfg)
     assert [epoch for epoch in range(1, 8) if settings.checkpoint_due(epoch)] == [3, 6, 7]
     assert [epoch for epoch in range(1, 8) if settings.evaluation_due(epoch)] == [2, 4, 6, 7]
@@ -182,7 +213,11 @@ def test_qdrop_train_is_the_command_of_tools_train(monkeypatch):
     assert {script.name: script.value for script in scripts}["qdrop-train"] == "mmdet.apis.cli_train:main"
     args = parse_args(["configs/tiny/retinanet_tiny_synth.py", "--seed", "3", "--cfg-options", "runner.max_epochs=2"])
     assert (args.config, args.seed, args.cfg_options, args.launcher) == (
-        "configs/tiny/retinanet_tiny_synth.py", 3, {"runner.max_epochs": 2}, "none")
+        "configs/tiny/retinanet_tiny_synth.py",
+        3,
+        {"runner.max_epochs": 2},
+        "none",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- round trip
@@ -196,12 +231,21 @@ def test_train_save_load_and_test_round_trip(tiny_data, tmp_path, repo_root):
     config = "configs/tiny/retinanet_tiny_synth.py"
     work_dir = tmp_path / "work"
     env = dict(os.environ, MMDET_DATASETS=f"{tiny_data}/", OMP_NUM_THREADS="1")
-    options = {**_narrow_options(config), "runner.max_epochs": 3, "checkpoint_config.max_keep_ckpts": 2,
-               "data.samples_per_gpu": 2, "data.workers_per_gpu": 0, "log_config.interval": 1,
-               "lr_config.warmup_iters": 2}
+    options = {
+        **_narrow_options(config),
+        "runner.max_epochs": 3,
+        "checkpoint_config.max_keep_ckpts": 2,
+        "data.samples_per_gpu": 2,
+        "data.workers_per_gpu": 0,
+        "log_config.interval": 1,
+        "lr_config.warmup_iters": 2,
+    }
     cfg_options = [f"{key}={json.dumps(value).replace(' ', '')}" for key, value in options.items()]
-    _run(["tools/train.py", config, "--work-dir", str(work_dir), "--seed", "3", "--cfg-options", *cfg_options],
-         repo_root, env)
+    _run(
+        ["tools/train.py", config, "--work-dir", str(work_dir), "--seed", "3", "--cfg-options", *cfg_options],
+        repo_root,
+        env,
+    )
 
     assert (work_dir / "retinanet_tiny_synth.py").is_file()  # the dumped config
     assert sorted(p.name for p in work_dir.glob("epoch_*.pth")) == ["epoch_2.pth", "epoch_3.pth"]
@@ -223,7 +267,20 @@ def test_train_save_load_and_test_round_trip(tiny_data, tmp_path, repo_root):
     assert set(saved) == set(model.state_dict())
     assert all(torch.equal(saved[key], value) for key, value in model.state_dict().items())
 
-    result = _run(["tools/test.py", config, str(work_dir / "latest.pth"), "--eval", "bbox", "--work-dir",
-                   str(tmp_path / "test"), "--cfg-options", *cfg_options], repo_root, env)
+    result = _run(
+        [
+            "tools/test.py",
+            config,
+            str(work_dir / "latest.pth"),
+            "--eval",
+            "bbox",
+            "--work-dir",
+            str(tmp_path / "test"),
+            "--cfg-options",
+            *cfg_options,
+        ],
+        repo_root,
+        env,
+    )
     assert "bbox_mAP" in result.stdout + result.stderr
     assert list((tmp_path / "test").glob("eval_*.json"))

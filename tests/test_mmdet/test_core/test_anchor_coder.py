@@ -1,4 +1,5 @@
 """AnchorGenerator and DeltaXYWHBBoxCoder."""
+
 import math
 
 import pytest
@@ -7,8 +8,13 @@ import torch
 from mmdet.core import AnchorGenerator, DeltaXYWHBBoxCoder, build_anchor_generator, build_bbox_coder
 
 RPN_ANCHORS = dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])
-RETINA_ANCHORS = dict(type="AnchorGenerator", octave_base_scale=4, scales_per_octave=3, ratios=[0.5, 1.0, 2.0],
-                      strides=[8, 16, 32, 64, 128])
+RETINA_ANCHORS = dict(
+    type="AnchorGenerator",
+    octave_base_scale=4,
+    scales_per_octave=3,
+    ratios=[0.5, 1.0, 2.0],
+    strides=[8, 16, 32, 64, 128],
+)
 
 
 def test_rpn_anchors_first_values_order_and_count():
@@ -33,11 +39,19 @@ def test_rpn_anchors_first_values_order_and_count():
 def test_retina_base_anchors_are_unrounded_and_ratio_major():
     gen = build_anchor_generator(RETINA_ANCHORS)
     torch.testing.assert_close(gen.scales, torch.tensor([4.0, 5.0396842, 6.3496042]))
-    half = torch.tensor([
-        [22.6274, 11.3137], [28.5088, 14.2544], [35.9188, 17.9594],
-        [16.0, 16.0], [20.1587, 20.1587], [25.3984, 25.3984],
-        [11.3137, 22.6274], [14.2544, 28.5088], [17.9594, 35.9188],
-    ])
+    half = torch.tensor(
+        [
+            [22.6274, 11.3137],
+            [28.5088, 14.2544],
+            [35.9188, 17.9594],
+            [16.0, 16.0],
+            [20.1587, 20.1587],
+            [25.3984, 25.3984],
+            [11.3137, 22.6274],
+            [14.2544, 28.5088],
+            [17.9594, 35.9188],
+        ]
+    )
     base = gen.base_anchors[0]
     torch.testing.assert_close(base, torch.cat([-half, half], dim=1), atol=1e-4, rtol=0)
     torch.testing.assert_close(gen.base_anchors[2], base * 4)
@@ -88,8 +102,9 @@ def test_decode_class_specific_layout_and_stds():
     out = coder.decode(rois, deltas, max_shape=(100, 100))
     assert out.shape == (2, 12)
     for c in range(3):
-        torch.testing.assert_close(out[:, 4 * c:4 * c + 4],
-                                   coder.decode(rois, deltas[:, 4 * c:4 * c + 4], max_shape=(100, 100)))
+        torch.testing.assert_close(
+            out[:, 4 * c : 4 * c + 4], coder.decode(rois, deltas[:, 4 * c : 4 * c + 4], max_shape=(100, 100))
+        )
     # A zero delta reproduces the RoI whatever the stds.
     torch.testing.assert_close(coder.decode(rois, torch.zeros(2, 4)), rois)
 

@@ -1,4 +1,5 @@
 """bbox_overlaps, MaxIoUAssigner and the samplers against hand-worked cases."""
+
 import pytest
 import torch
 
@@ -23,19 +24,29 @@ def test_iou_and_iof_hand_values():
 
 
 def rpn_assigner():
-    return build_assigner(dict(type="MaxIoUAssigner", pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
-                               match_low_quality=True, ignore_iof_thr=-1))
+    return build_assigner(
+        dict(
+            type="MaxIoUAssigner",
+            pos_iou_thr=0.7,
+            neg_iou_thr=0.3,
+            min_pos_iou=0.3,
+            match_low_quality=True,
+            ignore_iof_thr=-1,
+        )
+    )
 
 
 def test_assigner_positive_ignore_negative_and_low_quality_ties():
     gts = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0]])
-    candidates = torch.tensor([
-        [0.0, 0.0, 10.0, 10.0],    # IoU 1 with gt 0: positive
-        [0.0, 0.0, 10.0, 20.0],    # IoU 0.5 with gt 0: between thresholds, and not gt 0's best: ignored
-        [50.0, 50.0, 60.0, 60.0],  # IoU 0: negative
-        [20.0, 0.0, 30.0, 5.0],    # IoU 0.5 with gt 1: gt 1's best, tied with the next one
-        [20.0, 0.0, 25.0, 10.0],   # IoU 0.5 with gt 1: tie, also assigned (gt_max_assign_all)
-    ])
+    candidates = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # IoU 1 with gt 0: positive
+            [0.0, 0.0, 10.0, 20.0],  # IoU 0.5 with gt 0: between thresholds, and not gt 0's best: ignored
+            [50.0, 50.0, 60.0, 60.0],  # IoU 0: negative
+            [20.0, 0.0, 30.0, 5.0],  # IoU 0.5 with gt 1: gt 1's best, tied with the next one
+            [20.0, 0.0, 25.0, 10.0],  # IoU 0.5 with gt 1: tie, also assigned (gt_max_assign_all)
+        ]
+    )
     result = rpn_assigner().assign(candidates, gts, gt_labels=torch.tensor([7, 3]))
     assert result.gt_inds.tolist() == [1, -1, 0, 2, 2]
     assert result.labels.tolist() == [7, -1, -1, 3, 3]
@@ -82,15 +93,21 @@ def test_ignore_iof_threshold_marks_candidates_ignored():
 
 
 def make_assign_result(num_pos: int, num_neg: int, num_ignored: int = 5) -> AssignResult:
-    gt_inds = torch.cat([torch.ones(num_pos, dtype=torch.long), torch.zeros(num_neg, dtype=torch.long),
-                         torch.full((num_ignored,), -1, dtype=torch.long)])
+    gt_inds = torch.cat(
+        [
+            torch.ones(num_pos, dtype=torch.long),
+            torch.zeros(num_neg, dtype=torch.long),
+            torch.full((num_ignored,), -1, dtype=torch.long),
+        ]
+    )
     perm = torch.randperm(gt_inds.numel())
     return AssignResult(1, gt_inds[perm], torch.rand(gt_inds.numel()), None)
 
 
 def test_random_sampler_fractions_sorted_unique():
-    sampler = build_sampler(dict(type="RandomSampler", num=256, pos_fraction=0.5, neg_pos_ub=-1,
-                                 add_gt_as_proposals=False))
+    sampler = build_sampler(
+        dict(type="RandomSampler", num=256, pos_fraction=0.5, neg_pos_ub=-1, add_gt_as_proposals=False)
+    )
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     assign = make_assign_result(300, 1000)
     bboxes = torch.rand(assign.gt_inds.numel(), 4)

@@ -1,4 +1,5 @@
 """batched_nms / multiclass_nms, bbox2roi and bbox2result."""
+
 import numpy as np
 import pytest
 import torch
@@ -57,8 +58,12 @@ def test_batched_nms_empty_and_bad_config():
 def test_multiclass_nms_background_last_strict_threshold_roi_major():
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.5, 0.0, 10.5, 10.0]])
     # 2 foreground classes + background in the LAST column.
-    scores = torch.tensor([[0.05, 0.30, 0.65],    # class 0 exactly at the threshold: dropped (strict >)
-                           [0.60, 0.35, 0.05]])
+    scores = torch.tensor(
+        [
+            [0.05, 0.30, 0.65],  # class 0 exactly at the threshold: dropped (strict >)
+            [0.60, 0.35, 0.05],
+        ]
+    )
     dets, labels = multiclass_nms(boxes, scores, 0.05, NMS, max_num=100)
     # Boxes 0 and 1 overlap (IoU 0.9): class 1 keeps only the better of them; class 0 has only box 1.
     assert labels.tolist() == [0, 1]

@@ -1,4 +1,5 @@
 """COCO json conversion and pycocotools evaluation through CocoDataset.evaluate."""
+
 import json
 
 import numpy as np
@@ -11,8 +12,10 @@ from mmdet.datasets import CocoDataset
 @pytest.fixture
 def eval_dataset(tmp_path):
     # Large boxes (area > 96^2) so only the 'large' bucket has ground truth.
-    images = [dict(id=21, file_name="a.png", width=300, height=200),
-              dict(id=8, file_name="b.png", width=200, height=300)]
+    images = [
+        dict(id=21, file_name="a.png", width=300, height=200),
+        dict(id=8, file_name="b.png", width=200, height=300),
+    ]
     anns = [ann(1, 21, [0, 0, 100, 100], 7), ann(2, 21, [150, 50, 120, 120], 11), ann(3, 8, [10, 10, 150, 200], 2)]
     write_tiny_coco(tmp_path, images, anns)
     return CocoDataset(str(tmp_path / "ann.json"), TEST_PIPELINE, classes=CLASSES, test_mode=True)
@@ -42,8 +45,15 @@ def test_results2json_uses_xywh_and_coco_category_ids(eval_dataset, tmp_path):
 
 def test_perfect_detections_give_map_one(eval_dataset):
     metrics = eval_dataset.evaluate(_perfect(), logger="silent")
-    assert list(metrics) == ["bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l",
-                             "bbox_mAP_copypaste"]
+    assert list(metrics) == [
+        "bbox_mAP",
+        "bbox_mAP_50",
+        "bbox_mAP_75",
+        "bbox_mAP_s",
+        "bbox_mAP_m",
+        "bbox_mAP_l",
+        "bbox_mAP_copypaste",
+    ]
     assert metrics["bbox_mAP"] == metrics["bbox_mAP_50"] == metrics["bbox_mAP_l"] == 1.0
     assert metrics["bbox_mAP_s"] == metrics["bbox_mAP_m"] == -1.0  # no small/medium ground truth
     assert metrics["bbox_mAP_copypaste"] == "1.0000 1.0000 1.0000 -1.0000 -1.0000 1.0000"

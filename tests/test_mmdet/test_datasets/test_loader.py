@@ -1,4 +1,5 @@
 """Collation, samplers and the data-loader factory."""
+
 import numpy as np
 import pytest
 import torch
@@ -18,8 +19,12 @@ from mmdet.utils import to_device
 
 
 def _sample(h, w, n_boxes):
-    return dict(img=torch.ones(3, h, w), img_metas=dict(pad_shape=(h, w, 3)),
-                gt_bboxes=torch.zeros(n_boxes, 4), gt_labels=torch.zeros(n_boxes, dtype=torch.int64))
+    return dict(
+        img=torch.ones(3, h, w),
+        img_metas=dict(pad_shape=(h, w, 3)),
+        gt_bboxes=torch.zeros(n_boxes, 4),
+        gt_labels=torch.zeros(n_boxes, dtype=torch.int64),
+    )
 
 
 def test_collate_pads_bottom_right_and_sets_batch_input_shape():
@@ -90,8 +95,9 @@ def tiny_dataset(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_build_dataloader_train_batches(tiny_dataset, workers):
-    ds = CocoDataset(str(tiny_dataset / "ann.json"), TRAIN_PIPELINE, classes=CLASSES,
-                     img_prefix=str(tiny_dataset / "imgs"))
+    ds = CocoDataset(
+        str(tiny_dataset / "ann.json"), TRAIN_PIPELINE, classes=CLASSES, img_prefix=str(tiny_dataset / "imgs")
+    )
     loader = build_dataloader(ds, samples_per_gpu=2, workers_per_gpu=workers, seed=0)
     batches = list(loader)
     assert len(batches) == len(loader) == 3  # one square image (group 0) + 3 wide ones padded to 4 (group 1)
@@ -102,8 +108,13 @@ def test_build_dataloader_train_batches(tiny_dataset, workers):
 
 
 def test_build_dataloader_test_order(tiny_dataset):
-    ds = CocoDataset(str(tiny_dataset / "ann.json"), TEST_PIPELINE, classes=CLASSES,
-                     img_prefix=str(tiny_dataset / "imgs"), test_mode=True)
+    ds = CocoDataset(
+        str(tiny_dataset / "ann.json"),
+        TEST_PIPELINE,
+        classes=CLASSES,
+        img_prefix=str(tiny_dataset / "imgs"),
+        test_mode=True,
+    )
     loader = build_dataloader(ds, samples_per_gpu=1, workers_per_gpu=0, shuffle=False)
     names = [batch["img_metas"][0]["ori_filename"] for batch in loader]
     assert names == ["1.png", "2.png", "3.png", "4.png"]

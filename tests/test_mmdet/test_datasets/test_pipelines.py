@@ -1,4 +1,5 @@
 """Pipeline numerics: resize rounding, normalisation, padding, flipping, formatting."""
+
 import cv2
 import numpy as np
 import pytest
@@ -20,24 +21,32 @@ MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
 TEST_PIPELINE = [
     dict(type="LoadImageFromFile"),
-    dict(type="MultiScaleFlipAug", img_scale=(1333, 800), flip=False, transforms=[
-        dict(type="Resize", keep_ratio=True),
-        dict(type="RandomFlip"),
-        dict(type="Normalize", mean=MEAN, std=STD, to_rgb=True),
-        dict(type="Pad", size_divisor=32),
-        dict(type="ImageToTensor", keys=["img"]),
-        dict(type="Collect", keys=["img"]),
-    ]),
+    dict(
+        type="MultiScaleFlipAug",
+        img_scale=(1333, 800),
+        flip=False,
+        transforms=[
+            dict(type="Resize", keep_ratio=True),
+            dict(type="RandomFlip"),
+            dict(type="Normalize", mean=MEAN, std=STD, to_rgb=True),
+            dict(type="Pad", size_divisor=32),
+            dict(type="ImageToTensor", keys=["img"]),
+            dict(type="Collect", keys=["img"]),
+        ],
+    ),
 ]
 
 
-@pytest.mark.parametrize("size, resized, scales, padded", [
-    ((640, 480), (1067, 800), (1.6671875, 1.6666666), (1088, 800)),
-    ((480, 640), (800, 1067), (1.6666666, 1.6671875), (800, 1088)),
-    ((640, 427), (1199, 800), (1.8734375, 1.8735363), (1216, 800)),
-    ((500, 375), (1067, 800), (2.134, 2.1333334), (1088, 800)),
-    ((333, 500), (800, 1201), (2.4024024, 2.402), (800, 1216)),
-])
+@pytest.mark.parametrize(
+    "size, resized, scales, padded",
+    [
+        ((640, 480), (1067, 800), (1.6671875, 1.6666666), (1088, 800)),
+        ((480, 640), (800, 1067), (1.6666666, 1.6671875), (800, 1088)),
+        ((640, 427), (1199, 800), (1.8734375, 1.8735363), (1216, 800)),
+        ((500, 375), (1067, 800), (2.134, 2.1333334), (1088, 800)),
+        ((333, 500), (800, 1201), (2.4024024, 2.402), (800, 1216)),
+    ],
+)
 def test_resize_and_pad_match_mmdetection_values(size, resized, scales, padded):
     width, height = size
     assert rescale_size(width, height, (1333, 800)) == resized
@@ -57,8 +66,17 @@ def test_full_test_pipeline_on_640x480_file(tmp_path):
     assert set(sample) == {"img", "img_metas"}
     assert tuple(sample["img"].shape) == (3, 800, 1088)
     meta = sample["img_metas"]
-    assert set(meta) == {"filename", "ori_filename", "ori_shape", "img_shape", "pad_shape", "scale_factor",
-                         "flip", "flip_direction", "img_norm_cfg"}
+    assert set(meta) == {
+        "filename",
+        "ori_filename",
+        "ori_shape",
+        "img_shape",
+        "pad_shape",
+        "scale_factor",
+        "flip",
+        "flip_direction",
+        "img_norm_cfg",
+    }
     assert meta["ori_shape"] == (480, 640, 3) and meta["img_shape"] == (800, 1067, 3)
     assert meta["pad_shape"] == (800, 1088, 3) and meta["flip"] is False and meta["flip_direction"] is None
     np.testing.assert_array_equal(meta["scale_factor"], np.float32([1.6671875, 1.6666666, 1.6671875, 1.6666666]))
@@ -99,8 +117,11 @@ def test_train_resize_scales_and_clips_boxes():
     results = Resize(img_scale=(200, 100), keep_ratio=True)(results)
     assert results["img_shape"] == (100, 200, 3)
     np.testing.assert_array_equal(results["gt_bboxes"], [[20, 40, 60, 80], [0, 0, 200, 100]])
-    results = dict(img=np.zeros((50, 100, 3), np.uint8), gt_bboxes=np.array([[90, 40, 130, 60]], np.float32),
-                   bbox_fields=["gt_bboxes"])
+    results = dict(
+        img=np.zeros((50, 100, 3), np.uint8),
+        gt_bboxes=np.array([[90, 40, 130, 60]], np.float32),
+        bbox_fields=["gt_bboxes"],
+    )
     results = Resize(img_scale=(100, 50), keep_ratio=True)(results)
     np.testing.assert_array_equal(results["gt_bboxes"], [[90, 40, 100, 50]])
 
@@ -110,8 +131,9 @@ def test_horizontal_flip_of_image_and_boxes():
     np.testing.assert_array_equal(flip_bboxes(boxes, (20, 100, 3), "horizontal"), [[70, 5, 90, 15]])
     np.testing.assert_array_equal(flip_bboxes(boxes, (20, 100, 3), "vertical"), [[10, 5, 30, 15]])
     img = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)
-    results = RandomFlip(flip_ratio=1.0)(dict(img=img.copy(), img_shape=img.shape, gt_bboxes=boxes.copy(),
-                                              bbox_fields=["gt_bboxes"]))
+    results = RandomFlip(flip_ratio=1.0)(
+        dict(img=img.copy(), img_shape=img.shape, gt_bboxes=boxes.copy(), bbox_fields=["gt_bboxes"])
+    )
     assert results["flip"] is True and results["flip_direction"] == "horizontal"
     np.testing.assert_array_equal(results["img"], img[:, ::-1])
     np.testing.assert_array_equal(results["gt_bboxes"], [[-26, 5, -6, 15]])  # W = 4: x' = 4 - x
@@ -145,8 +167,18 @@ def test_config_errors_are_explicit():
     with pytest.raises(ValueError, match="flip=True"):
         MultiScaleFlipAug(transforms=[], img_scale=(1333, 800), flip=True)
     with pytest.raises(KeyError, match="img_norm_cfg"):
-        Collect(keys=["img"])(dict(img=np.zeros((2, 2, 3)), filename="x", ori_filename="x", ori_shape=(2, 2, 3),
-                                   img_shape=(2, 2, 3), pad_shape=(2, 2, 3), scale_factor=1.0, flip=False,
-                                   flip_direction=None))
+        Collect(keys=["img"])(
+            dict(
+                img=np.zeros((2, 2, 3)),
+                filename="x",
+                ori_filename="x",
+                ori_shape=(2, 2, 3),
+                img_shape=(2, 2, 3),
+                pad_shape=(2, 2, 3),
+                scale_factor=1.0,
+                flip=False,
+                flip_direction=None,
+            )
+        )
     with pytest.raises(KeyError, match="type"):
         Compose([dict(keys=["img"])])

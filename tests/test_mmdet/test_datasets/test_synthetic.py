@@ -1,4 +1,5 @@
 """The synthetic COCO-format data set: deterministic bytes, valid COCO, sane boxes."""
+
 import hashlib
 import json
 import subprocess
@@ -24,8 +25,11 @@ SPLITS = ("train2017", "val2017")
 
 
 def _digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +155,12 @@ def test_bad_counts_are_rejected(tmp_path, bad):
 
 def test_command_line(tmp_path, repo_root):
     out = tmp_path / "cli"
-    result = subprocess.run([sys.executable, "tools/make_synthetic_coco.py", str(out), "--num-train", "2",
-                             "--num-val", "1", "--seed", "5"], cwd=repo_root, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "tools/make_synthetic_coco.py", str(out), "--num-train", "2", "--num-val", "1", "--seed", "5"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "train2017: 2 images" in result.stdout
     assert len(list((out / "train2017").glob("*.jpg"))) == 2

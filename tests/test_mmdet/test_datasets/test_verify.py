@@ -1,4 +1,5 @@
 """Image checks before a long run: every test image exists and is a complete file; --eval names a supported metric."""
+
 import cv2
 import numpy as np
 import pytest
@@ -21,12 +22,15 @@ def _truncate(path, keep=0.5):
     return path
 
 
-@pytest.mark.parametrize("ext, params, fmt", [
-    (".jpg", (), "jpeg"),
-    (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1), "jpeg"),
-    (".png", (), "png"),
-    (".bmp", (), "bmp"),
-])
+@pytest.mark.parametrize(
+    "ext, params, fmt",
+    [
+        (".jpg", (), "jpeg"),
+        (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1), "jpeg"),
+        (".png", (), "png"),
+        (".bmp", (), "bmp"),
+    ],
+)
 def test_header_gives_the_decoded_size(tmp_path, ext, params, fmt):
     path = _write(tmp_path / f"img{ext}", width=41, height=19, ext=ext, params=params)
     header = read_image_header(str(path))
@@ -79,8 +83,9 @@ def test_progress_bar_is_shown_on_request(tmp_path, capsys):
 def test_dataset_check_names_the_annotation_file_and_the_bad_images(tmp_path):
     images = [dict(id=i, file_name=f"{i}.png", width=48, height=40) for i in (1, 2, 3)]
     ann_file = write_tiny_coco(tmp_path, images, [ann(1, 1, [2, 2, 10, 10], 7)])
-    dataset = CocoDataset(str(ann_file), TEST_PIPELINE, classes=CLASSES, img_prefix=str(tmp_path / "imgs"),
-                          test_mode=True)
+    dataset = CocoDataset(
+        str(ann_file), TEST_PIPELINE, classes=CLASSES, img_prefix=str(tmp_path / "imgs"), test_mode=True
+    )
     assert [tuple(h) for h in verify_dataset_images(dataset, progress=False)] == [("png", 48, 40)] * 3
     (tmp_path / "imgs" / "2.png").unlink()
     _truncate(tmp_path / "imgs" / "3.png", keep=0.9)

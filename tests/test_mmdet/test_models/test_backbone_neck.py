@@ -1,4 +1,5 @@
 """ResNet and FPN: parameter names/shapes, feature sizes, frozen stages, norm_eval, init."""
+
 import pytest
 import torch
 from torch import nn
@@ -30,7 +31,14 @@ def test_resnet50_names_and_counts_match_the_model_zoo():
     assert "layer3.5.bn3.num_batches_tracked" in state and "layer3.6.conv1.weight" not in state
     assert model.layer2[0].conv2.stride == (2, 2) and model.layer2[0].conv1.stride == (1, 1)
     assert [name for name, _ in model.layer1[0].named_children()] == [
-        "conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu", "downsample"
+        "conv1",
+        "bn1",
+        "conv2",
+        "bn2",
+        "conv3",
+        "bn3",
+        "relu",
+        "downsample",
     ]
 
 
@@ -57,9 +65,7 @@ def test_caffe_style_strides_first_conv():
 
 
 def test_feature_sizes_for_800x1088(narrow_features):
-    assert [tuple(c.shape[1:]) for c in narrow_features] == [
-        (8, 200, 272), (16, 100, 136), (32, 50, 68), (64, 25, 34)
-    ]
+    assert [tuple(c.shape[1:]) for c in narrow_features] == [(8, 200, 272), (16, 100, 136), (32, 50, 68), (64, 25, 34)]
     faster_fpn = FPN(CHANNELS, 16, num_outs=5).eval()
     retina_fpn = FPN(CHANNELS, 16, num_outs=5, start_level=1, add_extra_convs="on_input").eval()
     with torch.no_grad():
@@ -80,8 +86,13 @@ def test_fpn_forward_matches_a_hand_computation(narrow_features):
         l4 = fpn.lateral_convs[1].conv(c4) + nn.functional.interpolate(l5, size=c4.shape[2:], mode="nearest")
         l3 = fpn.lateral_convs[0].conv(c3) + nn.functional.interpolate(l4, size=c3.shape[2:], mode="nearest")
         p6 = fpn.fpn_convs[3].conv(c5)
-        expected = [fpn.fpn_convs[0].conv(l3), fpn.fpn_convs[1].conv(l4), fpn.fpn_convs[2].conv(l5), p6,
-                    fpn.fpn_convs[4].conv(p6)]
+        expected = [
+            fpn.fpn_convs[0].conv(l3),
+            fpn.fpn_convs[1].conv(l4),
+            fpn.fpn_convs[2].conv(l5),
+            p6,
+            fpn.fpn_convs[4].conv(p6),
+        ]
         outs = fpn(narrow_features)
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref)
@@ -92,11 +103,20 @@ def test_fpn_forward_matches_a_hand_computation(narrow_features):
 
 
 def test_fpn_state_dict_keys_and_init():
-    retina = build_neck(dict(type="FPN", in_channels=[256, 512, 1024, 2048], out_channels=256, start_level=1,
-                             add_extra_convs="on_input", num_outs=5))
+    retina = build_neck(
+        dict(
+            type="FPN",
+            in_channels=[256, 512, 1024, 2048],
+            out_channels=256,
+            start_level=1,
+            add_extra_convs="on_input",
+            num_outs=5,
+        )
+    )
     state = retina.state_dict()
     assert sorted({k.rsplit(".", 2)[0] for k in state}) == [
-        *(f"fpn_convs.{i}" for i in range(5)), *(f"lateral_convs.{i}" for i in range(3))
+        *(f"fpn_convs.{i}" for i in range(5)),
+        *(f"lateral_convs.{i}" for i in range(3)),
     ]
     assert state["fpn_convs.3.conv.weight"].shape == (256, 2048, 3, 3)
     assert state["lateral_convs.0.conv.weight"].shape == (256, 512, 1, 1)

@@ -1,4 +1,5 @@
 """The four COCO configs resolve (via mmengine's Config and `_base_`) to mmdetection 2.28's values."""
+
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,14 @@ def test_backbone_and_shared_values(cfgs, name):
     depth = 101 if name.endswith("r101") else 50
     assert cfg.model.type == ("FasterRCNN" if name.startswith("faster") else "RetinaNet")
     assert cfg.model.backbone == dict(
-        type="ResNet", depth=depth, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=1,
-        norm_cfg=dict(type="BN", requires_grad=True), norm_eval=True, style="pytorch",
+        type="ResNet",
+        depth=depth,
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=1,
+        norm_cfg=dict(type="BN", requires_grad=True),
+        norm_eval=True,
+        style="pytorch",
         init_cfg=dict(type="Pretrained", checkpoint=f"torchvision://resnet{depth}"),
     )
     assert cfg.data_root == "data/coco/"
@@ -36,8 +43,14 @@ def test_backbone_and_shared_values(cfgs, name):
     assert cfg.data.test.img_prefix == "data/coco/val2017/"
     assert cfg.data.val.pipeline[1].img_scale == (1333, 800)
     assert [t["type"] for t in cfg.train_pipeline] == [
-        "LoadImageFromFile", "LoadAnnotations", "Resize", "RandomFlip", "Normalize", "Pad", "DefaultFormatBundle",
-        "Collect"
+        "LoadImageFromFile",
+        "LoadAnnotations",
+        "Resize",
+        "RandomFlip",
+        "Normalize",
+        "Pad",
+        "DefaultFormatBundle",
+        "Collect",
     ]
     assert cfg.evaluation == dict(interval=1, metric="bbox")
     lr = 0.02 if name.startswith("faster") else 0.01
@@ -60,8 +73,9 @@ def test_faster_rcnn_heads_and_cfgs(cfgs, name):
     assert bbox_head.type == "Shared2FCBBoxHead" and bbox_head.num_classes == 80 and bbox_head.fc_out_channels == 1024
     assert bbox_head.bbox_coder.target_stds == [0.1, 0.1, 0.2, 0.2]
     assert model.roi_head.bbox_roi_extractor.roi_layer == dict(type="RoIAlign", output_size=7, sampling_ratio=0)
-    assert model.test_cfg.rpn == dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7),
-                                      min_bbox_size=0)
+    assert model.test_cfg.rpn == dict(
+        nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0
+    )
     assert model.test_cfg.rcnn == dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100)
     assert model.train_cfg.rpn_proposal.nms_pre == 2000
     assert model.train_cfg.rpn.assigner.pos_iou_thr == 0.7 and model.train_cfg.rpn.sampler.num == 256
@@ -75,8 +89,12 @@ def test_faster_rcnn_heads_and_cfgs(cfgs, name):
 def test_retinanet_head_and_cfgs(cfgs, name):
     model = cfgs[name].model
     assert model.neck == dict(
-        type="FPN", in_channels=[256, 512, 1024, 2048], out_channels=256, start_level=1, add_extra_convs="on_input",
-        num_outs=5
+        type="FPN",
+        in_channels=[256, 512, 1024, 2048],
+        out_channels=256,
+        start_level=1,
+        add_extra_convs="on_input",
+        num_outs=5,
     )
     head = model.bbox_head
     assert (head.num_classes, head.stacked_convs, head.feat_channels) == (80, 4, 256)

@@ -1,5 +1,6 @@
 """Detectors built from the COCO configs: state-dict keys, shapes and counts of mmdetection's checkpoints, and the
 forward API on narrow models."""
+
 import copy
 from pathlib import Path
 
@@ -105,9 +106,14 @@ def _narrow(model_cfg):
 def _batch(num_images: int = 2, height: int = 128, width: int = 160):
     img = torch.randn(num_images, 3, height, width)
     metas = [
-        dict(img_shape=(height - 8 * i, width - 16 * i, 3), ori_shape=(height // 2, width // 2, 3),
-             pad_shape=(height, width, 3), scale_factor=np.array([2.0, 2.0, 2.0, 2.0], dtype=np.float32),
-             flip=False, flip_direction=None)
+        dict(
+            img_shape=(height - 8 * i, width - 16 * i, 3),
+            ori_shape=(height // 2, width // 2, 3),
+            pad_shape=(height, width, 3),
+            scale_factor=np.array([2.0, 2.0, 2.0, 2.0], dtype=np.float32),
+            flip=False,
+            flip_direction=None,
+        )
         for i in range(num_images)
     ]
     gt_bboxes = [torch.tensor([[10.0, 12.0, 70.0, 90.0], [40.0, 30.0, 120.0, 100.0]]) for _ in range(num_images)]

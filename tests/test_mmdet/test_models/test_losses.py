@@ -1,4 +1,5 @@
 """Each loss against its written formula."""
+
 import math
 
 import pytest

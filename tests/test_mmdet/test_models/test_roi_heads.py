@@ -1,4 +1,5 @@
 """SingleRoIExtractor, Shared2FCBBoxHead and StandardRoIHead training."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,26 +8,49 @@ from torchvision.ops import roi_align
 from mmdet.models.builder import build_head, build_roi_extractor
 
 EPS = torch.finfo(torch.float32).eps
-EXTRACTOR = dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
-                 out_channels=4, featmap_strides=[4, 8, 16, 32])
+EXTRACTOR = dict(
+    type="SingleRoIExtractor",
+    roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+    out_channels=4,
+    featmap_strides=[4, 8, 16, 32],
+)
 CODER = dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2])
 
 
 def bbox_head_cfg(in_channels=4, num_classes=3, fc_out_channels=32):
-    return dict(type="Shared2FCBBoxHead", in_channels=in_channels, fc_out_channels=fc_out_channels, roi_feat_size=7,
-                num_classes=num_classes, bbox_coder=CODER, reg_class_agnostic=False,
-                loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
-                loss_bbox=dict(type="L1Loss", loss_weight=1.0))
+    return dict(
+        type="Shared2FCBBoxHead",
+        in_channels=in_channels,
+        fc_out_channels=fc_out_channels,
+        roi_feat_size=7,
+        num_classes=num_classes,
+        bbox_coder=CODER,
+        reg_class_agnostic=False,
+        loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+        loss_bbox=dict(type="L1Loss", loss_weight=1.0),
+    )
 
 
 def roi_head(**kw):
-    cfg = dict(type="StandardRoIHead", bbox_roi_extractor=EXTRACTOR, bbox_head=bbox_head_cfg(),
-               train_cfg=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
-                                            match_low_quality=False, ignore_iof_thr=-1),
-                              sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1,
-                                           add_gt_as_proposals=True),
-                              pos_weight=-1, debug=False),
-               test_cfg=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100))
+    cfg = dict(
+        type="StandardRoIHead",
+        bbox_roi_extractor=EXTRACTOR,
+        bbox_head=bbox_head_cfg(),
+        train_cfg=dict(
+            assigner=dict(
+                type="MaxIoUAssigner",
+                pos_iou_thr=0.5,
+                neg_iou_thr=0.5,
+                min_pos_iou=0.5,
+                match_low_quality=False,
+                ignore_iof_thr=-1,
+            ),
+            sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True),
+            pos_weight=-1,
+            debug=False,
+        ),
+        test_cfg=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100),
+    )
     cfg.update(kw)
     return build_head(cfg)
 
@@ -50,17 +74,26 @@ def test_roi_level_mapping_boundaries():
 def test_extractor_pools_each_roi_on_its_level_in_original_order():
     extractor = build_roi_extractor(EXTRACTOR)
     feats = [torch.randn(2, 4, 128 // s, 128 // s) for s in (4, 8, 16, 32)]
-    rois = torch.tensor([square_roi(300.0), [1.0, 5, 5, 40, 60], square_roi(150.0), [0.0, 2.5, 3.5, 9.25, 7.0],
-                         [1.0, 0, 0, 127, 127], [1.0, -20, -30, 480, 470]])
+    rois = torch.tensor(
+        [
+            square_roi(300.0),
+            [1.0, 5, 5, 40, 60],
+            square_roi(150.0),
+            [0.0, 2.5, 3.5, 9.25, 7.0],
+            [1.0, 0, 0, 127, 127],
+            [1.0, -20, -30, 480, 470],
+        ]
+    )
     out = extractor(feats + [torch.randn(2, 4, 2, 2)], rois)
     assert out.shape == (6, 4, 7, 7)
     levels = extractor.map_roi_levels(rois, 4).tolist()
     assert levels == [2, 0, 1, 0, 1, 3]
     for i, level in enumerate(levels):
         stride = (4, 8, 16, 32)[level]
-        expected = roi_align(feats[level], rois[i:i + 1], (7, 7), spatial_scale=1 / stride, sampling_ratio=0,
-                             aligned=True)
-        torch.testing.assert_close(out[i:i + 1], expected)
+        expected = roi_align(
+            feats[level], rois[i : i + 1], (7, 7), spatial_scale=1 / stride, sampling_ratio=0, aligned=True
+        )
+        torch.testing.assert_close(out[i : i + 1], expected)
 
 
 def test_extractor_rejects_other_roi_layers():
@@ -71,10 +104,16 @@ def test_extractor_rejects_other_roi_layers():
 def test_full_size_bbox_head_parameters_and_init():
     head = build_head(bbox_head_cfg(in_channels=256, num_classes=80, fc_out_channels=1024))
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
-    assert shapes == {"shared_fcs.0.weight": (1024, 12544), "shared_fcs.0.bias": (1024,),
-                      "shared_fcs.1.weight": (1024, 1024), "shared_fcs.1.bias": (1024,),
-                      "fc_cls.weight": (81, 1024), "fc_cls.bias": (81,), "fc_reg.weight": (320, 1024),
-                      "fc_reg.bias": (320,)}
+    assert shapes == {
+        "shared_fcs.0.weight": (1024, 12544),
+        "shared_fcs.0.bias": (1024,),
+        "shared_fcs.1.weight": (1024, 1024),
+        "shared_fcs.1.bias": (1024,),
+        "fc_cls.weight": (81, 1024),
+        "fc_cls.bias": (81,),
+        "fc_reg.weight": (320, 1024),
+        "fc_reg.bias": (320,),
+    }
     assert abs(head.fc_cls.weight.std().item() - 0.01) < 1e-3
     assert abs(head.fc_reg.weight.std().item() - 0.001) < 1e-4
     bound = (6 / (12544 + 1024)) ** 0.5  # Xavier-uniform
@@ -84,9 +123,13 @@ def test_full_size_bbox_head_parameters_and_init():
 def test_bbox_head_post_processing_background_last_clip_and_rescale():
     head = build_head(bbox_head_cfg(num_classes=3))
     rois = torch.tensor([[0.0, 10, 10, 50, 50], [0.0, 60, 60, 100, 100], [0.0, 0, 0, 30, 30]])
-    cls_score = torch.tensor([[0.0, 5.0, 0.0, 0.0],    # class 1
-                              [0.0, 0.0, 0.0, 9.0],    # background (last column): no detection
-                              [4.0, 0.0, 0.0, 0.0]])   # class 0
+    cls_score = torch.tensor(
+        [
+            [0.0, 5.0, 0.0, 0.0],  # class 1
+            [0.0, 0.0, 0.0, 9.0],  # background (last column): no detection
+            [4.0, 0.0, 0.0, 0.0],
+        ]
+    )  # class 0
     bbox_pred = torch.zeros(3, 12)
     bbox_pred[2, 0:4] = torch.tensor([-2.0, -2.0, 0.0, 0.0])  # class 0 deltas move RoI 2 off the top-left corner
     cfg = dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100)
@@ -133,11 +176,12 @@ def test_roi_head_targets_and_loss_avg_factors():
     num_pos = sum(r.pos_inds.numel() for r in results)
     num_samples = labels.numel()
     assert num_samples == sum(r.pos_inds.numel() + r.neg_inds.numel() for r in results)
-    assert bool((labels[:results[0].pos_inds.numel()] < 3).all())  # positives first within an image
+    assert bool((labels[: results[0].pos_inds.numel()] < 3).all())  # positives first within an image
     assert int((labels < 3).sum()) == num_pos and bool((label_weights == 1).all())
     assert results[0].pos_is_gt[0] == 1  # gts are prepended to the proposals
 
     from mmdet.core import bbox2roi
+
     rois = bbox2roi([r.bboxes for r in results])
     cls_score, bbox_pred = head.bbox_head(head.bbox_roi_extractor(feats[:4], rois))
     expected_cls = torch.nn.functional.cross_entropy(cls_score, labels, reduction="sum") / (num_samples + EPS)

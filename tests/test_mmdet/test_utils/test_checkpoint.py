@@ -1,4 +1,5 @@
 """load_checkpoint / save_checkpoint and fuse_conv_bn on small models."""
+
 import logging
 from collections import OrderedDict
 

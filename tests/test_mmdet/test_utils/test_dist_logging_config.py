@@ -1,4 +1,5 @@
 """mmdet.utils: config loading with overrides, distributed helpers, logger."""
+
 import logging
 import os
 import socket
@@ -21,7 +22,8 @@ def config_file(tmp_path):
         "               img_prefix=data_root + 'train/'),\n"
         "    test=dict(type='CocoDataset', ann_file=data_root + 'annotations/val.json',\n"
         "              img_prefix=data_root + 'val/'))\n"
-        "model = dict(type='RetinaNet', backbone=dict(depth=50))\n")
+        "model = dict(type='RetinaNet', backbone=dict(depth=50))\n"
+    )
     (tmp_path / "child.py").write_text("_base_ = './base.py'\nmodel = dict(backbone=dict(depth=101))\n")
     return tmp_path / "child.py"
 
@@ -80,8 +82,16 @@ def test_slurm_launcher_uses_first_host_and_env(tmp_path, monkeypatch):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    for name, value in dict(SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_NODELIST="node-[a-b]",
-                            MASTER_PORT=str(port), MASTER_ADDR="", WORLD_SIZE="", RANK="", LOCAL_RANK="").items():
+    for name, value in dict(
+        SLURM_PROCID="0",
+        SLURM_NTASKS="1",
+        SLURM_NODELIST="node-[a-b]",
+        MASTER_PORT=str(port),
+        MASTER_ADDR="",
+        WORLD_SIZE="",
+        RANK="",
+        LOCAL_RANK="",
+    ).items():
         monkeypatch.setenv(name, value)
     init_dist("slurm", backend="gloo")
     try:

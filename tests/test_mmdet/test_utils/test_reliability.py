@@ -1,4 +1,5 @@
 """Bad inputs on the mmdet side get an error naming the file, key or tensor: configs, --cfg-options, checkpoints."""
+
 import pytest
 import torch
 from torch import nn
@@ -20,14 +21,17 @@ def config_file(tmp_path, monkeypatch):
         "data = dict(samples_per_gpu=2,\n"
         "    train=dict(type='CocoDataset', ann_file='train.json', pipeline=[dict(type='A'), dict(type='B')]),\n"
         "    test=dict(type='CocoDataset', ann_file='val.json'))\n"
-        "model = dict(type='RetinaNet', test_cfg=dict(max_per_img=100))\n")
+        "model = dict(type='RetinaNet', test_cfg=dict(max_per_img=100))\n"
+    )
     (tmp_path / "child.py").write_text("_base_ = './base.py'\nmodel = dict(test_cfg=dict(score_thr=0.05))\n")
     return tmp_path / "child.py"
 
 
 def test_existing_keys_list_values_and_list_elements_still_apply(config_file):
-    cfg = load_config(str(config_file), {"data.test.ann_file": "fixed.json", "model.test_cfg.max_per_img": [5, 6],
-                                         "data.train.pipeline.1.type": "C"})
+    cfg = load_config(
+        str(config_file),
+        {"data.test.ann_file": "fixed.json", "model.test_cfg.max_per_img": [5, 6], "data.train.pipeline.1.type": "C"},
+    )
     assert cfg.data.test.ann_file == "fixed.json" and cfg.model.test_cfg.max_per_img == [5, 6]
     assert [step.type for step in cfg.data.train.pipeline] == ["A", "C"]
 
@@ -41,11 +45,14 @@ def test_misspelled_key_is_an_error_naming_the_nearest_keys(config_file):
     assert "nearest existing keys: data.test.ann_file" in message and "+data.tset.ann_file=" in message
 
 
-@pytest.mark.parametrize("key, where", [
-    ("modle.type", "there is no top-level 'modle'"),
-    ("data.train.pipeline.7.type", "'data.train.pipeline' has no entry '7'"),
-    ("model.type.name", "'model.type' has no entry 'name'"),
-])
+@pytest.mark.parametrize(
+    "key, where",
+    [
+        ("modle.type", "there is no top-level 'modle'"),
+        ("data.train.pipeline.7.type", "'data.train.pipeline' has no entry '7'"),
+        ("model.type.name", "'model.type' has no entry 'name'"),
+    ],
+)
 def test_unknown_paths_through_lists_and_scalars(config_file, key, where):
     with pytest.raises(UnknownConfigKeyError, match=where):
         load_config(str(config_file), {key: 1})

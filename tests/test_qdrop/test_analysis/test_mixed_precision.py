@@ -1,4 +1,5 @@
 """Sensitivity-guided mixed precision (qdrop.analysis.mixed_precision) on synthetic rankings."""
+
 import pytest
 import yaml
 
@@ -6,8 +7,13 @@ from qdrop.analysis import average_weight_bits, format_overrides, suggest_overri
 
 COUNTS = {"stem": 100, "a": 1000, "b": 1000, "c": 4000, "d": 1000}
 BITS = {"stem": 8.0, "a": 2.0, "b": 2.0, "c": 2.0, "d": 2.0}
-SCORES = [{"unit": "stem", "score": 9.0}, {"unit": "a", "score": 1.0}, {"unit": "b", "score": 3.0},
-          {"unit": "c", "score": 5.0}, {"unit": "d", "score": 0.5}]
+SCORES = [
+    {"unit": "stem", "score": 9.0},
+    {"unit": "a", "score": 1.0},
+    {"unit": "b", "score": 3.0},
+    {"unit": "c", "score": 5.0},
+    {"unit": "d", "score": 0.5},
+]
 
 
 def test_average_counts_every_weight_element():

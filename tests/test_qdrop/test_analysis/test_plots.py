@@ -1,4 +1,5 @@
 """Figures of qdrop.analysis.plots: labelled axes, every unit named in forward order, readable PNGs."""
+
 import math
 import sys
 
@@ -8,8 +9,12 @@ import pytest
 
 from qdrop.analysis import plots
 
-UNITS = ["backbone.conv1"] + [f"backbone.layer{stage}.{block}" for stage in (1, 2, 3, 4) for block in (0, 1)] + \
-    [f"neck.lateral_convs.{i}" for i in range(3)] + [f"neck.fpn_convs.{i}" for i in range(3)]
+UNITS = (
+    ["backbone.conv1"]
+    + [f"backbone.layer{stage}.{block}" for stage in (1, 2, 3, 4) for block in (0, 1)]
+    + [f"neck.lateral_convs.{i}" for i in range(3)]
+    + [f"neck.fpn_convs.{i}" for i in range(3)]
+)
 
 
 @pytest.fixture
@@ -49,8 +54,10 @@ def test_recon_errors_names_every_unit_in_forward_order_on_a_log_axis(tmp_path, 
     assert _tick_texts(axes.get_yticklabels()) == UNITS
     assert axes.get_ylim()[0] > axes.get_ylim()[1], "the first unit must be drawn on top"
     assert axes.get_xscale() == "log" and "output error" in axes.get_xlabel()
-    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["before reconstruction",
-                                                                          "after reconstruction"]
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == [
+        "before reconstruction",
+        "after reconstruction",
+    ]
     lengths = sorted(patch.get_width() for patch in axes.patches)
     assert lengths == sorted(before + after)
     _png(path)
@@ -82,8 +89,9 @@ def test_more_units_make_a_taller_figure(tmp_path):
 
 
 def test_recon_curves_one_panel_per_unit(tmp_path, figures):
-    curves = {unit: [(step, math.exp(-step / 100) + i) for step in (0, 50, 100, 150, 199)]
-              for i, unit in enumerate(UNITS[:6])}
+    curves = {
+        unit: [(step, math.exp(-step / 100) + i) for step in (0, 50, 100, 150, 199)] for i, unit in enumerate(UNITS[:6])
+    }
     path = tmp_path / "recon_curves.png"
     plots.plot_recon_curves(curves, str(path))
     figure = figures[0]
@@ -108,8 +116,10 @@ def test_sensitivity_bars_follow_the_records(tmp_path, figures):
 
 
 def test_summary_groups_bars_by_column(tmp_path, figures):
-    summary = {"retinanet": {"FP": 0.5, "W4A4 QDrop": 0.4, "W2A4 QDrop": 0.2},
-               "faster_rcnn": {"FP": 0.6, "W4A4 QDrop": 0.5, "W2A4 QDrop": 0.1}}
+    summary = {
+        "retinanet": {"FP": 0.5, "W4A4 QDrop": 0.4, "W2A4 QDrop": 0.2},
+        "faster_rcnn": {"FP": 0.6, "W4A4 QDrop": 0.5, "W2A4 QDrop": 0.1},
+    }
     path = tmp_path / "summary.png"
     plots.plot_summary(summary, str(path))
     axes = figures[0].axes[0]
@@ -123,10 +133,17 @@ def test_summary_groups_bars_by_column(tmp_path, figures):
 
 def test_detections_below_the_threshold_are_not_drawn(tmp_path, figures):
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    detections = [np.array([[5, 5, 30, 30, 0.9], [10, 10, 20, 20, 0.1]], dtype=np.float32),
-                  np.zeros((0, 5), dtype=np.float32)]
-    plots.plot_detections(image, [("float", detections), ("quantized", detections[::-1])], ("a", "b"),
-                          str(tmp_path / "det.png"), score_thr=0.5)
+    detections = [
+        np.array([[5, 5, 30, 30, 0.9], [10, 10, 20, 20, 0.1]], dtype=np.float32),
+        np.zeros((0, 5), dtype=np.float32),
+    ]
+    plots.plot_detections(
+        image,
+        [("float", detections), ("quantized", detections[::-1])],
+        ("a", "b"),
+        str(tmp_path / "det.png"),
+        score_thr=0.5,
+    )
     left, right = figures[0].axes
     assert left.get_title().startswith("float: 1 detections") and len(left.patches) == 1
     assert right.get_title().startswith("quantized: 1 detections")

@@ -1,4 +1,5 @@
 """The run report (qdrop.analysis.report): report.md with its figures, and the stage timer."""
+
 import sys
 import time
 
@@ -8,29 +9,71 @@ import yaml
 from qdrop.analysis import RunRecord, StageTimer, UnitReconstruction, command_line, peak_memory_mib, write_run_report
 from qdrop.model import Placement
 
-Q_CONFIG = {"a_qconfig": {"quantizer": "LSQFakeQuantize", "bit": 4}, "w_qconfig": {"bit": 2}, "calibrate": 16,
-            "recon": {"iters": 200, "b_range": [20, 2]}}
+Q_CONFIG = {
+    "a_qconfig": {"quantizer": "LSQFakeQuantize", "bit": 4},
+    "w_qconfig": {"bit": 2},
+    "calibrate": 16,
+    "recon": {"iters": 200, "b_range": [20, 2]},
+}
 
 
 def _record(units=True) -> RunRecord:
     placement = [
-        Placement("backbone.conv1.module.weight_fake_quant", "weight", 8, "per-channel (axis 0)",
-                  "AdaRoundFakeQuantize", "MSEObserver", "backbone.conv1", False),
-        Placement("backbone.layer1.0.conv1.module.weight_fake_quant", "weight", 2, "per-channel (axis 0)",
-                  "AdaRoundFakeQuantize", "MSEObserver", "backbone.layer1.0.conv1", False),
-        Placement("backbone.layer1.0.conv2.module.weight_fake_quant", "weight", 2, "per-channel (axis 0)",
-                  "AdaRoundFakeQuantize", "MSEObserver", "backbone.layer1.0.conv2", False),
-        Placement("backbone.conv1.block_post_act_fake_quantize", "activation", 4, "per-tensor", "LSQFakeQuantize",
-                  "AvgMSEFastObserver", "backbone.conv1", False),
+        Placement(
+            "backbone.conv1.module.weight_fake_quant",
+            "weight",
+            8,
+            "per-channel (axis 0)",
+            "AdaRoundFakeQuantize",
+            "MSEObserver",
+            "backbone.conv1",
+            False,
+        ),
+        Placement(
+            "backbone.layer1.0.conv1.module.weight_fake_quant",
+            "weight",
+            2,
+            "per-channel (axis 0)",
+            "AdaRoundFakeQuantize",
+            "MSEObserver",
+            "backbone.layer1.0.conv1",
+            False,
+        ),
+        Placement(
+            "backbone.layer1.0.conv2.module.weight_fake_quant",
+            "weight",
+            2,
+            "per-channel (axis 0)",
+            "AdaRoundFakeQuantize",
+            "MSEObserver",
+            "backbone.layer1.0.conv2",
+            False,
+        ),
+        Placement(
+            "backbone.conv1.block_post_act_fake_quantize",
+            "activation",
+            4,
+            "per-tensor",
+            "LSQFakeQuantize",
+            "AvgMSEFastObserver",
+            "backbone.conv1",
+            False,
+        ),
     ]
     reconstructed = (
         UnitReconstruction("backbone.conv1", 0.5, 0.1, ((0, 0.4), (50, 0.2), (99, 0.1))),
         UnitReconstruction("backbone.layer1.0", 2.0, 1.5, ((0, 1.9), (50, 1.7), (99, 1.5))),
     )
-    return RunRecord(command=command_line(["qdrop/solver/quant_coco.py", "a b.py", "--eval", "bbox"]),
-                     q_config=Q_CONFIG, placement=placement, stage_seconds={"calibrate": 12.0, "reconstruct": 30.5},
-                     peak_memory_mib={"host max RSS": 900.0}, metrics={"bbox_mAP": 0.2512, "bbox_mAP_50": 0.5},
-                     units=reconstructed if units else (), placement_file="placement.txt")
+    return RunRecord(
+        command=command_line(["qdrop/solver/quant_coco.py", "a b.py", "--eval", "bbox"]),
+        q_config=Q_CONFIG,
+        placement=placement,
+        stage_seconds={"calibrate": 12.0, "reconstruct": 30.5},
+        peak_memory_mib={"host max RSS": 900.0},
+        metrics={"bbox_mAP": 0.2512, "bbox_mAP_50": 0.5},
+        units=reconstructed if units else (),
+        placement_file="placement.txt",
+    )
 
 
 def _section(text: str, title: str) -> str:
@@ -92,4 +135,4 @@ def test_stage_timer_adds_up_repeated_stages_in_first_run_order():
 
 def test_peak_memory_reports_the_process():
     peaks = peak_memory_mib()
-    assert list(peaks) == ["host max RSS"] and 10 < peaks["host max RSS"] < 10 ** 6
+    assert list(peaks) == ["host max RSS"] and 10 < peaks["host max RSS"] < 10**6

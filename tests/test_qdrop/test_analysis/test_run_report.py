@@ -1,4 +1,5 @@
 """Every quant_coco.py run leaves its report: report.md, recon_errors.png and recon_curves.png."""
+
 import re
 
 import matplotlib.image
@@ -15,8 +16,10 @@ ITERS = 3
 def run(tmp_path_factory):
     """A quant_coco.py run of a tiny RetinaNet whose layer4 keeps 4-bit weights: (work dir, metrics)."""
     root = tmp_path_factory.mktemp("run_report")
-    settings = {**q_config(w_bit=2, a_bit=4, iters=ITERS),
-                "overrides": [{"modules": "backbone.layer4.*", "w_qconfig": {"bit": 4}}]}
+    settings = {
+        **q_config(w_bit=2, a_bit=4, iters=ITERS),
+        "overrides": [{"modules": "backbone.layer4.*", "w_qconfig": {"bit": 4}}],
+    }
     config, checkpoint, q_path = write_tiny_run(root, settings, num_train=4, num_val=2)
     work_dir = root / "work"
     metric = quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir))

@@ -1,4 +1,5 @@
 """Per-unit sensitivity (qdrop.analysis.sensitivity) on a tiny RetinaNet."""
+
 import pytest
 import torch
 
@@ -28,8 +29,12 @@ def calibrated():
 def test_the_most_coarsely_quantized_unit_ranks_first(calibrated):
     model, images, units = calibrated
     seen = []
-    records = unit_sensitivity(model, units, OutputError(model, images, torch.device("cpu")),
-                               on_unit=lambda index, name, score: seen.append((index, name)))
+    records = unit_sensitivity(
+        model,
+        units,
+        OutputError(model, images, torch.device("cpu")),
+        on_unit=lambda index, name, score: seen.append((index, name)),
+    )
     assert [record["unit"] for record in records] == [name for name, _ in units]  # forward order
     assert seen == [(index, name) for index, (name, _) in enumerate(units)]
     assert all(record["score"] > 0 for record in records)

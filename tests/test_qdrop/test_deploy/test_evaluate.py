@@ -1,5 +1,6 @@
 """tools/deploy: export a quantized checkpoint and evaluate it in ONNX Runtime; the detections equal the PyTorch
 model's and so does the mAP."""
+
 import glob
 import json
 from pathlib import Path
@@ -74,15 +75,17 @@ def test_onnx_evaluation_equals_pytorch(tmp_path, checkpoints, name):
             assert got.shape == want.shape
             assert abs(got - want).max(initial=0.0) <= 1e-3
 
-    differences = compare_onnx.main([str(config), str(quantized), str(onnx_file), "--images", "1",
-                                     "--optimization", "disable", "--threads", "1"])
+    differences = compare_onnx.main(
+        [str(config), str(quantized), str(onnx_file), "--images", "1", "--optimization", "disable", "--threads", "1"]
+    )
     assert set(differences) == {"disable"} and len(differences["disable"]) > 0
     for difference in differences["disable"].values():
         assert difference.max_abs_diff <= 1e-4 * max(1.0, difference.max_abs_value), difference
 
     work_dir = tmp_path / "eval"
-    metric = test_onnx.main([str(config), str(onnx_file), "--eval", "bbox", "--work-dir", str(work_dir),
-                             "--optimization", "disable"])
+    metric = test_onnx.main(
+        [str(config), str(onnx_file), "--eval", "bbox", "--work-dir", str(work_dir), "--optimization", "disable"]
+    )
     torch_metric = dataset.evaluate(expected, metric=["bbox"])
     assert metric["bbox_mAP"] == pytest.approx(torch_metric["bbox_mAP"], abs=1e-3)
     (record_file,) = glob.glob(str(work_dir / "eval_*.json"))
@@ -93,8 +96,7 @@ def test_onnx_evaluation_equals_pytorch(tmp_path, checkpoints, name):
 def test_float_checkpoint_refused_when_quantized_required(tmp_path, checkpoints):
     config, _, float_checkpoint = checkpoints["retinanet"]
     with pytest.raises(ValueError, match=r"is a float checkpoint, but a quantized one .* is required"):
-        export_onnx.main([str(config), str(float_checkpoint), "--out", str(tmp_path / "x.onnx"),
-                          "--require-quantized"])
+        export_onnx.main([str(config), str(float_checkpoint), "--out", str(tmp_path / "x.onnx"), "--require-quantized"])
     files = export_onnx.main([str(config), str(float_checkpoint), "--out", str(tmp_path / "float.onnx")])
     assert Path(files["network"]).is_file()
 

@@ -1,5 +1,6 @@
 """qdrop.deploy export: the ONNX graphs compute the fake-quantized network, state real bit widths, and refuse bad
 input clearly."""
+
 import sys
 
 import numpy as np
@@ -45,7 +46,8 @@ def test_graph_reproduces_fake_quantized_network(detectors, name, w_bit):
     if "bbox_head" in graphs:
         roi_feats = torch.randn(7, 16, 7, 7, generator=torch.Generator().manual_seed(3))
         head_outputs = create_session(graphs["bbox_head"], optimization="disable").run(
-            None, {"roi_feats": roi_feats.numpy()})
+            None, {"roi_feats": roi_feats.numpy()}
+        )
         with torch.no_grad():
             head_expected = model.roi_head.bbox_head(roi_feats)
         for got, want in zip(head_outputs, head_expected):
@@ -80,7 +82,7 @@ def test_qdq_pairs_follow_placement_table(detectors, name, w_bit):
         assert (type_name, symmetric) in BIT_TYPES
         assert type_name.endswith("4") == (row.bits <= 4), (layer, type_name, row.bits)
         values = numpy_helper.to_array(tensor).astype(np.int64)
-        low, high = (-(2 ** (row.bits - 1)), 2 ** (row.bits - 1) - 1) if symmetric else (0, 2 ** row.bits - 1)
+        low, high = (-(2 ** (row.bits - 1)), 2 ** (row.bits - 1) - 1) if symmetric else (0, 2**row.bits - 1)
         assert low <= values.min() and values.max() <= high, (layer, values.min(), values.max())
         assert dict((a.name, a.i) for a in node.attribute)["axis"] == 0
     float_weights = [t for t in graph.initializer if t.name.endswith("/weight")]

@@ -1,4 +1,5 @@
 """Which modules of a detector get which quantizers (qdrop.model.quantize_detector)."""
+
 import copy
 import inspect
 import re
@@ -85,8 +86,14 @@ def test_quant_head_faster_rcnn():
     for final in (rpn.rpn_cls, rpn.rpn_reg, bbox_head.fc_cls, bbox_head.fc_reg):
         assert isinstance(final, QuantizedLayer) and not final.qoutput
     assert all(_relu(fc) and fc.qoutput for fc in bbox_head.shared_fcs)
-    meta = dict(img_shape=(64, 96, 3), ori_shape=(64, 96, 3), pad_shape=(64, 96, 3),
-                scale_factor=np.ones(4, dtype=np.float32), flip=False, batch_input_shape=(64, 96))
+    meta = dict(
+        img_shape=(64, 96, 3),
+        ori_shape=(64, 96, 3),
+        pad_shape=(64, 96, 3),
+        scale_factor=np.ones(4, dtype=np.float32),
+        flip=False,
+        batch_input_shape=(64, 96),
+    )
     assert len(model.simple_test(torch.randn(1, 3, 64, 96), [meta])) == 1
 
 
@@ -131,6 +138,7 @@ def test_output_flag_does_not_leak_and_lone_relu_is_kept():
 
 def test_unfused_batchnorm_is_an_error():
     from mmdet.models import build_detector
+
     model = build_detector(retinanet_cfg(18)).eval()
     with pytest.raises(ValueError, match="fuse"):
         quantize_detector(model, q_config())

@@ -1,17 +1,23 @@
 """Fake quantizers: observer hand-off, LSQ scale handling, AdaRound, drop_prob, state_dict round trips."""
+
 import math
 
 import pytest
 import torch
 
-from qdrop.quantization import (AdaRoundFakeQuantize, FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize,
-                                MinMaxObserver, MSEObserver)
+from qdrop.quantization import (
+    AdaRoundFakeQuantize,
+    FixedFakeQuantize,
+    LSQFakeQuantize,
+    LSQPlusFakeQuantize,
+    MinMaxObserver,
+    MSEObserver,
+)
 
 QUANTIZERS = [FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize, AdaRoundFakeQuantize]
 
 
-
-@pytest.mark.parametrize('quantizer_cls', QUANTIZERS)
+@pytest.mark.parametrize("quantizer_cls", QUANTIZERS)
 def test_observer_sets_qparams_and_quantizes(quantizer_cls):
     fq = quantizer_cls(MinMaxObserver, bit=4)
     x = torch.linspace(-1.0, 2.0, 50)
@@ -24,7 +30,7 @@ def test_observer_sets_qparams_and_quantizes(quantizer_cls):
     assert torch.equal(fq(x), x)
 
 
-@pytest.mark.parametrize('quantizer_cls', QUANTIZERS)
+@pytest.mark.parametrize("quantizer_cls", QUANTIZERS)
 def test_disabled_observer_keeps_qparams(quantizer_cls):
     fq = quantizer_cls(MinMaxObserver, bit=8)
     fq(torch.tensor([-1.0, 1.0]))
@@ -34,7 +40,7 @@ def test_disabled_observer_keeps_qparams(quantizer_cls):
     torch.testing.assert_close(fq.scale.detach(), scale)
 
 
-@pytest.mark.parametrize('quantizer_cls', QUANTIZERS)
+@pytest.mark.parametrize("quantizer_cls", QUANTIZERS)
 def test_set_qparams_from_observer_follows_a_changed_range(quantizer_cls):
     fq = quantizer_cls(MinMaxObserver, bit=4, ch_axis=0)
     fq(torch.tensor([[-1.0, 2.0], [0.0, 3.0], [-2.0, 1.0]]))
@@ -47,7 +53,7 @@ def test_set_qparams_from_observer_follows_a_changed_range(quantizer_cls):
     torch.testing.assert_close(fq.zero_point.detach(), torch.tensor([5.0]))
 
 
-@pytest.mark.parametrize('ch_axis', [0, 1])
+@pytest.mark.parametrize("ch_axis", [0, 1])
 def test_per_channel_quantizer(ch_axis):
     fq = FixedFakeQuantize(MinMaxObserver, bit=4, ch_axis=ch_axis)
     x = torch.randn(3, 5, 2)
@@ -103,7 +109,7 @@ def _adaround(weight, ch_axis=0, bit=4):
     fq = AdaRoundFakeQuantize(MinMaxObserver, bit=bit, ch_axis=ch_axis)
     fq(weight)
     fq.disable_observer()
-    fq.init(weight, 'learned_hard_sigmoid')
+    fq.init(weight, "learned_hard_sigmoid")
     return fq
 
 
@@ -142,11 +148,11 @@ def test_adaround_round_loss_and_gradient():
 def test_adaround_rejects_unknown_round_mode():
     fq = AdaRoundFakeQuantize(MinMaxObserver, bit=4)
     fq(torch.randn(10))
-    with pytest.raises(ValueError, match='round_mode.*learned_hard_sigmoid'):
-        fq.init(torch.randn(10), 'nearest')
+    with pytest.raises(ValueError, match="round_mode.*learned_hard_sigmoid"):
+        fq.init(torch.randn(10), "nearest")
 
 
-@pytest.mark.parametrize('quantizer_cls', QUANTIZERS)
+@pytest.mark.parametrize("quantizer_cls", QUANTIZERS)
 def test_drop_prob_mixes_quantized_and_full_precision(quantizer_cls):
     fq = quantizer_cls(MinMaxObserver, bit=2)
     x = torch.randn(20000) + 0.123
@@ -169,14 +175,14 @@ def _fresh_copy(fq):
     return type(fq)(MSEObserver, bit=fq.bit, symmetric=fq.symmetric, ch_axis=fq.ch_axis)
 
 
-@pytest.mark.parametrize('quantizer_cls', QUANTIZERS)
+@pytest.mark.parametrize("quantizer_cls", QUANTIZERS)
 def test_state_dict_round_trip_per_channel(quantizer_cls):
     weight = torch.randn(6, 4, 3, 3)
     fq = quantizer_cls(MSEObserver, bit=4, ch_axis=0)
     fq(weight)
     fq.disable_observer()
     if isinstance(fq, AdaRoundFakeQuantize):
-        fq.init(weight, 'learned_hard_sigmoid')
+        fq.init(weight, "learned_hard_sigmoid")
         with torch.no_grad():
             fq.alpha.add_(torch.randn_like(fq.alpha))
         fq.soft_targets = False

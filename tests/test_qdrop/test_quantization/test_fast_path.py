@@ -1,5 +1,6 @@
 """The fused fake-quantization path against the plain one: identical forward values, the same gradients of the
 input, the scales, the zero points and AdaRound's alpha, the same drop mask."""
+
 import copy
 import os
 import subprocess
@@ -30,9 +31,9 @@ def _activation(shape, scale: float, quant_min: int, quant_max: int, zero_point:
     count = flat.numel() // 4
     levels = torch.randint(quant_min, quant_max, (count,)).float()
     flat[:count] = (levels + 0.5 - zero_point) * scale  # halfway
-    flat[count:count + 8] = (quant_max - zero_point) * scale  # upper bound exactly
-    flat[count + 8:count + 16] = (quant_min - zero_point) * scale  # lower bound exactly
-    flat[count + 16:count + 16 + count // 2] *= 6  # far outside
+    flat[count : count + 8] = (quant_max - zero_point) * scale  # upper bound exactly
+    flat[count + 8 : count + 16] = (quant_min - zero_point) * scale  # lower bound exactly
+    flat[count + 16 : count + 16 + count // 2] *= 6  # far outside
     return x
 
 
@@ -77,15 +78,20 @@ def _assert_same(quantizer, x):
     assert grads_fast.keys() == grads_plain.keys()
     for name, grad in grads_plain.items():
         # Sums over thousands of terms that partly cancel: compare against their magnitude.
-        torch.testing.assert_close(grads_fast[name], grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()) + 1e-7,
-                                   msg=lambda m, name=name: f'{name}: {m}')
+        torch.testing.assert_close(
+            grads_fast[name],
+            grad,
+            rtol=1e-4,
+            atol=1e-5 * float(grad.abs().max()) + 1e-7,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
     return out_fast, grads_fast
 
 
-@pytest.mark.parametrize('quantizer_cls', ACTIVATION_QUANTIZERS)
-@pytest.mark.parametrize('ch_axis', [-1, 1])
-@pytest.mark.parametrize('drop_prob', [1.0, 0.5])
-@pytest.mark.parametrize('symmetric', [False, True])
+@pytest.mark.parametrize("quantizer_cls", ACTIVATION_QUANTIZERS)
+@pytest.mark.parametrize("ch_axis", [-1, 1])
+@pytest.mark.parametrize("drop_prob", [1.0, 0.5])
+@pytest.mark.parametrize("symmetric", [False, True])
 def test_activation_quantizers_match_plain(quantizer_cls, ch_axis, drop_prob, symmetric):
     bit = 4
     quant_min, quant_max = (-8, 7) if symmetric else (0, 15)
@@ -98,16 +104,16 @@ def test_activation_quantizers_match_plain(quantizer_cls, ch_axis, drop_prob, sy
         quantizer.scale.fill_(SCALE)
     quantizer.drop_prob = drop_prob
     out, grads = _assert_same(quantizer, x)
-    halfway = x.view(-1)[:x.numel() // 4] / SCALE
+    halfway = x.view(-1)[: x.numel() // 4] / SCALE
     assert torch.equal(halfway, halfway.floor() + 0.5)  # the halfway inputs really are halfway
     if drop_prob < 1.0:
         assert torch.equal(out, x) is False and (out == x).any()  # some elements dropped, some quantized
     if quantizer_cls is not FixedFakeQuantize:
-        assert float(grads['scale'].abs().sum()) > 0
+        assert float(grads["scale"].abs().sum()) > 0
 
 
-@pytest.mark.parametrize('quantizer_cls', ACTIVATION_QUANTIZERS)
-@pytest.mark.parametrize('ch_axis', [-1, 0])
+@pytest.mark.parametrize("quantizer_cls", ACTIVATION_QUANTIZERS)
+@pytest.mark.parametrize("ch_axis", [-1, 0])
 def test_random_scales_match_plain(quantizer_cls, ch_axis):
     x = torch.randn(5, 4, 7, 7) * 3
     quantizer = _calibrated(quantizer_cls, x, 2, False, ch_axis, power_of_two=False)
@@ -115,9 +121,9 @@ def test_random_scales_match_plain(quantizer_cls, ch_axis):
     _assert_same(quantizer, x)
 
 
-@pytest.mark.parametrize('soft', [True, False])
-@pytest.mark.parametrize('ch_axis', [-1, 0])
-@pytest.mark.parametrize('drop_prob', [1.0, 0.5])
+@pytest.mark.parametrize("soft", [True, False])
+@pytest.mark.parametrize("ch_axis", [-1, 0])
+@pytest.mark.parametrize("drop_prob", [1.0, 0.5])
 def test_adaround_matches_plain(soft, ch_axis, drop_prob):
     weight = torch.randn(8, 4, 3, 3)
     quantizer = AdaRoundFakeQuantize(MinMaxObserver, bit=2, ch_axis=ch_axis)
@@ -131,9 +137,9 @@ def test_adaround_matches_plain(soft, ch_axis, drop_prob):
     quantizer.drop_prob = drop_prob
     _, grads = _assert_same(quantizer, weight)
     if soft:
-        assert float(grads['alpha'].abs().sum()) > 0
+        assert float(grads["alpha"].abs().sum()) > 0
     else:
-        assert float(grads['alpha'].abs().sum()) == 0
+        assert float(grads["alpha"].abs().sum()) == 0
 
 
 def test_no_grad_forward_matches_plain():
@@ -161,19 +167,21 @@ def test_fast_path_switches():
     with fast_path(False):
         assert not fast_path_enabled()
         with fast_path(True):
-            assert fast_path_enabled() or os.environ.get('QDROP_FAST') == '0'
+            assert fast_path_enabled() or os.environ.get("QDROP_FAST") == "0"
         assert not fast_path_enabled()
 
 
 def test_environment_switch_forces_plain_path():
-    code = ('from qdrop.quantization.fused import fast_path, fast_path_enabled\n'
-            'with fast_path(True):\n    print(fast_path_enabled())\n')
-    env = dict(os.environ, QDROP_FAST='0', PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == 'False'
+    code = (
+        "from qdrop.quantization.fused import fast_path, fast_path_enabled\n"
+        "with fast_path(True):\n    print(fast_path_enabled())\n"
+    )
+    env = dict(os.environ, QDROP_FAST="0", PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize('b', [20.0, 7.5, 2.0])
+@pytest.mark.parametrize("b", [20.0, 7.5, 2.0])
 def test_round_loss_matches_plain(b):
     weight = torch.randn(16, 8, 3, 3)
     quantizer = AdaRoundFakeQuantize(MinMaxObserver, bit=2, ch_axis=0)

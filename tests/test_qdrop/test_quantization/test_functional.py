@@ -1,14 +1,21 @@
 """Fake-quant formulas, straight-through rounding, LSQ / LSQ+ gradients."""
+
 import pytest
 import torch
 
 from qdrop.quantization import MinMaxObserver
-from qdrop.quantization.functional import (fake_quantize, fake_quantize_lsq, fake_quantize_lsq_plus,
-                                           lsq_grad_factor, quant_range)
+from qdrop.quantization.functional import (
+    fake_quantize,
+    fake_quantize_lsq,
+    fake_quantize_lsq_plus,
+    lsq_grad_factor,
+    quant_range,
+)
 
 
-@pytest.mark.parametrize('bit,symmetric,expected', [(4, False, (0, 15)), (4, True, (-8, 7)), (8, False, (0, 255)),
-                                                    (2, True, (-2, 1))])
+@pytest.mark.parametrize(
+    "bit,symmetric,expected", [(4, False, (0, 15)), (4, True, (-8, 7)), (8, False, (0, 255)), (2, True, (-2, 1))]
+)
 def test_quant_range(bit, symmetric, expected):
     assert quant_range(bit, symmetric) == expected
     observer = MinMaxObserver(bit=bit, symmetric=symmetric)
@@ -46,7 +53,7 @@ def test_fake_quantize_formula_per_tensor():
     assert out.tolist() == [-1.5, -0.5, 0.0, 0.5, 0.5, 6.0]
 
 
-@pytest.mark.parametrize('ch_axis', [0, 1])
+@pytest.mark.parametrize("ch_axis", [0, 1])
 def test_fake_quantize_per_channel(ch_axis):
     x = torch.randn(3, 4, 5)
     n = x.shape[ch_axis]
@@ -80,7 +87,7 @@ def _written_out(x, s, z, qmin, qmax, shape):
     return out, d_s, d_z
 
 
-@pytest.mark.parametrize('ch_axis', [-1, 0, 1])
+@pytest.mark.parametrize("ch_axis", [-1, 0, 1])
 def test_lsq_gradients_match_written_out_formula(ch_axis):
     x = torch.randn(4, 6, 3)
     channels = 1 if ch_axis < 0 else x.shape[ch_axis]

@@ -1,4 +1,5 @@
 """Calibration: observers see the float forward, ranges are averaged over ranks, weights are observed per channel."""
+
 import copy
 import os
 
@@ -20,9 +21,14 @@ CPU = torch.device("cpu")
 
 
 def _ranges(model) -> dict:
-    return {name: (q.activation_post_process.min_val.clone(), q.activation_post_process.max_val.clone(),
-                   q.scale.detach().clone())
-            for name, q in fake_quantizers(model, "activation")}
+    return {
+        name: (
+            q.activation_post_process.min_val.clone(),
+            q.activation_post_process.max_val.clone(),
+            q.scale.detach().clone(),
+        )
+        for name, q in fake_quantizers(model, "activation")
+    }
 
 
 def _calibrate_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -38,14 +44,23 @@ def _calibrate_on_rank(rank: int, world: int, init_file: str, out_dir: str) -> N
         # a few reconstruction steps on each rank's own data: gradients averaged over ranks keep the states equal
         recon = ReconConfig.from_mapping(q_config(w_bit=2, iters=5, drop_prob=0.5)["recon"])
         name = "backbone.layer2.0"
-        cache = build_cache(model, reference, model.get_submodule(name), reference.get_submodule(name),
-                            [b["img"] for b in batches], recon, CPU)
+        cache = build_cache(
+            model,
+            reference,
+            model.get_submodule(name),
+            reference.get_submodule(name),
+            [b["img"] for b in batches],
+            recon,
+            CPU,
+        )
         reconstruct_unit(model.get_submodule(name), cache, recon, seed=unit_seed(0, 0, rank), show_progress=False)
     finally:
         dist.destroy_process_group()
     learned = {k: v for k, v in model.get_submodule(name).state_dict().items() if k.endswith(("alpha", "scale"))}
-    torch.save({"alone": _ranges(alone), "together": _ranges(model), "learned": learned},
-               os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(
+        {"alone": _ranges(alone), "together": _ranges(model), "learned": learned},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
 
 
 def test_two_processes_average_ranges_and_reconstruction_gradients(tmp_path):
@@ -88,12 +103,20 @@ def test_observers_watch_float_model_and_weights_once():
 
 def test_quant_head_calibration_runs_the_heads():
     model = quantize_detector(fused_detector(faster_rcnn_cfg(50)), q_config(quant_head=True))
-    meta = dict(img_shape=(64, 96, 3), ori_shape=(64, 96, 3), pad_shape=(64, 96, 3), flip=False,
-                scale_factor=np.ones(4, dtype=np.float32), batch_input_shape=(64, 96))
+    meta = dict(
+        img_shape=(64, 96, 3),
+        ori_shape=(64, 96, 3),
+        pad_shape=(64, 96, 3),
+        flip=False,
+        scale_factor=np.ones(4, dtype=np.float32),
+        batch_input_shape=(64, 96),
+    )
     batches = [dict(batch, img_metas=[dict(meta), dict(meta)]) for batch in random_batches(1)]
     calibrate(model, batches, CPU, run_heads=True, show_progress=False)
-    for quantizer in (model.rpn_head.rpn_conv.block_post_act_fake_quantize,
-                      model.roi_head.bbox_head.shared_fcs[1].block_post_act_fake_quantize):
+    for quantizer in (
+        model.rpn_head.rpn_conv.block_post_act_fake_quantize,
+        model.roi_head.bbox_head.shared_fcs[1].block_post_act_fake_quantize,
+    ):
         observer = quantizer.activation_post_process
         assert torch.isfinite(observer.min_val).all() and observer.max_val > 0
 

@@ -1,4 +1,5 @@
 """qdrop/solver/quant_coco.py end to end on a tiny RetinaNet and a tiny synthetic data set."""
+
 import glob
 import json
 import os
@@ -67,9 +68,22 @@ def test_single_process_run_then_rerun_resumes(tiny_setup):
     again = dataset.evaluate(single_gpu_test(model.eval(), loader, show_progress=False), metric="bbox")
     assert again["bbox_mAP"] == metric["bbox_mAP"]
     # ... and tools/test.py evaluates it as it is
-    tool = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "test.py"), str(config),
-                           str(work_dir / "quantized.pth"), "--eval", "bbox", "--work-dir", str(root / "retest")],
-                          cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    tool = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "tools" / "test.py"),
+            str(config),
+            str(work_dir / "quantized.pth"),
+            "--eval",
+            "bbox",
+            "--work-dir",
+            str(root / "retest"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert tool.returncode == 0, tool.stderr[-2000:]
     retest = json.loads(Path(glob.glob(str(root / "retest" / "eval_*.json"))[0]).read_text())
     assert retest["metric"]["bbox_mAP"] == metric["bbox_mAP"]
@@ -113,14 +127,21 @@ def test_torchrun_two_processes_writes_metrics(tiny_setup):
     config, checkpoint, q_path, root = tiny_setup
     work_dir = root / "run_torchrun"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
-               *quant_coco_argv(config, checkpoint, q_path, work_dir, launcher="pytorch")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
+        *quant_coco_argv(config, checkpoint, q_path, work_dir, launcher="pytorch"),
+    ]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     record = _eval_json(work_dir)
-    assert set(record["metric"]) >= {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m",
-                                     "bbox_mAP_l"}
+    assert set(record["metric"]) >= {"bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l"}
     assert (work_dir / "quantized.pth").is_file()
     log = "".join(Path(p).read_text() for p in glob.glob(str(work_dir / "*.log")))
     assert "2 process(es)" in log

@@ -1,4 +1,5 @@
 """Block reconstruction: error reduction, QDrop's mixing, the schedules, the cache, and resume."""
+
 import pytest
 import torch
 
@@ -68,8 +69,9 @@ def test_drop_prob_mixes_block_input_and_inner_activations():
 
     def record_inner(module, args, output):
         x = args[0].detach()
-        quantized = fake_quantize(x, module.scale.detach(), module.zero_point.detach(), module.quant_min,
-                                  module.quant_max)
+        quantized = fake_quantize(
+            x, module.scale.detach(), module.zero_point.detach(), module.quant_min, module.quant_max
+        )
         differs = quantized != x
         inner.append((module.drop_prob, (output.detach() == x)[differs], (output.detach() == quantized)[differs]))
 
@@ -146,8 +148,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
             raise _Killed
 
     with pytest.raises(_Killed):
-        reconstruct(model, fp_model, images, cfg, device=CPU, seed=3, on_unit_done=save_then_die,
-                    show_progress=False)
+        reconstruct(model, fp_model, images, cfg, device=CPU, seed=3, on_unit_done=save_then_die, show_progress=False)
 
     model, fp_model = _fresh(config, batches)  # a new process: wrap again, then restore
     next_unit = progress.restore(model)

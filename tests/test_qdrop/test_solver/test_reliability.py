@@ -1,5 +1,6 @@
 """Faults and bad inputs of a QDrop run: each is refused early with a message naming the file, key or unit, and
 nothing that a run has finished is lost or rewritten."""
+
 import glob
 import json
 import os
@@ -61,16 +62,22 @@ def _log(work_dir: Path) -> str:
 
 
 def _tools_test(config: Path, checkpoint: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "test.py"), str(config), str(checkpoint),
-                           "--eval", "bbox"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "test.py"), str(config), str(checkpoint), "--eval", "bbox"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.fixture
 def no_model_build(monkeypatch):
     """Fails the test if the run gets as far as building the detector."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the detector was built before the bad input was reported")
+
     monkeypatch.setattr(quant_coco, "build_fp_detector", refuse)
 
 
@@ -109,8 +116,17 @@ def test_same_inputs_by_other_paths_and_test_only_options_resume(tiny_run, tmp_p
     shutil.copy(checkpoint, copy)
     monkeypatch.chdir(root)
     ann = f"{root}/data/annotations/instances_val2017.json"
-    metric = quant_coco.main(quant_coco_argv(config, os.path.relpath(copy, root), q_path, work_dir,
-                                   "--cfg-options", f"data.test.ann_file={ann}", "evaluation.interval=2"))
+    metric = quant_coco.main(
+        quant_coco_argv(
+            config,
+            os.path.relpath(copy, root),
+            q_path,
+            work_dir,
+            "--cfg-options",
+            f"data.test.ann_file={ann}",
+            "evaluation.interval=2",
+        )
+    )
     assert "resuming" in _log(work_dir) and "bbox_mAP" in metric
     resumed = torch.load(work_dir / "quantized.pth", weights_only=True)["state_dict"]
     original = torch.load(finished / "quantized.pth", weights_only=True)["state_dict"]
@@ -120,17 +136,24 @@ def test_same_inputs_by_other_paths_and_test_only_options_resume(tiny_run, tmp_p
 def test_changed_calibration_data_is_refused(tiny_run, tmp_path):
     config, checkpoint, q_path, _, finished = tiny_run
     work_dir = _copy_run(finished, tmp_path / "run")
-    with pytest.raises(ProgressFileError, match=r"calibration data \(data.train\) changed "
-                                                r"\(calibration_data.pipeline.3.flip_ratio: 0.5 -> 0.0\)"):
-        quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir,
-                              "--cfg-options", "data.train.pipeline.3.flip_ratio=0.0"))
+    with pytest.raises(
+        ProgressFileError,
+        match=r"calibration data \(data.train\) changed "
+        r"\(calibration_data.pipeline.3.flip_ratio: 0.5 -> 0.0\)",
+    ):
+        quant_coco.main(
+            quant_coco_argv(
+                config, checkpoint, q_path, work_dir, "--cfg-options", "data.train.pipeline.3.flip_ratio=0.0"
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------------ case 3, 9: config
 def test_misspelled_cfg_option_fails_before_any_work(tiny_run, tmp_path):
     config, checkpoint, q_path, _, _ = tiny_run
     with pytest.raises(UnknownConfigKeyError, match="nearest existing keys: data.test.ann_file"):
-        quant_coco.main(quant_coco_argv(config, checkpoint, q_path, tmp_path / "wd", "--cfg-options", "data.tset.ann_file=x"))
+        argv = quant_coco_argv(config, checkpoint, q_path, tmp_path / "wd", "--cfg-options", "data.tset.ann_file=x")
+        quant_coco.main(argv)
     assert not (tmp_path / "wd").exists()
 
 
@@ -175,8 +198,11 @@ def test_overflowing_layer_stops_the_run_naming_the_unit_and_keeps_the_units_bef
     huge = tmp_path / "huge.pth"
     torch.save(saved, huge)
     work_dir = tmp_path / "wd"
-    with pytest.raises(NonFiniteReconstructionError, match=r"unit 16/17 neck.fpn_convs.3 stopped: output error nan "
-                                                           r"before reconstruction.*the 15 unit\(s\) before it stay"):
+    with pytest.raises(
+        NonFiniteReconstructionError,
+        match=r"unit 16/17 neck.fpn_convs.3 stopped: output error nan "
+        r"before reconstruction.*the 15 unit\(s\) before it stay",
+    ):
         quant_coco.main(quant_coco_argv(config, huge, q_path, work_dir))
     progress = torch.load(work_dir / PROGRESS_FILE, weights_only=True)
     assert progress["next_unit"] == 15 and progress["finished_units"][-1] == "neck.fpn_convs.2"
@@ -191,18 +217,30 @@ def test_non_finite_unit_stops_reconstruction_and_keeps_the_units_before(tiny_ru
     with torch.no_grad():
         model.backbone.layer2[1].conv1.module.weight.view(-1)[0] = float("nan")
     saved = []
-    with pytest.raises(NonFiniteReconstructionError, match=r"unit 5/17 backbone.layer2.1 stopped: output error nan "
-                                                           r"before reconstruction.*the 4 unit\(s\) before it stay"):
-        run_reconstruction(model, reference, batches, config, device=torch.device("cpu"), seed=0,
-                           on_unit_done=lambda done, names: saved.append(done))
+    with pytest.raises(
+        NonFiniteReconstructionError,
+        match=r"unit 5/17 backbone.layer2.1 stopped: output error nan "
+        r"before reconstruction.*the 4 unit\(s\) before it stay",
+    ):
+        run_reconstruction(
+            model,
+            reference,
+            batches,
+            config,
+            device=torch.device("cpu"),
+            seed=0,
+            on_unit_done=lambda done, names: saved.append(done),
+        )
     assert saved == [1, 2, 3, 4]
 
 
 # ------------------------------------------------------------------------------ case 8: damaged progress files
-@pytest.mark.parametrize("damage, problem", [("empty", "is empty"), ("truncated", "truncated or corrupt"),
-                                             ("text", "is a text file")])
-def test_damaged_progress_file_names_the_file_and_how_to_start_over(tiny_run, tmp_path, damage, problem,
-                                                                      no_model_build):
+@pytest.mark.parametrize(
+    "damage, problem", [("empty", "is empty"), ("truncated", "truncated or corrupt"), ("text", "is a text file")]
+)
+def test_damaged_progress_file_names_the_file_and_how_to_start_over(
+    tiny_run, tmp_path, damage, problem, no_model_build
+):
     config, checkpoint, q_path, _, finished = tiny_run
     work_dir = _copy_run(finished, tmp_path / "run")
     progress = work_dir / PROGRESS_FILE
@@ -242,8 +280,10 @@ def test_bad_test_image_fails_before_the_model_is_built(tiny_run, tmp_path, dama
         image.unlink()
     else:
         image.write_bytes(image.read_bytes()[:-40])
-    cfg_options = [f"data.test.ann_file={data}/annotations/instances_val2017.json",
-                   f"data.test.img_prefix={data}/val2017/"]
+    cfg_options = [
+        f"data.test.ann_file={data}/annotations/instances_val2017.json",
+        f"data.test.img_prefix={data}/val2017/",
+    ]
     with pytest.raises(ImageFileError, match=rf"(?s)1 of the 4 images .*{image.name}: {problem}"):
         quant_coco.main(quant_coco_argv(config, checkpoint, q_path, tmp_path / "wd", "--cfg-options", *cfg_options))
     assert not (tmp_path / "wd" / PROGRESS_FILE).exists()
@@ -253,8 +293,11 @@ def test_calibrate_not_divisible_by_the_processes_is_an_error():
     config = QConfig.from_mapping(q_config())  # calibrate 4
     check_calibration_split(config, "q.yaml", 2)
     five = QConfig.from_mapping({**q_config(), "calibrate": 5})
-    with pytest.raises(ValueError, match=r"q.yaml: calibrate: 5 images cannot be split evenly over 2 processes; "
-                                         r"use a multiple of 2 \(e.g. 4 or 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"q.yaml: calibrate: 5 images cannot be split evenly over 2 processes; "
+        r"use a multiple of 2 \(e.g. 4 or 6\)",
+    ):
         check_calibration_split(five, "q.yaml", 2)
 
 
@@ -266,12 +309,15 @@ def test_calibrate_larger_than_the_train_set_names_the_q_config_before_the_model
         quant_coco.main(quant_coco_argv(config, checkpoint, q_path, tmp_path / "wd"))
 
 
-@pytest.mark.parametrize("section, axis, allowed", [
-    ("w_qconfig", 5, r"-1 \(per tensor\), 0 \(per output channel\)"),
-    ("w_qconfig", 1, r"-1 \(per tensor\), 0 \(per output channel\)"),
-    ("a_qconfig", 0, r"-1 \(per tensor\), 1 \(per channel of \(N, C, H, W\) activations\)"),
-    ("a_qconfig", 2, r"-1 \(per tensor\), 1 \(per channel"),
-])
+@pytest.mark.parametrize(
+    "section, axis, allowed",
+    [
+        ("w_qconfig", 5, r"-1 \(per tensor\), 0 \(per output channel\)"),
+        ("w_qconfig", 1, r"-1 \(per tensor\), 0 \(per output channel\)"),
+        ("a_qconfig", 0, r"-1 \(per tensor\), 1 \(per channel of \(N, C, H, W\) activations\)"),
+        ("a_qconfig", 2, r"-1 \(per tensor\), 1 \(per channel"),
+    ],
+)
 def test_ch_axis_is_validated_with_the_q_config(tmp_path, section, axis, allowed):
     mapping = q_config()
     mapping[section]["ch_axis"] = axis
@@ -302,9 +348,17 @@ def test_kill_9_during_reconstruction_then_rerun_is_bit_identical(tiny_run, tmp_
     work_dir = tmp_path / "killed"
     progress = work_dir / PROGRESS_FILE
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    run = subprocess.Popen([sys.executable, str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
-                            *quant_coco_argv(config, checkpoint, q_path, work_dir)],
-                           cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
+            *quant_coco_argv(config, checkpoint, q_path, work_dir),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while run.poll() is None and time.monotonic() < deadline:
         if progress.exists() and torch.load(progress, weights_only=True)["next_unit"] >= 3:
