@@ -11,7 +11,7 @@ from qdrop.quantization.functional import fake_quantize
 from qdrop.solver.cache import ReconCache
 from qdrop.solver.calibration import calibrate
 from qdrop.solver.detector import float_reference
-from qdrop.solver.progress import ReconProgress
+from qdrop.solver.progress import ProgressFileError, ReconProgress
 from qdrop.solver.recon import (
     TemperatureDecay,
     build_cache,
@@ -164,5 +164,5 @@ def test_resume_refuses_another_runs_progress(tmp_path):
     config = q_config()
     model, _ = _fresh(config, random_batches(1))
     ReconProgress(str(tmp_path), fingerprint={"seed": 0}).save(model, 0, [])
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ProgressFileError, match=r"--seed changed \(seed: 0 -> 1\)"):
         ReconProgress(str(tmp_path), fingerprint={"seed": 1}).restore(model)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -370,6 +371,95 @@ def test_kill_9_during_reconstruction_then_rerun_is_bit_identical(tiny_run, tmp_
     assert 3 <= done < 17 and not (work_dir / "quantized.pth").exists()
 
     quant_coco.main(quant_coco_argv(config, checkpoint, q_path, work_dir))
+    assert f"resuming from {progress}: {done} unit(s)" in _log(work_dir)
+    resumed = torch.load(work_dir / "quantized.pth", weights_only=True)["state_dict"]
+    original = torch.load(reference / "quantized.pth", weights_only=True)["state_dict"]
+    assert resumed.keys() == original.keys() and all(torch.equal(resumed[k], original[k]) for k in original)
+    assert _eval_metric(work_dir) == _eval_metric(reference)
+
+
+def _torchrun(config, checkpoint, q_path, work_dir: Path, port: int) -> list:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
+        *quant_coco_argv(config, checkpoint, q_path, work_dir, launcher="pytorch"),
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _descendants(pid: int) -> list:
+    """Every process below `pid`, read from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+@pytest.mark.slow
+def test_kill_9_of_two_processes_then_rerun_is_bit_identical(tiny_run, tmp_path):
+    """torchrun and both workers killed with SIGKILL after a few units; the same command resumes and ends with the
+    model and metrics of an uninterrupted two-process run."""
+    config, checkpoint, _, _, _ = tiny_run
+    q_path = tmp_path / "slower.yaml"
+    q_path.write_text(yaml.safe_dump(q_config(w_bit=4, a_bit=4, iters=30)))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+    def run(work_dir: Path) -> None:
+        done = subprocess.run(
+            _torchrun(config, checkpoint, q_path, work_dir, _free_port()),
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    reference = tmp_path / "reference"
+    run(reference)
+    work_dir = tmp_path / "killed"
+    progress = work_dir / PROGRESS_FILE
+    job = subprocess.Popen(
+        _torchrun(config, checkpoint, q_path, work_dir, _free_port()),
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 400
+    while job.poll() is None and time.monotonic() < deadline:
+        if progress.exists() and torch.load(progress, weights_only=True)["next_unit"] >= 3:
+            break
+        time.sleep(0.1)
+    for pid in [job.pid, *_descendants(job.pid)]:  # torchrun and its workers (which run in sessions of their own)
+        os.kill(pid, signal.SIGKILL)
+    job.wait()
+    done = torch.load(progress, weights_only=True)["next_unit"]
+    assert 3 <= done < 17 and not (work_dir / "quantized.pth").exists()
+
+    run(work_dir)
     assert f"resuming from {progress}: {done} unit(s)" in _log(work_dir)
     resumed = torch.load(work_dir / "quantized.pth", weights_only=True)["state_dict"]
     original = torch.load(reference / "quantized.pth", weights_only=True)["state_dict"]
