@@ -1,6 +1,8 @@
 """Small detectors, q_configs and data shared by the tests of the QDrop pipeline (tests/test_qdrop/)."""
 
 import copy
+import socket
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -254,4 +256,26 @@ def quant_coco_argv(config, checkpoint, q_path, work_dir, *extra: str, launcher:
         "--q_config",
         str(q_path),
         *extra,
+    ]
+
+
+def free_port() -> int:
+    """A TCP port on the loopback address that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_quant_coco_argv(config, checkpoint, q_path, work_dir, repo_root: Path) -> list:
+    """quant_coco.py under torchrun with two processes (`--launcher pytorch`) on a free port."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(repo_root / "qdrop/solver/quant_coco.py"),
+        *quant_coco_argv(config, checkpoint, q_path, work_dir, launcher="pytorch"),
     ]

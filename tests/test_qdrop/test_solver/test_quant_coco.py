@@ -3,7 +3,6 @@
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -16,6 +15,7 @@ from helpers.qdrop_models import (
     faster_rcnn_cfg,
     q_config,
     quant_coco_argv,
+    torchrun_quant_coco_argv,
     write_tiny_run,
 )
 from mmdet.apis import single_gpu_test
@@ -117,27 +117,11 @@ def test_checkpoint_of_another_model_fails_before_calibration(tiny_setup, tmp_pa
     assert not (work_dir / "recon_progress.pth").exists() and not glob.glob(str(work_dir / "eval_*.json"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_torchrun_two_processes_writes_metrics(tiny_setup):
     config, checkpoint, q_path, root = tiny_setup
     work_dir = root / "run_torchrun"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(_free_port()),
-        str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
-        *quant_coco_argv(config, checkpoint, q_path, work_dir, launcher="pytorch"),
-    ]
+    command = torchrun_quant_coco_argv(config, checkpoint, q_path, work_dir, REPO_ROOT)
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     record = _eval_json(work_dir)

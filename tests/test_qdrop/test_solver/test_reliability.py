@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from helpers.qdrop_models import (
     quant_coco_argv,
     random_batches,
     retinanet_cfg,
+    torchrun_quant_coco_argv,
     write_tiny_run,
 )
 from mmdet.datasets import ImageFileError
@@ -378,26 +378,6 @@ def test_kill_9_during_reconstruction_then_rerun_is_bit_identical(tiny_run, tmp_
     assert _eval_metric(work_dir) == _eval_metric(reference)
 
 
-def _torchrun(config, checkpoint, q_path, work_dir: Path, port: int) -> list:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        str(REPO_ROOT / "qdrop/solver/quant_coco.py"),
-        *quant_coco_argv(config, checkpoint, q_path, work_dir, launcher="pytorch"),
-    ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _descendants(pid: int) -> list:
     """Every process below `pid`, read from /proc."""
     parents = {}
@@ -427,7 +407,7 @@ def test_kill_9_of_two_processes_then_rerun_is_bit_identical(tiny_run, tmp_path)
 
     def run(work_dir: Path) -> None:
         done = subprocess.run(
-            _torchrun(config, checkpoint, q_path, work_dir, _free_port()),
+            torchrun_quant_coco_argv(config, checkpoint, q_path, work_dir, REPO_ROOT),
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,
@@ -441,7 +421,7 @@ def test_kill_9_of_two_processes_then_rerun_is_bit_identical(tiny_run, tmp_path)
     work_dir = tmp_path / "killed"
     progress = work_dir / PROGRESS_FILE
     job = subprocess.Popen(
-        _torchrun(config, checkpoint, q_path, work_dir, _free_port()),
+        torchrun_quant_coco_argv(config, checkpoint, q_path, work_dir, REPO_ROOT),
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
