@@ -127,7 +127,7 @@ def _run(
     test_data = build_test_loader(cfg)
     check_test_set(test_data.dataset, show_progress=None if rank == 0 else False)
     progress = ReconProgress(work_dir, run_fingerprint(cfg, args.checkpoint, q_config, args.seed, world))
-    next_unit = progress.check()
+    progress.check()  # another run's or a damaged progress file is refused here, before anything is written
 
     model = build_fp_detector(cfg, args.checkpoint, device, logger)
     if not args.fuse_conv_bn:
