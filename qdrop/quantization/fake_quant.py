@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 from .functional import (
     broadcast_qparam,
+    draw_keep,
     fake_quantize,
     fake_quantize_lsq,
     fake_quantize_lsq_plus,
@@ -94,7 +95,7 @@ class FakeQuantizeBase(nn.Module):
             return self._quantize_fused(x)
         x_q = self._quantize(x)
         if self.drop_prob < 1.0:
-            x_q = torch.where(torch.rand_like(x) < self.drop_prob, x_q, x)
+            x_q = torch.where(draw_keep(x, self.drop_prob), x_q, x)
         return x_q
 
     def _load_from_state_dict(

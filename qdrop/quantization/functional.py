@@ -7,6 +7,29 @@ one-element tensors (per tensor) or 1-D tensors with one entry per channel along
 import torch
 from torch import Tensor
 
+_KEEP_DRAW_LEVELS = 1 << 31  # int32 random_() draws uniformly from [0, 2**31)
+
+
+def draw_keep(x: Tensor, drop_prob: float) -> Tensor:
+    """Where QDrop keeps the quantized element: True with probability ``drop_prob``, independently per element.
+
+    One uniform 31-bit integer per element, kept below ``drop_prob * 2**31`` (the probability in steps of
+    2**-31); on the CPU this costs a fraction of ``torch.rand_like(x) < drop_prob``. Draws from torch's default
+    generator of ``x``'s device, so ``torch.manual_seed`` fixes the masks.
+
+    Args:
+        x: the tensor being quantized, any shape.
+        drop_prob: probability of keeping the quantized element, in [0, 1].
+
+    Returns:
+        bool, x's shape and device.
+    """
+    if drop_prob >= 1.0:
+        return torch.ones(x.shape, dtype=torch.bool, device=x.device)
+    threshold = min(round(drop_prob * _KEEP_DRAW_LEVELS), _KEEP_DRAW_LEVELS - 1)
+    draws = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_()
+    return draws < threshold
+
 
 def round_ste(x: Tensor) -> Tensor:
     """Round to nearest; the gradient passes straight through. The forward value is exactly ``round(x)``."""

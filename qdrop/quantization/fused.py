@@ -3,8 +3,9 @@ forward pass, so that the backward pass is one multiply (input) and one reductio
 
 The forward output is bit-identical to the plain ops (same float operations in the same order); the gradients
 equal theirs up to float rounding. The drop mask (keep the quantized element with probability ``drop_prob``) is
-drawn inside the fused op from the same random numbers as ``torch.rand_like(x) < drop_prob``, and applied with
-0/1 float masks, which on CPU costs a fraction of ``torch.where`` with a boolean mask.
+drawn inside the fused op by the plain path's :func:`~qdrop.quantization.functional.draw_keep`, from the same
+random numbers, and applied as a 0/1 float mask, which on CPU costs a fraction of ``torch.where`` with a boolean
+mask.
 
 The fused path is on by default; ``QDROP_FAST=0`` in the environment switches it off for the whole process, and
 :func:`fast_path` switches it for a block of code (reconstruction uses ``recon.fast``).
@@ -19,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .functional import broadcast_qparam
+from .functional import broadcast_qparam, draw_keep
 
 FAST_ENV = "QDROP_FAST"
 _ENV_ALLOWS_FAST = os.environ.get(FAST_ENV, "1") != "0"
@@ -74,8 +75,8 @@ def _reduce_to(grad_terms: Tensor, param: Tensor) -> Tensor:
 
 
 def draw_keep_mask(x: Tensor, drop_prob: float) -> Tensor:
-    """Float 0/1 mask, 1 where the quantized element is kept: ``torch.rand_like(x) < drop_prob`` as float32, from
-    the same random numbers (one draw, compared in place).
+    """Float 0/1 mask, 1 where the quantized element is kept: ``draw_keep(x, drop_prob)`` as a float mask, from
+    the same random numbers.
 
     Args:
         x: the tensor being quantized, any shape.
@@ -83,8 +84,7 @@ def draw_keep_mask(x: Tensor, drop_prob: float) -> Tensor:
     Returns:
         mask with x's shape, dtype float32 on x's device (x's dtype when x is floating point).
     """
-    keep = torch.rand_like(x)
-    return torch.lt(keep, drop_prob, out=keep)
+    return draw_keep(x, drop_prob).to(x.dtype if x.is_floating_point() else torch.float32)
 
 
 def _mix_into(quantized: Tensor, full_precision: Tensor, keep: Tensor) -> Tensor:
@@ -95,7 +95,7 @@ def _mix_into(quantized: Tensor, full_precision: Tensor, keep: Tensor) -> Tensor
 
 def mix(quantized: Tensor, full_precision: Tensor, drop_prob: float) -> Tensor:
     """Keep each element of ``quantized`` with probability ``drop_prob``, else take ``full_precision``'s; the same
-    draw and result as ``torch.where(torch.rand_like(quantized) < drop_prob, quantized, full_precision)``."""
+    draw and result as ``torch.where(draw_keep(quantized, drop_prob), quantized, full_precision)``."""
     if drop_prob >= 1.0:
         return quantized
     keep = draw_keep_mask(quantized, drop_prob)
@@ -167,7 +167,7 @@ def fused_fake_quantize(
     drop_prob: float = 1.0,
 ) -> Tensor:
     """Fake quantization of ``x`` then the drop mask, as ``fake_quantize``/``fake_quantize_lsq`` followed by
-    ``torch.where(torch.rand_like(x) < drop_prob, x_q, x)``.
+    ``torch.where(draw_keep(x, drop_prob), x_q, x)``.
 
     Args:
         x: input of any shape.

@@ -13,6 +13,7 @@ earlier candidate, as in a loop that keeps the first strict improvement). Two ki
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -85,12 +86,19 @@ def _prune(g_idx: Tensor, c_idx: Tensor, lower: Tensor, upper: Tensor, slack: Te
     return g_idx[keep], c_idx[keep]
 
 
+def _sorted_rows(x2d: Tensor) -> Tensor:
+    """``x2d`` sorted along dim 1; on the CPU by numpy, whose row sort is many times faster than torch's."""
+    if x2d.device.type == "cpu":
+        return torch.from_numpy(np.sort(x2d.detach().numpy(), axis=1))
+    return torch.sort(x2d, dim=1).values
+
+
 class _SortedRows:
     """Sorted values of every group with cumulative sums of the values and of their squares (float64, each row
     with a leading 0), for counts and moments of any interval from two searches."""
 
     def __init__(self, x2d: Tensor):
-        self.values = torch.sort(x2d, dim=1).values.to(torch.float64)  # (G, n)
+        self.values = _sorted_rows(x2d).to(torch.float64)  # (G, n)
         zeros = self.values.new_zeros(x2d.shape[0], 1)
         self.sum1 = torch.cat([zeros, torch.cumsum(self.values, dim=1)], dim=1)  # (G, n + 1)
         self.sum2 = torch.cat([zeros, torch.cumsum(self.values * self.values, dim=1)], dim=1)

@@ -23,6 +23,7 @@ NUM_RANGES = 100
 RTOL = 1e-5
 _COARSEST_BINS = 16
 _BIN_FACTOR = 4
+_BLOCK = 1 << 17  # elements per block of lp_error: the temporaries stay in cache
 
 # (min_val, max_val) -> (scale, zero_point), e.g. ObserverBase.calculate_qparams
 QParamsFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -37,6 +38,10 @@ def absolute_slack(x2d: Tensor) -> Tensor:
 def lp_error(x2d: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int) -> Tensor:
     """Exact objective of one candidate per row.
 
+    The values are processed in blocks of about ``_BLOCK`` elements through one reused buffer, so every
+    element-wise pass reads and writes cache instead of memory. ``clamp(round(x / s) + z, qmin, qmax) - z`` is
+    computed as ``clamp(round(x / s), qmin - z, qmax - z)``: the same integers, as z is one.
+
     Args:
         x2d: the values, (G, n): one group per row.
         scale, zero_point: one candidate per row, (G,) (or one element, shared by every row).
@@ -45,10 +50,24 @@ def lp_error(x2d: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, qua
     Returns:
         float64 (G,): ``mean |q(x) - x| ** LP_NORM`` per row.
     """
-    s = scale.reshape(-1, 1).to(x2d.dtype)
-    z = zero_point.reshape(-1, 1).to(x2d.dtype)
-    x_q = (torch.clamp(torch.round(x2d / s) + z, quant_min, quant_max) - z) * s
-    return (x_q - x2d).abs().pow(LP_NORM).sum(dim=1, dtype=torch.float64) / x2d.shape[1]
+    groups, n = x2d.shape
+    s = scale.reshape(-1, 1).to(x2d.dtype).expand(groups, 1)
+    z = zero_point.reshape(-1, 1).to(x2d.dtype).expand(groups, 1)
+    low, high = quant_min - z, quant_max - z
+    rows_per_block, columns_per_block = max(1, _BLOCK // max(n, 1)), min(n, _BLOCK)
+    buffer = x2d.new_empty(min(rows_per_block, groups) * columns_per_block)
+    total = torch.zeros(groups, dtype=torch.float64, device=x2d.device)
+    for row in range(0, groups, rows_per_block):
+        rows = slice(row, row + rows_per_block)
+        for column in range(0, n, columns_per_block):
+            x = x2d[rows, column : column + columns_per_block]
+            t = buffer[: x.numel()].view(x.shape)
+            torch.div(x, s[rows], out=t).round_()
+            torch.maximum(t, low[rows], out=t)
+            torch.minimum(t, high[rows], out=t)
+            t.mul_(s[rows]).sub_(x).abs_().pow_(LP_NORM)
+            total[rows] += t.sum(dim=1, dtype=torch.float64)
+    return total / n
 
 
 class BinnedGroups:

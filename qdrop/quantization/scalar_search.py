@@ -19,6 +19,7 @@ _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
 SCAN_POINTS = 12
 RANGE_ITERATIONS = 12
 _DIRECT_VALUES = 1 << 18  # candidates times values below which evaluating beats bounding
+EXACT = 1 << 30  # the level of an exactly evaluated objective, finer than every histogram
 
 
 @dataclass(eq=False)
@@ -28,7 +29,7 @@ class ObjectiveBounds:
 
     lower: float
     upper: float
-    level: Optional[int] = None  # index of the histogram resolution of the bounds; ``len(levels)`` once exact
+    level: Optional[int] = None  # index of the histogram resolution of the bounds; EXACT once exact
     group: int = 0  # the candidate: row of the values, and its quantization parameters
     scale: Optional[Tensor] = None
     zero_point: Optional[Tensor] = None
@@ -97,9 +98,16 @@ class BoundedObjective(ExactObjective):
 
     def __init__(self, x2d: Tensor, calculate_qparams: QParamsFn, quant_min: int, quant_max: int):
         super().__init__(x2d, calculate_qparams, quant_min, quant_max)
-        self.binned = BinnedGroups(x2d)
+        self._binned: Optional[BinnedGroups] = None
         self.slack = absolute_slack(x2d).tolist()
         self._known: dict[tuple[int, float, float], ObjectiveBounds] = {}
+
+    @property
+    def binned(self) -> BinnedGroups:
+        """The histograms of the values, built on first use (small groups are evaluated, never bounded)."""
+        if self._binned is None:
+            self._binned = BinnedGroups(self.x2d)
+        return self._binned
 
     def probe(self, group: int, new_min: float, new_max: float) -> Probe:
         scale, zero_point = self._candidate(new_min, new_max)
@@ -116,7 +124,6 @@ class BoundedObjective(ExactObjective):
         out before the exact evaluations."""
         mins, maxs = self.x2d.new_tensor(ranges).unbind(1)
         scale, zero_point = self.qparams(mins, maxs)
-        exact = len(self.binned.levels)
         if self.x2d.shape[1] * len(ranges) <= _DIRECT_VALUES:
             # Small groups: every candidate evaluated at once costs less than bounding them.
             self.evaluations += len(ranges)
@@ -124,30 +131,45 @@ class BoundedObjective(ExactObjective):
             values = lp_error(rows, scale, zero_point, self.quant_min, self.quant_max).tolist()
             return _first_least(
                 [
-                    Probe(ranges[k], ObjectiveBounds(v, v, exact, group, scale[k : k + 1], zero_point[k : k + 1]))
+                    Probe(ranges[k], ObjectiveBounds(v, v, EXACT, group, scale[k : k + 1], zero_point[k : k + 1]))
                     for k, v in enumerate(values)
                 ]
             )
-        candidates = []
-        for k in range(len(ranges)):
-            bounds = ObjectiveBounds(0.0, math.inf, -1, group, scale[k : k + 1], zero_point[k : k + 1])
-            self._refine(bounds)
-            candidates.append(bounds)
+        candidates = [
+            ObjectiveBounds(0.0, math.inf, -1, group, scale[k : k + 1], zero_point[k : k + 1])
+            for k in range(len(ranges))
+        ]
+        # Histogram bounds of all candidates together, level by level, while they rule candidates out.
+        alive = list(range(len(ranges)))
+        slack = self.slack[group]
+        for level in range(len(self.binned.levels)):
+            index = torch.tensor(alive, device=self.x2d.device)
+            lower, upper = self.binned.bounds(
+                level, torch.full_like(index, group), scale[index], zero_point[index], self.quant_min, self.quant_max
+            )
+            for k, lo, hi in zip(alive, lower.tolist(), upper.tolist()):
+                bounds = candidates[k]
+                bounds.lower, bounds.upper, bounds.level = lo * (1 - RTOL) - slack, hi * (1 + RTOL) + slack, level
+            least_upper = min(candidates[k].upper for k in alive)
+            alive = [k for k in alive if candidates[k].lower <= least_upper]
+            if len(alive) == 1:
+                break
         # Refine lazily until the least lower bound belongs to a candidate known to be the first least.
         while True:
-            order = sorted(range(len(ranges)), key=lambda k: (candidates[k].lower, k))
+            order = sorted(alive, key=lambda k: (candidates[k].lower, k))
             first = candidates[order[0]]
             rivals = [candidates[k] for k in order[1:] if candidates[k].lower <= first.upper]
-            unsettled = [b for b in [first, *rivals] if b.level != exact]
+            unsettled = [b for b in [first, *rivals] if b.level != EXACT]
             if not rivals or not unsettled:
                 # No rival can be smaller; exact rivals that tie come later in the order.
                 return Probe(ranges[order[0]], first)
             self._refine(max(unsettled, key=lambda b: b.upper - b.lower))
 
     def _refine(self, bounds: ObjectiveBounds) -> None:
-        """Next finer histogram bound; after the finest, the exact value (level ``len(levels)``)."""
+        """Next finer histogram bound; after the finest, or at once for a group small enough to evaluate, the exact
+        value (level EXACT)."""
         level = bounds.level + 1
-        if level < len(self.binned.levels):
+        if self.x2d.shape[1] > _DIRECT_VALUES and level < len(self.binned.levels):
             groups = torch.tensor([bounds.group], device=self.x2d.device)
             lo, hi = self.binned.bounds(level, groups, bounds.scale, bounds.zero_point, self.quant_min, self.quant_max)
             slack = self.slack[bounds.group]
@@ -163,15 +185,15 @@ class BoundedObjective(ExactObjective):
                     self.quant_max,
                 )
             )
+            level = EXACT
         bounds.level = level
 
     def less(self, a: Probe, b: Probe) -> bool:
         ba, bb = a.bounds, b.bounds
         if ba is bb:
             return False
-        exact = len(self.binned.levels)
         while True:
-            a_exact, b_exact = ba.level == exact, bb.level == exact
+            a_exact, b_exact = ba.level == EXACT, bb.level == EXACT
             if a_exact and b_exact:
                 return ba.lower < bb.lower
             if ba.upper < bb.lower:

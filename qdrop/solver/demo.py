@@ -16,10 +16,12 @@ reconstruction starts from a copy of the calibrated model.
 import argparse
 import copy
 import json
+import multiprocessing
 import os
 import os.path as osp
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -68,7 +70,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="torch intra-op threads; the models are tiny, and on a shared CPU more threads mostly "
         "wait for each other (1 thread ran this demo about 10x faster on a busy 2-core machine)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="models quantized at the same time, each in its own process with --threads threads (default: as many "
+        "as the CPU cores allow, at most one per model); every model is seeded on its own, so the table is the same",
+    )
+    args = parser.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = max(1, min(len(args.models), (os.cpu_count() or 1) // max(args.threads, 1)))
+    if args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs and --threads must be at least 1, got --jobs {args.jobs} --threads {args.threads}")
+    return args
 
 
 def _missing_checkpoints(args) -> list[str]:
@@ -84,9 +98,16 @@ def _missing_checkpoints(args) -> list[str]:
     return problems
 
 
-def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optional[str] = None) -> dict[str, float]:
+def run_model(
+    name: str,
+    checkpoint: str,
+    seed: int,
+    logger,
+    report_dir: Optional[str] = None,
+    show_progress: bool = True,
+) -> dict[str, float]:
     """bbox mAP of every column for one model; settings with the same activation quantizers share a calibration.
-    With `report_dir`, the run report of the REPORTED_RUN column goes there."""
+    With `report_dir`, the run report of the REPORTED_RUN column goes there; `show_progress` draws progress bars."""
     config_path, _ = MODELS[name]
     cfg = load_config(config_path)
     device = default_device()
@@ -96,7 +117,7 @@ def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optiona
 
     def mean_ap(model, column: str) -> float:
         started = time.time()
-        metric = evaluate(model, test_data, cfg, ["bbox"], show_progress=True)
+        metric = evaluate(model, test_data, cfg, ["bbox"], show_progress=show_progress)
         logger.info(f"{name} {column}: bbox_mAP {metric['bbox_mAP']:.4f} (evaluated in {time.time() - started:.0f} s)")
         return metric["bbox_mAP"]
 
@@ -108,9 +129,9 @@ def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optiona
         q_model, reference = wrap(copy.deepcopy(fp_model), q_config, device)
         started = time.time()
         if calibrated is not None and shares_calibration(calibrated[1], q_config):
-            run_calibration(q_model, batches, q_config, device, calibrated=calibrated[0])
+            run_calibration(q_model, batches, q_config, device, calibrated=calibrated[0], show_progress=show_progress)
         else:
-            run_calibration(q_model, batches, q_config, device)
+            run_calibration(q_model, batches, q_config, device, show_progress=show_progress)
             calibrated = (q_model, q_config)
         calibrate_seconds = time.time() - started
         logger.info(f"{name} {setting}: calibrated in {calibrate_seconds:.0f} s")
@@ -129,6 +150,7 @@ def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optiona
                 logger=logger,
                 drop_prob=drop_prob,
                 results=results,
+                show_progress=show_progress,
             )
             reconstruct_seconds = time.time() - started
             logger.info(f"{name} {setting} {variant}: reconstructed in {reconstruct_seconds:.0f} s")
@@ -147,6 +169,24 @@ def run_model(name: str, checkpoint: str, seed: int, logger, report_dir: Optiona
             if setting == "W4A4" and variant == "QDrop":  # the same model exported to ONNX, run in ONNX Runtime
                 row["ONNX W4A4 QDrop"] = mean_ap(OnnxDetector.from_model(model), "ONNX W4A4 QDrop")
             del model
+    return row
+
+
+def run_model_job(
+    name: str,
+    checkpoint: str,
+    seed: int,
+    threads: int,
+    log_file: str,
+    report_dir: Optional[str],
+    show_progress: bool,
+) -> dict[str, float]:
+    """`run_model` with its own thread count and log file, as one process of `--jobs` runs it."""
+    torch.set_num_threads(threads)
+    logger = get_root_logger(log_file=log_file)
+    started = time.time()
+    row = run_model(name, checkpoint, seed, logger, report_dir=report_dir, show_progress=show_progress)
+    logger.info(f"{name}: done in {time.time() - started:.0f} s")
     return row
 
 
@@ -173,22 +213,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
-    torch.set_num_threads(args.threads)
     os.makedirs(args.work_dir, exist_ok=True)
-    logger = get_root_logger(log_file=osp.join(args.work_dir, f"demo_{time.strftime('%Y%m%d_%H%M%S')}.log"))
+    log_file = osp.join(args.work_dir, f"demo_{time.strftime('%Y%m%d_%H%M%S')}.log")
+    logger = get_root_logger(log_file=log_file)
     started = time.time()
-    summary = {}
     report_dir = osp.join(args.work_dir, f"report_{args.models[0]}")
-    for name in args.models:
-        model_started = time.time()
-        summary[name] = run_model(
+    jobs = [
+        (
             name,
             osp.join(args.checkpoint_dir, MODELS[name][1]),
             args.seed,
-            logger,
-            report_dir=report_dir if name == args.models[0] else None,
+            args.threads,
+            log_file,
+            report_dir if name == args.models[0] else None,
+            args.jobs == 1,
         )
-        logger.info(f"{name}: done in {time.time() - model_started:.0f} s")
+        for name in args.models
+    ]
+    if args.jobs == 1:
+        rows = [run_model_job(*job) for job in jobs]
+    else:
+        logger.info(f"{len(jobs)} models in {args.jobs} processes of {args.threads} thread(s); progress bars are off")
+        # spawn: a fresh interpreter per process, as forking a process that has used torch's thread pools may hang.
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(run_model_job, *zip(*jobs)))
+    summary = dict(zip(args.models, rows))
     table = (
         format_table(summary)
         + "\n"

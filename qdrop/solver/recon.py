@@ -21,6 +21,7 @@ from qdrop.analysis.report import UnitReconstruction
 from qdrop.model import quantization_units
 from qdrop.q_config import ReconConfig
 from qdrop.quantization import AdaRoundFakeQuantize, fake_quantizers, weight_quantized_layers
+from qdrop.quantization.functional import draw_keep
 from qdrop.quantization.fused import fast_path, fast_path_enabled, mix
 from qdrop.solver.cache import ReconCache
 from qdrop.solver.capture import capture_input, capture_input_output, forward_order
@@ -134,7 +135,7 @@ def _mix(quant: torch.Tensor, fp: Optional[torch.Tensor], drop_prob: float) -> t
         return quant
     if fast_path_enabled():
         return mix(quant, fp, drop_prob)
-    return torch.where(torch.rand_like(quant) < drop_prob, quant, fp)
+    return torch.where(draw_keep(quant, drop_prob), quant, fp)
 
 
 def training_forward(

@@ -53,6 +53,7 @@ def run_calibration(
     q_config: QConfig,
     device: torch.device,
     calibrated: Optional[nn.Module] = None,
+    show_progress: bool = True,
 ) -> None:
     """Set every quantizer's range; afterwards fake quantization is on.
 
@@ -64,9 +65,10 @@ def run_calibration(
         calibrated: a model wrapped from the same detector and calibrated on the same batches under a q_config
             that `shares_calibration` with `q_config`: its activation ranges are copied and only the weights are
             observed.
+        show_progress: a progress bar on rank 0.
     """
     if calibrated is None:
-        calibrate(model, batches, device, run_heads=q_config.quant_head)
+        calibrate(model, batches, device, run_heads=q_config.quant_head, show_progress=show_progress)
     else:
         copy_activation_calibration(calibrated, model)
         observe_weights(model)
@@ -85,6 +87,7 @@ def run_reconstruction(
     start_unit: int = 0,
     on_unit_done: Optional[Callable[[int, list[str]], None]] = None,
     results: Optional[list[UnitReconstruction]] = None,
+    show_progress: bool = True,
 ) -> list[str]:
     """Reconstruct every unit in forward order (none when `recon.iters` is 0).
 
@@ -100,6 +103,7 @@ def run_reconstruction(
         start_unit: units before it are reconstructed already (a resumed run).
         on_unit_done: called with (next unit, finished unit names) after each unit.
         results: receives what reconstruction did to each unit (errors before and after, loss curve).
+        show_progress: progress bars on rank 0.
 
     Returns:
         The names of the reconstructed units, in order.
@@ -123,6 +127,7 @@ def run_reconstruction(
         start_unit=start_unit,
         on_unit_done=on_unit_done,
         results=results,
+        show_progress=show_progress,
     )
 
 

@@ -17,6 +17,7 @@ from qdrop.quantization import (
     LSQPlusFakeQuantize,
     MinMaxObserver,
 )
+from qdrop.quantization.functional import draw_keep
 from qdrop.quantization.fused import fast_path, fast_path_enabled, mix
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -157,10 +158,31 @@ def test_no_grad_forward_matches_plain():
 def test_mix_matches_where():
     quantized, full_precision = torch.randn(1000), torch.randn(1000)
     torch.manual_seed(0)
-    expected = torch.where(torch.rand_like(quantized) < 0.3, quantized, full_precision)
+    expected = torch.where(draw_keep(quantized, 0.3), quantized, full_precision)
     torch.manual_seed(0)
     assert torch.equal(mix(quantized, full_precision, 0.3), expected)
     assert mix(quantized, full_precision, 1.0) is quantized
+
+
+@pytest.mark.parametrize("drop_prob", [0.0, 0.3, 0.5, 0.9, 1.0])
+def test_draw_keep_is_bernoulli_of_drop_prob(drop_prob):
+    x = torch.empty(1_000_000)
+    torch.manual_seed(0)
+    keep = draw_keep(x, drop_prob)
+    assert keep.dtype == torch.bool and keep.shape == x.shape
+    assert abs(keep.float().mean().item() - drop_prob) < 2e-3  # 4 standard deviations at 1e6 draws
+    torch.manual_seed(0)
+    assert torch.equal(draw_keep(x, drop_prob), keep)
+    if drop_prob in (0.0, 1.0):
+        assert bool((keep == (drop_prob == 1.0)).all())
+
+
+def test_draw_keep_masks_are_independent_of_position():
+    torch.manual_seed(0)
+    keep = draw_keep(torch.empty(1000, 1000), 0.5).float()
+    # neighbouring elements and rows are uncorrelated
+    assert abs((keep[:, 1:] * keep[:, :-1]).mean().item() - 0.25) < 3e-3
+    assert abs((keep[1:] * keep[:-1]).mean().item() - 0.25) < 3e-3
 
 
 def test_fast_path_switches():
