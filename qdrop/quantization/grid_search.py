@@ -21,7 +21,7 @@ from torch import Tensor
 from .mse_objective import LP_NORM, NUM_RANGES, RTOL, BinnedGroups, QParamsFn, absolute_slack, lp_error
 
 _MAX_CHUNK = 1 << 21  # elements per temporary while evaluating many candidates at once
-_FINER_SUBCELLS = (4, 8)  # sub-cells per rounding cell of the second and third bounding stages
+_FINER_SUBCELLS = (4,)  # sub-cells per rounding cell of the later bounding stages (a finer third stage costs more)
 _SMALL_GROUP_VALUES = 1 << 16  # smaller groups bound two-sided grids range by range, larger ones by histograms
 
 

@@ -15,12 +15,14 @@ reconstruction starts from a copy of the calibrated model.
 
 import argparse
 import copy
+import dataclasses
 import json
 import multiprocessing
 import os
 import os.path as osp
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Optional
@@ -74,12 +76,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "--jobs",
         type=int,
         default=None,
-        help="models quantized at the same time, each in its own process with --threads threads (default: as many "
-        "as the CPU cores allow, at most one per model); every model is seeded on its own, so the table is the same",
+        help="processes working at the same time, each with --threads threads (default: as many as the CPU cores "
+        "allow); with more than one, every model and setting is a job of its own, seeded on its own, so the table "
+        "is the same",
     )
     args = parser.parse_args(argv)
     if args.jobs is None:
-        args.jobs = max(1, min(len(args.models), (os.cpu_count() or 1) // max(args.threads, 1)))
+        args.jobs = max(1, min(len(args.models) * len(SETTINGS), (os.cpu_count() or 1) // max(args.threads, 1)))
     if args.jobs < 1 or args.threads < 1:
         parser.error(f"--jobs and --threads must be at least 1, got --jobs {args.jobs} --threads {args.threads}")
     return args
@@ -105,9 +108,11 @@ def run_model(
     logger,
     report_dir: Optional[str] = None,
     show_progress: bool = True,
+    settings: Sequence[str] = tuple(SETTINGS),
 ) -> dict[str, float]:
-    """bbox mAP of every column for one model; settings with the same activation quantizers share a calibration.
-    With `report_dir`, the run report of the REPORTED_RUN column goes there; `show_progress` draws progress bars."""
+    """bbox mAP of the columns of `settings` for one model (with FP when the first setting is among them);
+    settings with the same activation quantizers share a calibration. With `report_dir`, the run report of the
+    REPORTED_RUN column goes there; `show_progress` draws progress bars."""
     config_path, _ = MODELS[name]
     cfg = load_config(config_path)
     device = default_device()
@@ -121,10 +126,10 @@ def run_model(
         logger.info(f"{name} {column}: bbox_mAP {metric['bbox_mAP']:.4f} (evaluated in {time.time() - started:.0f} s)")
         return metric["bbox_mAP"]
 
-    row = {"FP": mean_ap(fp_model, "FP")}
+    row = {"FP": mean_ap(fp_model, "FP")} if next(iter(SETTINGS)) in settings else {}
     calibrated = None  # (model, its q_config) of the first calibration
-    for setting, q_path in SETTINGS.items():
-        q_config = load_q_config(q_path)
+    for setting in settings:
+        q_config = load_q_config(SETTINGS[setting])
         batches = calibration_batches(cfg, q_config.calibrate, seed)
         q_model, reference = wrap(copy.deepcopy(fp_model), q_config, device)
         started = time.time()
@@ -172,21 +177,58 @@ def run_model(
     return row
 
 
-def run_model_job(
-    name: str,
-    checkpoint: str,
-    seed: int,
-    threads: int,
-    log_file: str,
-    report_dir: Optional[str],
-    show_progress: bool,
-) -> dict[str, float]:
-    """`run_model` with its own thread count and log file, as one process of `--jobs` runs it."""
-    torch.set_num_threads(threads)
-    logger = get_root_logger(log_file=log_file)
+@dataclasses.dataclass(frozen=True)
+class DemoJob:
+    """What one process of the demo computes: some settings of one model."""
+
+    model: str
+    settings: tuple[str, ...]
+    checkpoint: str
+    seed: int
+    threads: int
+    log_file: str
+    report_dir: Optional[str]
+    show_progress: bool
+
+
+def plan_jobs(args: argparse.Namespace, log_file: str) -> list[DemoJob]:
+    """One job per model in one process; with several processes, one job per model and setting, the slowest model
+    (Faster R-CNN) first, so that the processes finish close together. Every job seeds itself, so the split does not
+    change the table."""
+    report_dir = osp.join(args.work_dir, f"report_{args.models[0]}")
+    split = [(setting,) for setting in SETTINGS] if args.jobs > 1 else [tuple(SETTINGS)]
+    models = sorted(args.models, key=lambda name: name != "faster_rcnn") if args.jobs > 1 else args.models
+    return [
+        DemoJob(
+            model=name,
+            settings=settings,
+            checkpoint=osp.join(args.checkpoint_dir, MODELS[name][1]),
+            seed=args.seed,
+            threads=args.threads,
+            log_file=log_file,
+            report_dir=report_dir if name == args.models[0] and REPORTED_RUN.split()[0] in settings else None,
+            show_progress=args.jobs == 1,
+        )
+        for name in models
+        for settings in split
+    ]
+
+
+def run_job(job: DemoJob) -> dict[str, float]:
+    """`run_model` for a job, with its thread count and log file (the body of each demo process)."""
+    torch.set_num_threads(job.threads)
+    logger = get_root_logger(log_file=job.log_file)
     started = time.time()
-    row = run_model(name, checkpoint, seed, logger, report_dir=report_dir, show_progress=show_progress)
-    logger.info(f"{name}: done in {time.time() - started:.0f} s")
+    row = run_model(
+        job.model,
+        job.checkpoint,
+        job.seed,
+        logger,
+        report_dir=job.report_dir,
+        show_progress=job.show_progress,
+        settings=job.settings,
+    )
+    logger.info(f"{job.model} {'+'.join(job.settings)}: done in {time.time() - started:.0f} s")
     return row
 
 
@@ -218,26 +260,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     logger = get_root_logger(log_file=log_file)
     started = time.time()
     report_dir = osp.join(args.work_dir, f"report_{args.models[0]}")
-    jobs = [
-        (
-            name,
-            osp.join(args.checkpoint_dir, MODELS[name][1]),
-            args.seed,
-            args.threads,
-            log_file,
-            report_dir if name == args.models[0] else None,
-            args.jobs == 1,
-        )
-        for name in args.models
-    ]
+    jobs = plan_jobs(args, log_file)
     if args.jobs == 1:
-        rows = [run_model_job(*job) for job in jobs]
+        rows = [run_job(job) for job in jobs]
     else:
-        logger.info(f"{len(jobs)} models in {args.jobs} processes of {args.threads} thread(s); progress bars are off")
+        logger.info(f"{len(jobs)} jobs in {args.jobs} processes of {args.threads} thread(s); progress bars are off")
         # spawn: a fresh interpreter per process, as forking a process that has used torch's thread pools may hang.
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(run_model_job, *zip(*jobs)))
-    summary = dict(zip(args.models, rows))
+            rows = list(pool.map(run_job, jobs))
+    summary = {name: {} for name in args.models}
+    for job, row in zip(jobs, rows):
+        summary[job.model].update(row)
+    summary = {name: {column: row[column] for column in COLUMNS} for name, row in summary.items()}
     table = (
         format_table(summary)
         + "\n"

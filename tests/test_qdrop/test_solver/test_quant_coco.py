@@ -23,7 +23,7 @@ from mmdet.models import build_detector
 from mmdet.utils import CheckpointMismatchError, load_config, save_checkpoint
 from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
 from qdrop.q_config import load_q_config
-from qdrop.solver import demo, quant_coco
+from qdrop.solver import quant_coco
 from qdrop.solver.data import build_test_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -138,15 +138,6 @@ def test_exp_configs_load():
     w4a4 = load_q_config(str(REPO_ROOT / "exp/w4a4.yaml"))
     assert w4a4.w_qconfig.bit == 4 and w4a4.w_qconfig.quantizer == "AdaRoundFakeQuantize"
     assert w4a4.recon == w2a4.recon
-
-
-def test_demo_without_checkpoints_explains_and_fails(tmp_path, capsys):
-    assert demo.main(["--work-dir", str(tmp_path / "demo"), "--checkpoint-dir", str(tmp_path / "none")]) == 1
-    message = capsys.readouterr().err
-    assert "retinanet_tiny_synth.pth is missing" in message and "tools/train.py" in message
-    assert not (tmp_path / "demo").exists()
-    table = demo.format_table({"retinanet": {column: 0.5 for column in demo.COLUMNS}})
-    assert "W2A4 QDrop" in table and "50.0" in table
 
 
 def test_console_scripts_point_at_the_command_modules():

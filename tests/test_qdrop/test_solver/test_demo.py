@@ -1,0 +1,44 @@
+"""qdrop/solver/demo.py: its refusals, its table and how it splits the work between processes."""
+
+import pytest
+
+from qdrop.solver import demo
+
+
+def test_demo_without_checkpoints_explains_and_fails(tmp_path, capsys):
+    assert demo.main(["--work-dir", str(tmp_path / "demo"), "--checkpoint-dir", str(tmp_path / "none")]) == 1
+    message = capsys.readouterr().err
+    assert "retinanet_tiny_synth.pth is missing" in message and "tools/train.py" in message
+    assert not (tmp_path / "demo").exists()
+    table = demo.format_table({"retinanet": {column: 0.5 for column in demo.COLUMNS}})
+    assert "W2A4 QDrop" in table and "50.0" in table
+
+
+def test_one_process_runs_each_model_whole():
+    args = demo.parse_args(["--jobs", "1", "--work-dir", "wd"])
+    jobs = demo.plan_jobs(args, "wd/demo.log")
+    assert [(job.model, job.settings) for job in jobs] == [(name, tuple(demo.SETTINGS)) for name in demo.MODELS]
+    assert all(job.show_progress for job in jobs)
+    assert [job.report_dir for job in jobs] == ["wd/report_retinanet", None]
+
+
+def test_several_processes_split_models_and_settings():
+    args = demo.parse_args(["--jobs", "2", "--work-dir", "wd", "--threads", "1"])
+    jobs = demo.plan_jobs(args, "wd/demo.log")
+    assert sorted((job.model, job.settings) for job in jobs) == sorted(
+        (name, (setting,)) for name in demo.MODELS for setting in demo.SETTINGS
+    )
+    assert jobs[0].model == "faster_rcnn"  # the slowest model starts first
+    assert not any(job.show_progress for job in jobs)
+    reporting = [job for job in jobs if job.report_dir is not None]
+    assert [(job.model, job.settings, job.report_dir) for job in reporting] == [
+        ("retinanet", (demo.REPORTED_RUN.split()[0],), "wd/report_retinanet")
+    ]
+    assert {job.log_file for job in jobs} == {"wd/demo.log"}
+
+
+@pytest.mark.parametrize("flag", [["--jobs", "0"], ["--threads", "0"]])
+def test_demo_refuses_zero_jobs_or_threads(flag, capsys):
+    with pytest.raises(SystemExit):
+        demo.parse_args(flag)
+    assert "at least 1" in capsys.readouterr().err
