@@ -32,10 +32,15 @@ def fast_path_enabled() -> bool:
     return _fast_enabled
 
 
+def fast_path_allowed(requested: bool) -> bool:
+    """Whether asking for the fast path (e.g. ``recon.fast``) gets it: ``QDROP_FAST=0`` refuses it."""
+    return bool(requested) and _ENV_ALLOWS_FAST
+
+
 def set_fast_path(enabled: bool) -> None:
     """Switch the fused path on or off for the process (``QDROP_FAST=0`` keeps it off whatever is asked)."""
     global _fast_enabled
-    _fast_enabled = bool(enabled) and _ENV_ALLOWS_FAST
+    _fast_enabled = fast_path_allowed(enabled)
 
 
 @contextmanager
@@ -279,9 +284,12 @@ class _RoundLossFn(torch.autograd.Function):
         h_raw = sig * (zeta - gamma) + gamma
         centred = 2 * torch.clamp(h_raw, 0, 1) - 1
         distance = centred.abs()
-        loss = torch.rsub(distance.pow(b), 1).sum()
+        powered = distance.pow(b)
+        loss = torch.rsub(powered, 1).sum()
         if ctx.needs_input_grad[0]:
-            grad_alpha = distance.pow_(b - 1).mul_(centred.sign_()).mul_(-2 * b * (zeta - gamma))
+            # |2h - 1|^(b - 1) as |2h - 1|^b / |2h - 1|, one power instead of two (at h = 1/2 the sign makes it 0).
+            slope = powered.div_(distance).nan_to_num_(nan=0.0)
+            grad_alpha = slope.mul_(centred.sign_()).mul_(-2 * b * (zeta - gamma))
             grad_alpha.mul_(torch.rsub(sig, 1.0).mul_(sig)).mul_(_strictly_inside(h_raw, 0.0, 1.0, out=centred))
             ctx.save_for_backward(grad_alpha)
         return loss

@@ -2,9 +2,9 @@
 
 Each QuantizedLayer / QuantizedBlock is reconstructed in forward order against the float model: AdaRound's
 rounding variables (Adam, lr `round_lr`, 1e-3 by default) and the LSQ activation scales (Adam at `scale_lr`, cosine
-schedule to 0) minimise the output error plus AdaRound's rounding regulariser. With `drop_prob` p < 1 the unit's
-input and every activation quantizer inside it keep the quantized value with probability p, element-wise, else the
-float one.
+schedule to 0; on the fast path both Adams run fused) minimise the output error plus AdaRound's rounding
+regulariser. With `drop_prob` p < 1 the unit's input and every activation quantizer inside it keep the quantized
+value with probability p, element-wise, else the float one.
 """
 
 import logging
@@ -22,7 +22,7 @@ from qdrop.model import quantization_units
 from qdrop.q_config import ReconConfig
 from qdrop.quantization import AdaRoundFakeQuantize, fake_quantizers, weight_quantized_layers
 from qdrop.quantization.functional import draw_keep
-from qdrop.quantization.fused import fast_path, fast_path_enabled, mix
+from qdrop.quantization.fused import fast_path, fast_path_allowed, fast_path_enabled, mix
 from qdrop.solver.cache import ReconCache
 from qdrop.solver.capture import capture_input, capture_input_output, forward_order
 
@@ -209,10 +209,11 @@ def reconstruct_unit(
     for param in rounding_params + scale_params:
         param.requires_grad_(True)
     optimizers, scheduler = [], None
+    fused_adam = fast_path_allowed(cfg.fast)  # one kernel per optimizer step; the same update up to float rounding
     if rounding_params:
-        optimizers.append(torch.optim.Adam(rounding_params, lr=cfg.round_lr))
+        optimizers.append(torch.optim.Adam(rounding_params, lr=cfg.round_lr, fused=fused_adam))
     if scale_params:
-        scale_optimizer = torch.optim.Adam(scale_params, lr=cfg.scale_lr)
+        scale_optimizer = torch.optim.Adam(scale_params, lr=cfg.scale_lr, fused=fused_adam)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(scale_optimizer, T_max=cfg.iters, eta_min=0.0)
         optimizers.append(scale_optimizer)
     _set_drop_prob(unit, cfg.drop_prob)

@@ -1,5 +1,8 @@
 """Block reconstruction: error reduction, QDrop's mixing, the schedules, the cache, and resume."""
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 
@@ -52,6 +55,27 @@ def test_reconstruction_lowers_block_error_against_round_to_nearest():
     assert not quantizer.soft_targets
     assert torch.equal(quantizer(layer.weight), quantizer.get_hard_value(layer.weight))
     assert all(q.drop_prob == 1.0 for _, q in fake_quantizers(_unit(model, name), "activation"))
+
+
+def test_fast_and_plain_reconstruction_agree():
+    """The fast path (fused quantizers, fused Adam) learns what the plain path learns, up to float rounding."""
+    config = q_config(w_bit=2, a_bit=4, iters=5, drop_prob=0.5, warm_up=0.0, scale_lr=1e-3, round_lr=1e-2)
+    batches = random_batches(1)
+    model, fp_model = _calibrated(retinanet_cfg(18), config, batches)
+    name = "backbone.layer1.0"
+    images = [b["img"] for b in batches]
+    learned = {}
+    for fast in (False, True):
+        cfg = dataclasses.replace(ReconConfig.from_mapping(config["recon"]), fast=fast)
+        unit = copy.deepcopy(_unit(model, name))
+        cache = build_cache(model, fp_model, _unit(model, name), _unit(fp_model, name), images, cfg, CPU)
+        loss, _ = reconstruct_unit(unit, cache, cfg, seed=0, show_progress=False)
+        learned[fast] = (loss, unit_output_error(unit, cache), {k: v.clone() for k, v in unit.state_dict().items()})
+    (plain_loss, plain_error, plain_state), (fast_loss, fast_error, fast_state) = learned[False], learned[True]
+    assert fast_loss == pytest.approx(plain_loss, rel=1e-4) and fast_error == pytest.approx(plain_error, rel=1e-4)
+    for key, value in plain_state.items():
+        if key.endswith("alpha") or key.endswith("scale"):
+            assert (fast_state[key] - value).abs().mean() < 1e-4 * max(1.0, value.abs().mean().item()), key
 
 
 def test_drop_prob_mixes_block_input_and_inner_activations():
