@@ -10,7 +10,9 @@ Paths (configs/, checkpoints/, exp/demo/) are relative to the working directory:
 Quantization settings come from exp/demo/{w4a4,w2a4}.yaml: the published settings with a schedule 100 times shorter,
 so the learning rates there are larger (scale_lr and AdaRound's round_lr). Per model one calibration serves
 every variant: activation ranges come from the float model, so they are shared by both weight bit widths, and each
-reconstruction starts from a copy of the calibrated model.
+reconstruction starts from a copy of the calibrated model. With several processes (`--jobs`, by default as many as
+the CPU cores), every model and setting is a job of its own that calibrates for itself (the same ranges) and seeds
+itself, so the table does not depend on the split.
 """
 
 import argparse
