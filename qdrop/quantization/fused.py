@@ -197,10 +197,26 @@ def fused_fake_quantize(
     return _FakeQuantizeFn.apply(x, s, z, quant_min, quant_max, grad_factor, keep)
 
 
+_BLOCK = 1 << 17  # elements per block of the weight-sized ops: their temporaries stay in cache
+
+
+def _row_blocks(t: Tensor) -> list:
+    """Indices of ``t`` by blocks of whole rows (dim 0) of about ``_BLOCK`` elements each; ``...`` for a 0-d ``t``."""
+    if t.dim() == 0:
+        return [...]
+    step = max(1, _BLOCK // max(1, t.numel() // max(t.shape[0], 1)))
+    return [slice(start, start + step) for start in range(0, t.shape[0], step)]
+
+
+def _rows_of(param: Tensor, rows) -> Tensor:
+    """The part of a parameter broadcast against a weight that goes with the weight's ``rows``."""
+    return param[rows] if param.dim() and param.shape[0] > 1 else param
+
+
 class _AdaRoundSoftFn(torch.autograd.Function):
     """out = (clamp(floor(w / s) + h(alpha) + z, qmin, qmax) - z) * s, h = clamp(sigmoid(alpha) * (zeta - gamma) +
     gamma, 0, 1); alpha's gradient g * s * (zeta - gamma) * sigmoid'(alpha) where both clamps pass (strictly
-    inside their bounds)."""
+    inside their bounds). Computed in blocks of rows, element by element as on the whole tensor."""
 
     @staticmethod
     def forward(
@@ -214,17 +230,22 @@ class _AdaRoundSoftFn(torch.autograd.Function):
         zeta: float,
         gamma: float,
     ) -> Tensor:
-        sig = torch.sigmoid(alpha)
-        h_raw = sig * (zeta - gamma) + gamma
-        h = torch.clamp(h_raw, 0, 1)
-        level = torch.floor(weight / scale).add_(h).add_(zero_point)
-        clamped = torch.clamp(level, quant_min, quant_max)
-        out = (clamped - zero_point).mul_(scale)
-        if ctx.needs_input_grad[0]:
-            # sigmoid'(alpha) * (zeta - gamma) * s, zero where either clamp is active.
-            grad_alpha = torch.rsub(sig, 1.0).mul_(sig).mul_(zeta - gamma).mul_(scale)
-            grad_alpha.mul_(_strictly_inside(h_raw, 0.0, 1.0, out=h))
-            grad_alpha.mul_(_strictly_inside(level, quant_min, quant_max, out=clamped))
+        out = torch.empty_like(weight)
+        grad_alpha = torch.empty_like(alpha) if ctx.needs_input_grad[0] else None
+        for rows in _row_blocks(weight):
+            s, z = _rows_of(scale, rows), _rows_of(zero_point, rows)
+            sig = torch.sigmoid(alpha[rows])
+            h_raw = sig * (zeta - gamma) + gamma
+            h = torch.clamp(h_raw, 0, 1)
+            level = torch.floor(weight[rows] / s).add_(h).add_(z)
+            clamped = torch.clamp(level, quant_min, quant_max)
+            torch.mul(clamped.sub_(z), s, out=out[rows])
+            if grad_alpha is not None:
+                # sigmoid'(alpha) * (zeta - gamma) * s, zero where either clamp is active.
+                grad = torch.rsub(sig, 1.0).mul_(sig).mul_(zeta - gamma).mul_(s)
+                grad.mul_(_strictly_inside(h_raw, 0.0, 1.0, out=h))
+                grad_alpha[rows] = grad.mul_(_strictly_inside(level, quant_min, quant_max, out=clamped))
+        if grad_alpha is not None:
             ctx.save_for_backward(grad_alpha)
         return out
 
@@ -280,19 +301,25 @@ class _RoundLossFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, alpha: Tensor, b: float, zeta: float, gamma: float) -> Tensor:
-        sig = torch.sigmoid(alpha)
-        h_raw = sig * (zeta - gamma) + gamma
-        centred = 2 * torch.clamp(h_raw, 0, 1) - 1
-        distance = centred.abs()
-        powered = distance.pow(b)
-        loss = torch.rsub(powered, 1).sum()
-        if ctx.needs_input_grad[0]:
-            # |2h - 1|^(b - 1) as |2h - 1|^b / |2h - 1|, one power instead of two (at h = 1/2 the sign makes it 0).
-            slope = powered.div_(distance).nan_to_num_(nan=0.0)
-            grad_alpha = slope.mul_(centred.sign_()).mul_(-2 * b * (zeta - gamma))
-            grad_alpha.mul_(torch.rsub(sig, 1.0).mul_(sig)).mul_(_strictly_inside(h_raw, 0.0, 1.0, out=centred))
+        terms = torch.empty_like(alpha)  # summed as one whole tensor at the end, as the plain path sums
+        grad_alpha = torch.empty_like(alpha) if ctx.needs_input_grad[0] else None
+        for rows in _row_blocks(alpha):
+            sig = torch.sigmoid(alpha[rows])
+            h_raw = sig * (zeta - gamma) + gamma
+            centred = 2 * torch.clamp(h_raw, 0, 1) - 1
+            distance = centred.abs()
+            powered = distance.pow(b)
+            torch.neg(powered, out=terms[rows]).add_(1)  # 1 - |2h - 1|^b, exactly
+            if grad_alpha is not None:
+                # |2h - 1|^(b - 1) as |2h - 1|^b / |2h - 1|, one power instead of two (at h = 1/2 the sign makes
+                # it 0).
+                slope = powered.div_(distance).nan_to_num_(nan=0.0)
+                grad = slope.mul_(centred.sign_()).mul_(-2 * b * (zeta - gamma))
+                grad.mul_(torch.rsub(sig, 1.0).mul_(sig))
+                grad_alpha[rows] = grad.mul_(_strictly_inside(h_raw, 0.0, 1.0, out=centred))
+        if grad_alpha is not None:
             ctx.save_for_backward(grad_alpha)
-        return loss
+        return terms.sum()
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):

@@ -125,8 +125,9 @@ def test_random_scales_match_plain(quantizer_cls, ch_axis):
 @pytest.mark.parametrize("soft", [True, False])
 @pytest.mark.parametrize("ch_axis", [-1, 0])
 @pytest.mark.parametrize("drop_prob", [1.0, 0.5])
-def test_adaround_matches_plain(soft, ch_axis, drop_prob):
-    weight = torch.randn(8, 4, 3, 3)
+@pytest.mark.parametrize("shape", [(8, 4, 3, 3), (300, 512, 1, 1)])  # one block of rows, and two
+def test_adaround_matches_plain(soft, ch_axis, drop_prob, shape):
+    weight = torch.randn(shape)
     quantizer = AdaRoundFakeQuantize(MinMaxObserver, bit=2, ch_axis=ch_axis)
     with torch.no_grad():
         quantizer(weight)
@@ -204,8 +205,9 @@ def test_environment_switch_forces_plain_path():
 
 
 @pytest.mark.parametrize("b", [20.0, 7.5, 2.0])
-def test_round_loss_matches_plain(b):
-    weight = torch.randn(16, 8, 3, 3)
+@pytest.mark.parametrize("shape", [(16, 8, 3, 3), (300, 512, 1, 1)])  # one block of rows, and two
+def test_round_loss_matches_plain(b, shape):
+    weight = torch.randn(shape)
     quantizer = AdaRoundFakeQuantize(MinMaxObserver, bit=2, ch_axis=0)
     with torch.no_grad():
         quantizer(weight)
