@@ -7,6 +7,7 @@ one-element tensors (per tensor) or 1-D tensors with one entry per channel along
 import torch
 from torch import Tensor
 
+CACHE_BLOCK = 1 << 17  # elements per block of element-wise chains whose temporaries should stay in cache
 _KEEP_DRAW_LEVELS = 1 << 31  # int32 random_() draws uniformly from [0, 2**31)
 
 

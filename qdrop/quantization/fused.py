@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .functional import broadcast_qparam, draw_keep
+from .functional import CACHE_BLOCK, broadcast_qparam, draw_keep
 
 FAST_ENV = "QDROP_FAST"
 _ENV_ALLOWS_FAST = os.environ.get(FAST_ENV, "1") != "0"
@@ -197,14 +197,11 @@ def fused_fake_quantize(
     return _FakeQuantizeFn.apply(x, s, z, quant_min, quant_max, grad_factor, keep)
 
 
-_BLOCK = 1 << 17  # elements per block of the weight-sized ops: their temporaries stay in cache
-
-
 def _row_blocks(t: Tensor) -> list:
-    """Indices of ``t`` by blocks of whole rows (dim 0) of about ``_BLOCK`` elements each; ``...`` for a 0-d ``t``."""
+    """Indices of ``t`` by blocks of whole rows (dim 0), about ``CACHE_BLOCK`` elements each; ``...`` if 0-d."""
     if t.dim() == 0:
         return [...]
-    step = max(1, _BLOCK // max(1, t.numel() // max(t.shape[0], 1)))
+    step = max(1, CACHE_BLOCK // max(1, t.numel() // max(t.shape[0], 1)))
     return [slice(start, start + step) for start in range(0, t.shape[0], step)]
 
 

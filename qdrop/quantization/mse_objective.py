@@ -17,13 +17,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .functional import CACHE_BLOCK
+
 LP_NORM = 2.4
 NUM_RANGES = 100
 # Relative slack between bounds (over summaries of the values) and exact float32 evaluations.
 RTOL = 1e-5
 _COARSEST_BINS = 16
 _BIN_FACTOR = 4
-_BLOCK = 1 << 17  # elements per block of lp_error: the temporaries stay in cache
 
 # (min_val, max_val) -> (scale, zero_point), e.g. ObserverBase.calculate_qparams
 QParamsFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -38,7 +39,7 @@ def absolute_slack(x2d: Tensor) -> Tensor:
 def lp_error(x2d: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int) -> Tensor:
     """Exact objective of one candidate per row.
 
-    The values are processed in blocks of about ``_BLOCK`` elements through one reused buffer, so every
+    The values are processed in blocks of about ``CACHE_BLOCK`` elements through one reused buffer, so every
     element-wise pass reads and writes cache instead of memory. ``clamp(round(x / s) + z, qmin, qmax) - z`` is
     computed as ``clamp(round(x / s), qmin - z, qmax - z)``: the same integers, as z is one.
 
@@ -54,7 +55,7 @@ def lp_error(x2d: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, qua
     s = scale.reshape(-1, 1).to(x2d.dtype).expand(groups, 1)
     z = zero_point.reshape(-1, 1).to(x2d.dtype).expand(groups, 1)
     low, high = quant_min - z, quant_max - z
-    rows_per_block, columns_per_block = max(1, _BLOCK // max(n, 1)), min(n, _BLOCK)
+    rows_per_block, columns_per_block = max(1, CACHE_BLOCK // max(n, 1)), min(n, CACHE_BLOCK)
     buffer = x2d.new_empty(min(rows_per_block, groups) * columns_per_block)
     total = torch.zeros(groups, dtype=torch.float64, device=x2d.device)
     for row in range(0, groups, rows_per_block):

@@ -141,15 +141,13 @@ class BoundedObjective(ExactObjective):
         ]
         # Histogram bounds of all candidates together, level by level, while they rule candidates out.
         alive = list(range(len(ranges)))
-        slack = self.slack[group]
         for level in range(len(self.binned.levels)):
             index = torch.tensor(alive, device=self.x2d.device)
             lower, upper = self.binned.bounds(
                 level, torch.full_like(index, group), scale[index], zero_point[index], self.quant_min, self.quant_max
             )
             for k, lo, hi in zip(alive, lower.tolist(), upper.tolist()):
-                bounds = candidates[k]
-                bounds.lower, bounds.upper, bounds.level = lo * (1 - RTOL) - slack, hi * (1 + RTOL) + slack, level
+                self._set_histogram_bounds(candidates[k], level, lo, hi)
             least_upper = min(candidates[k].upper for k in alive)
             alive = [k for k in alive if candidates[k].lower <= least_upper]
             if len(alive) == 1:
@@ -165,6 +163,11 @@ class BoundedObjective(ExactObjective):
                 return Probe(ranges[order[0]], first)
             self._refine(max(unsettled, key=lambda b: b.upper - b.lower))
 
+    def _set_histogram_bounds(self, bounds: ObjectiveBounds, level: int, lower: float, upper: float) -> None:
+        """Histogram bounds of level ``level``, widened by the slack between summaries and exact evaluations."""
+        slack = self.slack[bounds.group]
+        bounds.lower, bounds.upper, bounds.level = lower * (1 - RTOL) - slack, upper * (1 + RTOL) + slack, level
+
     def _refine(self, bounds: ObjectiveBounds) -> None:
         """Next finer histogram bound; after the finest, or at once for a group small enough to evaluate, the exact
         value (level EXACT)."""
@@ -172,21 +175,12 @@ class BoundedObjective(ExactObjective):
         if self.x2d.shape[1] > _DIRECT_VALUES and level < len(self.binned.levels):
             groups = torch.tensor([bounds.group], device=self.x2d.device)
             lo, hi = self.binned.bounds(level, groups, bounds.scale, bounds.zero_point, self.quant_min, self.quant_max)
-            slack = self.slack[bounds.group]
-            bounds.lower, bounds.upper = float(lo) * (1 - RTOL) - slack, float(hi) * (1 + RTOL) + slack
-        else:
-            self.evaluations += 1
-            bounds.lower = bounds.upper = float(
-                lp_error(
-                    self.x2d[bounds.group : bounds.group + 1],
-                    bounds.scale,
-                    bounds.zero_point,
-                    self.quant_min,
-                    self.quant_max,
-                )
-            )
-            level = EXACT
-        bounds.level = level
+            self._set_histogram_bounds(bounds, level, float(lo), float(hi))
+            return
+        self.evaluations += 1
+        rows = self.x2d[bounds.group : bounds.group + 1]
+        value = float(lp_error(rows, bounds.scale, bounds.zero_point, self.quant_min, self.quant_max))
+        bounds.lower, bounds.upper, bounds.level = value, value, EXACT
 
     def less(self, a: Probe, b: Probe) -> bool:
         ba, bb = a.bounds, b.bounds
