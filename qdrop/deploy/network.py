@@ -245,24 +245,21 @@ class NetworkWriter:
                 "the finer level's size"
             )
         graph = self.graph
-        batch_channels = graph.node(
-            "Slice",
-            [
-                graph.node("Shape", [x], f"{name}/source_shape"),
-                graph.constant(f"{name}/start0", np.array([0]), "INT64"),
-                graph.constant(f"{name}/end2", np.array([2]), "INT64"),
-            ],
-            f"{name}/batch_channels",
-        )
-        spatial = graph.node(
-            "Slice",
-            [
-                graph.node("Shape", [like], f"{name}/target_shape"),
-                graph.constant(f"{name}/start2", np.array([2]), "INT64"),
-                graph.constant(f"{name}/end4", np.array([4]), "INT64"),
-            ],
-            f"{name}/spatial",
-        )
+
+        def dims(tensor: str, start: int, end: int, shape_name: str, part_name: str) -> str:
+            """Shape(tensor)[start:end] as a graph value."""
+            return graph.node(
+                "Slice",
+                [
+                    graph.node("Shape", [tensor], f"{name}/{shape_name}"),
+                    graph.constant(f"{name}/start{start}", np.array([start]), "INT64"),
+                    graph.constant(f"{name}/end{end}", np.array([end]), "INT64"),
+                ],
+                f"{name}/{part_name}",
+            )
+
+        batch_channels = dims(x, 0, 2, "source_shape", "batch_channels")
+        spatial = dims(like, 2, 4, "target_shape", "spatial")
         sizes = graph.node("Concat", [batch_channels, spatial], f"{name}/sizes", axis=0)
         return graph.node(
             "Resize",

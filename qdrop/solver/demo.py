@@ -193,11 +193,16 @@ class DemoJob:
     show_progress: bool
 
 
+def report_dir_of(args: argparse.Namespace) -> str:
+    """Where the run report of the first model's REPORTED_RUN column goes."""
+    return osp.join(args.work_dir, f"report_{args.models[0]}")
+
+
 def plan_jobs(args: argparse.Namespace, log_file: str) -> list[DemoJob]:
     """One job per model in one process; with several processes, one job per model and setting, the slowest model
     (Faster R-CNN) first, so that the processes finish close together. Every job seeds itself, so the split does not
     change the table."""
-    report_dir = osp.join(args.work_dir, f"report_{args.models[0]}")
+    report_dir = report_dir_of(args)
     split = [(setting,) for setting in SETTINGS] if args.jobs > 1 else [tuple(SETTINGS)]
     models = sorted(args.models, key=lambda name: name != "faster_rcnn") if args.jobs > 1 else args.models
     return [
@@ -261,7 +266,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     log_file = osp.join(args.work_dir, f"demo_{time.strftime('%Y%m%d_%H%M%S')}.log")
     logger = get_root_logger(log_file=log_file)
     started = time.time()
-    report_dir = osp.join(args.work_dir, f"report_{args.models[0]}")
+    report_dir = report_dir_of(args)
     jobs = plan_jobs(args, log_file)
     if args.jobs == 1:
         rows = [run_job(job) for job in jobs]
