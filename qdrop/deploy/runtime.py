@@ -9,17 +9,17 @@ from torch import nn
 
 from mmdet.core import bbox2result, bbox2roi
 
-from .dependencies import import_onnxruntime
+from .dependencies import import_onnx, import_onnxruntime
 from .export import BOX_HEAD, NETWORK, box_head_path, export_detector, is_two_stage
 
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disable")
 PROVIDERS = ["CPUExecutionProvider"]
+BIAS_QUANTIZATION = "WeightBiasQuantization"  # ONNX Runtime's rewrite of float conv biases to int32
 
 
 def session_options(optimization: str = "all", threads: int = 0, optimized_model_path: Optional[str] = None):
-    """ORT SessionOptions with a graph optimization level ('all': QDQ fused into integer kernels; 'disable': every
-    node as written, which reproduces the fake-quantized model exactly) and an intra-op thread count (0: ORT's
-    default)."""
+    """ORT SessionOptions with a graph optimization level ('all': 8-bit QDQ fused into integer kernels; 'disable':
+    every node as written) and an intra-op thread count (0: ORT's default)."""
     ort = import_onnxruntime()
     if optimization not in OPTIMIZATION_LEVELS:
         raise ValueError(f"optimization: got {optimization!r}; allowed values: {', '.join(OPTIMIZATION_LEVELS)}")
@@ -38,10 +38,35 @@ def session_options(optimization: str = "all", threads: int = 0, optimized_model
 
 
 def create_session(model, optimization: str = "all", threads: int = 0):
-    """An ONNX Runtime CPU session from a file path or a ModelProto."""
+    """An ONNX Runtime CPU session from a file path or a ModelProto.
+
+    A graph holding 4-bit tensors keeps its float conv biases under every optimization level (see
+    ``disabled_optimizers``), so that optimized sessions compute what the fake-quantized model computes.
+    """
     ort = import_onnxruntime()
-    source = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(source, session_options(optimization, threads), providers=PROVIDERS)
+    proto = import_onnx().load(model) if isinstance(model, str) else model
+    return ort.InferenceSession(
+        proto.SerializeToString(),
+        session_options(optimization, threads),
+        providers=PROVIDERS,
+        disabled_optimizers=disabled_optimizers(proto),
+    )
+
+
+def disabled_optimizers(model_proto) -> list[str]:
+    """The ONNX Runtime graph rewrites turned off for ``model_proto``.
+
+    ONNX Runtime quantizes each float conv bias to int32 (scale: input scale x weight scale) so that
+    DequantizeLinear -> Conv -> QuantizeLinear groups fuse into integer kernels (QLinearConv). Only 8-bit groups fuse;
+    in a graph with 4-bit tensors the convs stay float and the rounded biases only shift every conv output by up to
+    half a product step, which moves values across the next quantizer's rounding boundaries. Such graphs keep their
+    float biases; 8-bit graphs keep ONNX Runtime's default so that they run on integer kernels.
+    """
+    onnx = import_onnx()
+    four_bit = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    if any(tensor.data_type in four_bit for tensor in model_proto.graph.initializer):
+        return [BIAS_QUANTIZATION]
+    return []
 
 
 class OnnxDetector(nn.Module):

@@ -83,9 +83,7 @@ def test_onnx_evaluation_equals_pytorch(tmp_path, checkpoints, name):
         assert difference.max_abs_diff <= 1e-4 * max(1.0, difference.max_abs_value), difference
 
     work_dir = tmp_path / "eval"
-    metric = test_onnx.main(
-        [str(config), str(onnx_file), "--eval", "bbox", "--work-dir", str(work_dir), "--optimization", "disable"]
-    )
+    metric = test_onnx.main([str(config), str(onnx_file), "--eval", "bbox", "--work-dir", str(work_dir)])
     torch_metric = dataset.evaluate(expected, metric=["bbox"])
     assert metric["bbox_mAP"] == pytest.approx(torch_metric["bbox_mAP"], abs=1e-3)
     (record_file,) = glob.glob(str(work_dir / "eval_*.json"))

@@ -5,12 +5,14 @@ import sys
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 from onnx import numpy_helper
 
 from helpers.onnx_models import DETECTORS, quantized_detector, torch_outputs
-from qdrop.deploy import create_session, export_detector, integer_weight
+from qdrop.deploy import create_session, export_detector, integer_weight, session_options
+from qdrop.deploy.runtime import BIAS_QUANTIZATION, disabled_optimizers
 from qdrop.model import placement_table
 from qdrop.quantization import AdaRoundFakeQuantize, MinMaxObserver
 
@@ -32,11 +34,12 @@ def detectors():
 
 @pytest.mark.parametrize("name", sorted(DETECTORS))
 @pytest.mark.parametrize("w_bit", [4, 2])
-def test_graph_reproduces_fake_quantized_network(detectors, name, w_bit):
+@pytest.mark.parametrize("optimization", ["disable", "all"])
+def test_graph_reproduces_fake_quantized_network(detectors, name, w_bit, optimization):
     model = detectors(name, w_bit)
     graphs = export_detector(model)
     img = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
-    session = create_session(graphs["network"], optimization="disable", threads=1)
+    session = create_session(graphs["network"], optimization=optimization, threads=1)
     onnx_outputs = session.run(None, {"img": img.numpy()})
     expected = torch_outputs(model, img)
     assert len(onnx_outputs) == len(expected)
@@ -45,7 +48,7 @@ def test_graph_reproduces_fake_quantized_network(detectors, name, w_bit):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     if "bbox_head" in graphs:
         roi_feats = torch.randn(7, 16, 7, 7, generator=torch.Generator().manual_seed(3))
-        head_outputs = create_session(graphs["bbox_head"], optimization="disable").run(
+        head_outputs = create_session(graphs["bbox_head"], optimization=optimization).run(
             None, {"roi_feats": roi_feats.numpy()}
         )
         with torch.no_grad():
@@ -118,6 +121,21 @@ def test_eight_bit_model_exports_below_opset_21():
     graph = export_detector(model, opset=17)["network"].graph
     types = {onnx.TensorProto.DataType.Name(t.data_type) for t in graph.initializer if t.name.endswith("weight_int")}
     assert types == {"UINT8"}
+
+
+def test_four_bit_graphs_keep_float_biases_eight_bit_graphs_run_integer_convs(detectors, tmp_path):
+    four_bit = export_detector(detectors("retinanet", w_bit=4))["network"]
+    assert disabled_optimizers(four_bit) == [BIAS_QUANTIZATION]
+    eight_bit = export_detector(quantized_detector("faster_rcnn", w_bit=8, a_bit=8))["network"]
+    assert disabled_optimizers(eight_bit) == []
+    optimized = tmp_path / "optimized.onnx"
+    onnxruntime.InferenceSession(
+        eight_bit.SerializeToString(),
+        session_options("all", threads=1, optimized_model_path=str(optimized)),
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=disabled_optimizers(eight_bit),
+    )
+    assert "QLinearConv" in {node.op_type for node in onnx.load(str(optimized)).graph.node}
 
 
 def test_missing_onnxruntime_names_the_extra(detectors, monkeypatch):
