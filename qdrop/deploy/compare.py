@@ -1,17 +1,27 @@
 """The exported graphs against the PyTorch detector on the same input: the largest difference of every raw output,
-in absolute terms and in steps of the last activation quantizer."""
+in absolute terms and in steps of the last activation quantizer, and where the two first part ways."""
 
+import re
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mmdet.core import bbox2roi
 from qdrop.quantization import fake_quantizers
+from qdrop.quantization.functional import broadcast_qparam
 
+from .dependencies import import_onnx
 from .export import is_two_stage
-from .runtime import OnnxDetector
+from .runtime import OnnxDetector, create_session
+
+# An element counts as sitting on a rounding tie when PyTorch's x / scale lies this close (in steps) to k + 1/2:
+# float32 sums taken in another order move a conv output by far less, an export error by far more.
+TIE_TOLERANCE = 1e-4
+_DEQUANTIZE_NAME = re.compile(r"(?P<quantizer>.*)/dequantize(?:_(?P<call>\d+))?")
 
 
 @dataclass(frozen=True)
@@ -114,3 +124,95 @@ def _difference(name: str, got: torch.Tensor, want: torch.Tensor, step: float) -
         int((diff > step).sum()),
         diff.numel(),
     )
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first activation quantizer, in graph order, whose ONNX output differs from PyTorch's by a level or more
+    while every quantizer before it agrees.
+
+    ``elements`` of its ``total`` outputs land on another level; ``tie_distance`` is the largest distance, in steps,
+    of PyTorch's ``x / scale`` from a rounding tie k + 1/2 among them. ``call`` counts earlier calls of a quantizer
+    shared by several inputs (a head run on every FPN level).
+    """
+
+    quantizer: str
+    call: int
+    elements: int
+    total: int
+    tie_distance: float
+
+    @property
+    def at_rounding_ties(self) -> bool:
+        """True when every split element sat on a rounding tie: float summation order, not the export, parted them."""
+        return self.tie_distance <= TIE_TOLERANCE
+
+    def describe(self) -> str:
+        where = self.quantizer if self.call == 0 else f"{self.quantizer} (call {self.call})"
+        cause = (
+            f"all within {self.tie_distance:.1e} step of a rounding tie: float summation order"
+            if self.at_rounding_ties
+            else f"up to {self.tie_distance:.3f} step from a rounding tie: the graph computes something else"
+        )
+        return f"first divergence at {where}: {self.elements} of {self.total} elements on another level, {cause}"
+
+
+def distance_to_tie(x: Tensor, scale: Tensor, ch_axis: int) -> Tensor:
+    """|frac(x / scale) - 1/2|: how far, in steps, each element lies from a rounding tie (0 on a tie, 1/2 on a
+    level). ``scale`` is (1,) or (C,) along ``ch_axis``."""
+    t = x / broadcast_qparam(scale.detach(), x, ch_axis)
+    return (t - torch.floor(t) - 0.5).abs()
+
+
+def first_divergence(
+    model: nn.Module, network_graph, img: Tensor, optimization: str = "disable", threads: int = 1
+) -> Optional[Divergence]:
+    """Where the network graph and the PyTorch detector first part ways on ``img``, or None when every activation
+    quantizer agrees.
+
+    Args:
+        model: the quantized PyTorch detector (BatchNorm folded, on the CPU, eval mode).
+        network_graph: its exported network graph (ModelProto).
+        img: (B, 3, H, W) input batch.
+        optimization, threads: the ONNX Runtime session's settings.
+    """
+    onnx = import_onnx()
+    graph = onnx.ModelProto()
+    graph.CopyFrom(network_graph)
+    producers = {output: node.op_type for node in graph.graph.node for output in node.output}
+    exposed = []  # (graph value, quantizer name, call index) in graph order
+    for node in graph.graph.node:
+        match = _DEQUANTIZE_NAME.fullmatch(node.output[0])
+        if node.op_type == "DequantizeLinear" and match and producers.get(node.input[0]) == "QuantizeLinear":
+            exposed.append((node.output[0], match["quantizer"], int(match["call"] or 0)))
+            graph.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
+    session = create_session(graph, optimization, threads)
+    names = [value for value, _, _ in exposed]
+    got = dict(zip(names, session.run(names, {"img": np.ascontiguousarray(img.numpy(), dtype=np.float32)})))
+
+    quantizers = dict(fake_quantizers(model, "activation"))
+    calls: dict[str, list[tuple[Tensor, Tensor]]] = defaultdict(list)
+
+    def record(name):
+        def hook(module, inputs, output):
+            calls[name].append((inputs[0].detach(), output.detach()))
+
+        return hook
+
+    handles = [quantizer.register_forward_hook(record(name)) for name, quantizer in quantizers.items()]
+    try:
+        network_outputs(model, img)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for value, name, call in exposed:
+        if name not in quantizers or call >= len(calls[name]):
+            raise ValueError(f"graph value {value}: the PyTorch model has no call {call} of quantizer {name}")
+        quantizer = quantizers[name]
+        x, want = calls[name][call]
+        half_step = 0.5 * broadcast_qparam(quantizer.scale.detach(), want, quantizer.ch_axis)
+        split = (torch.from_numpy(got[value]) - want).abs() > half_step
+        if split.any():
+            ties = distance_to_tie(x, quantizer.scale, quantizer.ch_axis)[split]
+            return Divergence(name, call, int(split.sum()), split.numel(), float(ties.max()))
+    return None

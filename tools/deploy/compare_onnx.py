@@ -4,7 +4,9 @@
 
 For each ONNX Runtime optimization level, prints per output max |ONNX - PyTorch|, the largest |PyTorch| value, and
 the difference in steps (scale) of the model's last activation quantizer, and how many elements differ by more than
-one step. The inputs are the first test images through the config's test pipeline.
+one step. The inputs are the first test images through the config's test pipeline. For every image whose network
+outputs differ by more than a step, it names the first activation quantizer where the graph and the model part ways
+and whether the split elements sat on rounding ties (float summation order) or not (an export error).
 """
 
 import argparse
@@ -13,8 +15,8 @@ from mmdet.apis.inference import prepare_test_config
 from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.models import build_detector
 from mmdet.utils import load_config
-from qdrop.deploy import OnnxDetector, load_detector
-from qdrop.deploy.compare import OutputDifference, compare_outputs, last_activation_quantizer
+from qdrop.deploy import NETWORK, OnnxDetector, import_onnx, load_detector
+from qdrop.deploy.compare import OutputDifference, compare_outputs, first_divergence, last_activation_quantizer
 from qdrop.deploy.runtime import OPTIMIZATION_LEVELS
 
 
@@ -49,16 +51,24 @@ def main(argv=None) -> dict:
     step = last[1] if last else 0.0
     step_note = f"last activation quantizer {last[0]}, step {step:.6g}" if last else "float model: no quantizer"
     print(f"{args.onnx} against {args.checkpoint} on {min(args.images, len(dataset))} test image(s); {step_note}")
+    network_graph = import_onnx().load(args.onnx) if last else None
     worst = {}
     for level in args.optimization:
         detector = OnnxDetector.from_file(
             build_detector(cfg.model, test_cfg=cfg.get("test_cfg")), args.onnx, optimization=level, threads=args.threads
         )
+        network_names = {output.name for output in detector.sessions[NETWORK].get_outputs()}
         per_output: dict[str, OutputDifference] = {}
+        divergences = []
         for index, batch in enumerate(loader):
             if index == args.images:
                 break
-            for new in compare_outputs(model, detector, batch["img"], batch["img_metas"], step):
+            differences = compare_outputs(model, detector, batch["img"], batch["img_metas"], step)
+            if last and any(d.over_step for d in differences if d.name in network_names):
+                divergence = first_divergence(model, network_graph, batch["img"], level, args.threads)
+                if divergence is not None:
+                    divergences.append(f"  image {index}: {divergence.describe()}")
+            for new in differences:
                 old = per_output.get(new.name)
                 per_output[new.name] = (
                     new
@@ -77,6 +87,8 @@ def main(argv=None) -> dict:
             steps = f"{difference.max_abs_diff / step:>7.3f}" if last else f"{'-':>7}"
             over = f"{difference.over_step}/{difference.elements}" if last else "-"
             print(f"  {name:<12} {difference.max_abs_diff:>11.3g} {difference.max_abs_value:>12.3g} {steps} {over:>18}")
+        if divergences:
+            print("\n".join(divergences))
         worst[level] = per_output
     return worst
 
