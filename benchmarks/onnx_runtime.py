@@ -23,6 +23,7 @@ from mmdet.models import build_detector
 from mmdet.utils import fuse_conv_bn, load_config
 from qdrop.deploy import NETWORK, create_session, export_detector, import_onnx, session_options
 from qdrop.deploy.dependencies import import_onnxruntime
+from qdrop.deploy.runtime import PROVIDERS, disabled_optimizers
 from qdrop.model import quantize_detector
 from qdrop.quantization import enable_calibration, enable_quantization
 from timing import time_interleaved
@@ -73,13 +74,8 @@ def w8a8_detector(config: str, images: list) -> torch.nn.Module:
 
 def optimized_op_counts(model_proto, threads: int, folder: str, name: str) -> dict:
     """Op types of the graph ONNX Runtime actually runs (all optimizations applied), counted."""
-    ort = import_onnxruntime()
     path = str(Path(folder) / f"{name}_optimized.onnx")
-    ort.InferenceSession(
-        model_proto.SerializeToString(),
-        session_options("all", threads, optimized_model_path=path),
-        providers=["CPUExecutionProvider"],
-    )
+    create_session(model_proto, "all", threads, optimized_model_path=path)
     counts: dict = {}
     for node in import_onnx().load(path).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
@@ -92,7 +88,12 @@ def kernel_time_shares(model_proto, feed: dict, threads: int, folder: str, name:
     options = session_options("all", threads)
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(folder) / name)
-    session = ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model_proto.SerializeToString(),
+        options,
+        providers=PROVIDERS,
+        disabled_optimizers=disabled_optimizers(model_proto),  # as create_session, which the timed runs use
+    )
     session.run(None, feed)
     with open(session.end_profiling()) as f:
         events = json.load(f)

@@ -164,55 +164,61 @@ def distance_to_tie(x: Tensor, scale: Tensor, ch_axis: int) -> Tensor:
     return (t - torch.floor(t) - 0.5).abs()
 
 
-def first_divergence(
-    model: nn.Module, network_graph, img: Tensor, optimization: str = "disable", threads: int = 1
-) -> Optional[Divergence]:
-    """Where the network graph and the PyTorch detector first part ways on ``img``, or None when every activation
-    quantizer agrees.
+class QuantizerProbe:
+    """The network graph with the output of every activation quantizer's DequantizeLinear exposed, in one ONNX Runtime
+    session, to find where graph and PyTorch detector part ways on any number of inputs.
 
     Args:
-        model: the quantized PyTorch detector (BatchNorm folded, on the CPU, eval mode).
-        network_graph: its exported network graph (ModelProto).
-        img: (B, 3, H, W) input batch.
+        network_graph: the exported network graph (ModelProto); it is copied, not changed.
         optimization, threads: the ONNX Runtime session's settings.
     """
-    onnx = import_onnx()
-    graph = onnx.ModelProto()
-    graph.CopyFrom(network_graph)
-    producers = {output: node.op_type for node in graph.graph.node for output in node.output}
-    exposed = []  # (graph value, quantizer name, call index) in graph order
-    for node in graph.graph.node:
-        match = _DEQUANTIZE_NAME.fullmatch(node.output[0])
-        if node.op_type == "DequantizeLinear" and match and producers.get(node.input[0]) == "QuantizeLinear":
-            exposed.append((node.output[0], match["quantizer"], int(match["call"] or 0)))
-            graph.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
-    session = create_session(graph, optimization, threads)
-    names = [value for value, _, _ in exposed]
-    got = dict(zip(names, session.run(names, {"img": np.ascontiguousarray(img.numpy(), dtype=np.float32)})))
 
-    quantizers = dict(fake_quantizers(model, "activation"))
-    calls: dict[str, list[tuple[Tensor, Tensor]]] = defaultdict(list)
+    def __init__(self, network_graph, optimization: str = "disable", threads: int = 1):
+        onnx = import_onnx()
+        graph = onnx.ModelProto()
+        graph.CopyFrom(network_graph)
+        producers = {output: node.op_type for node in graph.graph.node for output in node.output}
+        self.exposed: list[tuple[str, str, int]] = []  # (graph value, quantizer name, call index) in graph order
+        for node in graph.graph.node:
+            match = _DEQUANTIZE_NAME.fullmatch(node.output[0])
+            if node.op_type == "DequantizeLinear" and match and producers.get(node.input[0]) == "QuantizeLinear":
+                self.exposed.append((node.output[0], match["quantizer"], int(match["call"] or 0)))
+                value_info = onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)
+                graph.graph.output.append(value_info)
+        self.session = create_session(graph, optimization, threads)
 
-    def record(name):
-        def hook(module, inputs, output):
-            calls[name].append((inputs[0].detach(), output.detach()))
+    def first_divergence(self, model: nn.Module, img: Tensor) -> Optional[Divergence]:
+        """Where the graph and ``model`` first part ways on ``img``, or None when every activation quantizer agrees.
 
-        return hook
+        Args:
+            model: the quantized PyTorch detector the graph was exported from (BatchNorm folded, CPU, eval mode).
+            img: (B, 3, H, W) input batch.
+        """
+        names = [value for value, _, _ in self.exposed]
+        got = dict(zip(names, self.session.run(names, {"img": np.ascontiguousarray(img.numpy(), dtype=np.float32)})))
+        quantizers = dict(fake_quantizers(model, "activation"))
+        calls: dict[str, list[tuple[Tensor, Tensor]]] = defaultdict(list)
 
-    handles = [quantizer.register_forward_hook(record(name)) for name, quantizer in quantizers.items()]
-    try:
-        network_outputs(model, img)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for value, name, call in exposed:
-        if name not in quantizers or call >= len(calls[name]):
-            raise ValueError(f"graph value {value}: the PyTorch model has no call {call} of quantizer {name}")
-        quantizer = quantizers[name]
-        x, want = calls[name][call]
-        half_step = 0.5 * broadcast_qparam(quantizer.scale.detach(), want, quantizer.ch_axis)
-        split = (torch.from_numpy(got[value]) - want).abs() > half_step
-        if split.any():
-            ties = distance_to_tie(x, quantizer.scale, quantizer.ch_axis)[split]
-            return Divergence(name, call, int(split.sum()), split.numel(), float(ties.max()))
-    return None
+        def record(name):
+            def hook(module, inputs, output):
+                calls[name].append((inputs[0].detach(), output.detach()))
+
+            return hook
+
+        handles = [quantizer.register_forward_hook(record(name)) for name, quantizer in quantizers.items()]
+        try:
+            network_outputs(model, img)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for value, name, call in self.exposed:
+            if name not in quantizers or call >= len(calls[name]):
+                raise ValueError(f"graph value {value}: the PyTorch model has no call {call} of quantizer {name}")
+            quantizer = quantizers[name]
+            x, want = calls[name][call]
+            half_step = 0.5 * broadcast_qparam(quantizer.scale.detach(), want, quantizer.ch_axis)
+            split = (torch.from_numpy(got[value]) - want).abs() > half_step
+            if split.any():
+                ties = distance_to_tie(x, quantizer.scale, quantizer.ch_axis)[split]
+                return Divergence(name, call, int(split.sum()), split.numel(), float(ties.max()))
+        return None

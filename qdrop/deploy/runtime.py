@@ -37,8 +37,9 @@ def session_options(optimization: str = "all", threads: int = 0, optimized_model
     return options
 
 
-def create_session(model, optimization: str = "all", threads: int = 0):
-    """An ONNX Runtime CPU session from a file path or a ModelProto.
+def create_session(model, optimization: str = "all", threads: int = 0, optimized_model_path: Optional[str] = None):
+    """An ONNX Runtime CPU session from a file path or a ModelProto; with ``optimized_model_path`` ONNX Runtime also
+    writes the graph it runs there.
 
     A graph holding 4-bit tensors keeps its float conv biases under every optimization level (see
     ``disabled_optimizers``), so that optimized sessions compute what the fake-quantized model computes.
@@ -47,7 +48,7 @@ def create_session(model, optimization: str = "all", threads: int = 0):
     proto = import_onnx().load(model) if isinstance(model, str) else model
     return ort.InferenceSession(
         proto.SerializeToString(),
-        session_options(optimization, threads),
+        session_options(optimization, threads, optimized_model_path),
         providers=PROVIDERS,
         disabled_optimizers=disabled_optimizers(proto),
     )

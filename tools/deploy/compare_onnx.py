@@ -16,7 +16,7 @@ from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.models import build_detector
 from mmdet.utils import load_config
 from qdrop.deploy import NETWORK, OnnxDetector, import_onnx, load_detector
-from qdrop.deploy.compare import OutputDifference, compare_outputs, first_divergence, last_activation_quantizer
+from qdrop.deploy.compare import OutputDifference, QuantizerProbe, compare_outputs, last_activation_quantizer
 from qdrop.deploy.runtime import OPTIMIZATION_LEVELS
 
 
@@ -60,12 +60,14 @@ def main(argv=None) -> dict:
         network_names = {output.name for output in detector.sessions[NETWORK].get_outputs()}
         per_output: dict[str, OutputDifference] = {}
         divergences = []
+        probe = None  # built on the first image that needs it
         for index, batch in enumerate(loader):
             if index == args.images:
                 break
             differences = compare_outputs(model, detector, batch["img"], batch["img_metas"], step)
             if last and any(d.over_step for d in differences if d.name in network_names):
-                divergence = first_divergence(model, network_graph, batch["img"], level, args.threads)
+                probe = probe or QuantizerProbe(network_graph, level, args.threads)
+                divergence = probe.first_divergence(model, batch["img"])
                 if divergence is not None:
                     divergences.append(f"  image {index}: {divergence.describe()}")
             for new in differences:

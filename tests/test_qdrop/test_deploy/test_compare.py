@@ -7,7 +7,7 @@ from onnx import numpy_helper
 
 from helpers.onnx_models import quantized_detector
 from qdrop.deploy import export_detector
-from qdrop.deploy.compare import TIE_TOLERANCE, Divergence, distance_to_tie, first_divergence
+from qdrop.deploy.compare import TIE_TOLERANCE, Divergence, QuantizerProbe, distance_to_tie
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def test_distance_to_tie_per_tensor_and_per_channel():
 
 
 def test_exact_export_has_no_divergence(retinanet):
-    assert first_divergence(retinanet, export_detector(retinanet)["network"], _image()) is None
+    probe = QuantizerProbe(export_detector(retinanet)["network"])
+    assert probe.first_divergence(retinanet, _image()) is None
 
 
 def test_wrong_weight_scale_is_found_where_it_enters_and_not_blamed_on_ties(retinanet):
@@ -36,7 +37,7 @@ def test_wrong_weight_scale_is_found_where_it_enters_and_not_blamed_on_ties(reti
     layer = "backbone.layer1.0.conv1.module"
     (scale,) = [t for t in graph.graph.initializer if t.name == f"{layer}/scale"]
     scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(1.5), scale.name))
-    divergence = first_divergence(retinanet, graph, _image())
+    divergence = QuantizerProbe(graph).first_divergence(retinanet, _image())
     assert divergence is not None
     assert divergence.quantizer == "backbone.layer1.0.conv1.block_post_act_fake_quantize"
     assert divergence.call == 0 and 0 < divergence.elements <= divergence.total

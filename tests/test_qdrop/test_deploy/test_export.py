@@ -5,13 +5,12 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 import torch
 from onnx import numpy_helper
 
 from helpers.onnx_models import DETECTORS, quantized_detector, torch_outputs
-from qdrop.deploy import create_session, export_detector, integer_weight, session_options
+from qdrop.deploy import create_session, export_detector, integer_weight
 from qdrop.deploy.runtime import BIAS_QUANTIZATION, disabled_optimizers
 from qdrop.model import placement_table
 from qdrop.quantization import AdaRoundFakeQuantize, MinMaxObserver
@@ -129,12 +128,7 @@ def test_four_bit_graphs_keep_float_biases_eight_bit_graphs_run_integer_convs(de
     eight_bit = export_detector(quantized_detector("faster_rcnn", w_bit=8, a_bit=8))["network"]
     assert disabled_optimizers(eight_bit) == []
     optimized = tmp_path / "optimized.onnx"
-    onnxruntime.InferenceSession(
-        eight_bit.SerializeToString(),
-        session_options("all", threads=1, optimized_model_path=str(optimized)),
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=disabled_optimizers(eight_bit),
-    )
+    create_session(eight_bit, "all", threads=1, optimized_model_path=str(optimized))
     assert "QLinearConv" in {node.op_type for node in onnx.load(str(optimized)).graph.node}
 
 
