@@ -1,16 +1,20 @@
 """Anchors, box coding, assignment and sampling, and post-processing shared by the heads."""
 
-from .anchor import AnchorGenerator
+from .anchor import AnchorGenerator, MlvlPointGenerator
 from .bbox import (
     AssignResult,
+    ATSSAssigner,
     DeltaXYWHBBoxCoder,
+    DistancePointBBoxCoder,
     MaxIoUAssigner,
     PseudoSampler,
     RandomSampler,
     SamplingResult,
+    bbox2distance,
     bbox2result,
     bbox2roi,
     bbox_overlaps,
+    distance2bbox,
 )
 from .builder import (
     TASK_UTILS,
@@ -24,8 +28,13 @@ from .post_processing import batched_nms, multiclass_nms, sorted_topk
 
 __all__ = [
     "AnchorGenerator",
+    "MlvlPointGenerator",
+    "ATSSAssigner",
     "AssignResult",
     "DeltaXYWHBBoxCoder",
+    "DistancePointBBoxCoder",
+    "bbox2distance",
+    "distance2bbox",
     "MaxIoUAssigner",
     "PseudoSampler",
     "RandomSampler",

@@ -19,7 +19,7 @@ from .builder import (
     build_roi_extractor,
     build_shared_head,
 )
-from .detectors import BaseDetector, FasterRCNN, RetinaNet, SingleStageDetector, TwoStageDetector
+from .detectors import ATSS, FCOS, GFL, BaseDetector, FasterRCNN, RetinaNet, SingleStageDetector, TwoStageDetector
 from .necks import FPN
 
 __all__ = [
@@ -40,6 +40,9 @@ __all__ = [
     "build_shared_head",
     "BaseDetector",
     "FasterRCNN",
+    "ATSS",
+    "FCOS",
+    "GFL",
     "RetinaNet",
     "SingleStageDetector",
     "TwoStageDetector",

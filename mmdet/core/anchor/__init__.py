@@ -1,3 +1,4 @@
 from .anchor_generator import AnchorGenerator
+from .point_generator import MlvlPointGenerator
 
-__all__ = ["AnchorGenerator"]
+__all__ = ["AnchorGenerator", "MlvlPointGenerator"]

@@ -1,3 +1,14 @@
+from .regnet import RegNet, RegNetBottleneck
 from .resnet import BasicBlock, Bottleneck, ResLayer, ResNet
+from .resnext import ResNeXt, ResNeXtBottleneck
 
-__all__ = ["BasicBlock", "Bottleneck", "ResLayer", "ResNet"]
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ResLayer",
+    "ResNet",
+    "ResNeXt",
+    "ResNeXtBottleneck",
+    "RegNet",
+    "RegNetBottleneck",
+]

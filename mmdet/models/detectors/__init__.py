@@ -1,7 +1,10 @@
+from .atss import ATSS
 from .base import BaseDetector
 from .faster_rcnn import FasterRCNN
+from .fcos import FCOS
+from .gfl import GFL
 from .retinanet import RetinaNet
 from .single_stage import SingleStageDetector
 from .two_stage import TwoStageDetector
 
-__all__ = ["BaseDetector", "FasterRCNN", "RetinaNet", "SingleStageDetector", "TwoStageDetector"]
+__all__ = ["ATSS", "BaseDetector", "FasterRCNN", "FCOS", "GFL", "RetinaNet", "SingleStageDetector", "TwoStageDetector"]
