@@ -26,10 +26,10 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "qdrop-train=mmdet.apis.cli_train:main",
+            "qdrop-train=qdrop.cli.train:cli",
             "qdrop-quant=qdrop.solver.quant_coco:cli",
-            "qdrop-test=qdrop.solver.evaluate_checkpoint:cli",
-            "qdrop-demo=qdrop.solver.demo:main",
+            "qdrop-test=qdrop.cli.test:cli",
+            "qdrop-demo=qdrop.cli.demo:cli",
         ]
     },
 )

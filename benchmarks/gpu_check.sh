@@ -24,14 +24,14 @@ print('cuda' if torch.cuda.is_available() else 'cpu', torch.__version__, torch.c
 read -r HAS_CUDA TORCH_VERSION GPU_NAME <<<"$PROBE"
 if [ "$FORCE_CPU" = 0 ] && [ "$HAS_CUDA" = cuda ]; then
   DEVICE=cuda
-  TESTS=(tests/test_qdrop/test_quantization/test_device_paths.py tests/test_qdrop/test_quantization/test_fast_path.py
+  TESTS=(tests/test_qdrop/test_ptq/test_device_paths.py tests/test_qdrop/test_quantization/test_fast_path.py
          tests/test_qdrop/test_solver/test_recon.py)
   SPEED=(--size 800x1344 --variants plain fast fast+bf16 --steps 10 --repeats 5)
   RECON=(--size 800x1344 --reconstruct 2 --iters 500)
 else
   DEVICE=cpu
   export CUDA_VISIBLE_DEVICES=""
-  TESTS=(tests/test_qdrop/test_quantization/test_device_paths.py -k "fused_quantizer or cache_on_device")
+  TESTS=(tests/test_qdrop/test_ptq/test_device_paths.py -k "fused_quantizer or cache_on_device")
   # Step timings and the two-unit reconstruction share one process (one import, one model) on the CPU.
   SPEED=(--quick --size 64x96 --steps 1 --repeats 1 --then-reconstruct 2 --iters 2)
   RECON=()

@@ -1,11 +1,11 @@
-"""Full-forward inference time of our Faster R-CNN / RetinaNet R50-FPN against torchvision's, random weights.
+"""Full-forward inference time of our Faster R-CNN / RetinaNet / FCOS R50-FPN against torchvision's, random weights.
 
 Both sides get the same 1x3xHxW tensor (default 800x1216). Ours runs `simple_test(img, metas, rescale=True)` with the
 configs' test_cfg; torchvision's models run in eval mode with min_size=800, max_size=1333, which keeps an 800x1216
 input at its size (its transform still normalises and re-samples the tensor, included in its time). Runs alternate
 between the two implementations so that load changes on a shared machine hit both.
 
-    python benchmarks/inference.py --threads 2 --repeats 3
+    python benchmarks/inference.py --threads 2 --repeats 3 [--models FCOS]
 """
 
 import argparse
@@ -25,6 +25,7 @@ from timing import time_interleaved
 CONFIGS = {
     "Faster R-CNN R50-FPN": ("configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py", "fasterrcnn_resnet50_fpn"),
     "RetinaNet R50-FPN": ("configs/retinanet/retinanet_r50_fpn_2x_coco.py", "retinanet_resnet50_fpn"),
+    "FCOS R50-FPN": ("configs/fcos/fcos_r50_caffe_fpn_gn-head_1x_coco.py", "fcos_resnet50_fpn"),
 }
 
 
@@ -59,6 +60,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1216)
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="substrings of the model labels to run (default: all)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -69,6 +73,8 @@ def main() -> None:
     )
     print(f"{'model':<22} {'ours s':>8} {'torchvision s':>14} {'ratio':>7}")
     for label, (config, tv_name) in CONFIGS.items():
+        if args.models and not any(word.lower() in label.lower() for word in args.models):
+            continue
         result = time_interleaved(
             {"ours": ours(config, img), "tv": theirs(tv_name, img)}, args.warmup, args.repeats, reduce=statistics.median
         )

@@ -10,23 +10,17 @@ one warm-up run.
 
 import argparse
 import functools
-import os
 import statistics
-import sys
 import time
 from typing import Callable, Optional
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tests"))  # helpers.plain_search: the plain loop shared with the tests
-
-from helpers.plain_search import plain_grid_search  # noqa: E402
-from qdrop.quantization import AvgMSEFastObserver, MSEObserver  # noqa: E402
-from qdrop.quantization.grid_search import grid_candidates  # noqa: E402
-from qdrop.quantization.mse_objective import lp_error  # noqa: E402
-from qdrop.quantization.scalar_search import ExactObjective, golden_search  # noqa: E402
+from plain_search import plain_grid_search  # the plain loop, shared with the tests
+from qdrop.quantization import AvgMSEFastObserver, MSEObserver
+from qdrop.quantization.observers.grid_search import grid_candidates
+from qdrop.quantization.observers.mse_objective import lp_error
+from qdrop.quantization.observers.scalar_search import ExactObjective, golden_search
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:

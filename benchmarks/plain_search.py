@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from qdrop.quantization.mse_objective import QParamsFn, lp_error
+from qdrop.quantization.observers.mse_objective import QParamsFn, lp_error
 
 
 def plain_grid_search(

@@ -18,13 +18,13 @@ import torch
 
 from mmdet.models import build_detector
 from mmdet.utils import fuse_conv_bn, load_config
+from qdrop.config.q_config import load_q_config
 from qdrop.model import quantization_units, quantize_detector
-from qdrop.q_config import load_q_config
+from qdrop.ptq import float_reference
+from qdrop.ptq.calibration import calibrate
+from qdrop.ptq.capture import forward_order
+from qdrop.ptq.reconstruction import build_cache
 from qdrop.quantization import disable_all
-from qdrop.solver.calibration import calibrate
-from qdrop.solver.capture import forward_order
-from qdrop.solver.detector import float_reference
-from qdrop.solver.recon import build_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

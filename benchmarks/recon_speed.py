@@ -19,23 +19,18 @@ import argparse
 import copy
 import dataclasses
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from mmdet.models import build_detector  # noqa: E402
-from mmdet.utils import fuse_conv_bn, load_config  # noqa: E402
-from qdrop.model import quantization_units, quantize_detector  # noqa: E402
-from qdrop.q_config import QConfig, load_q_config  # noqa: E402
-from qdrop.quantization import disable_all, enable_calibration, enable_quantization  # noqa: E402
-from qdrop.solver.capture import forward_order  # noqa: E402
-from qdrop.solver.recon import build_cache, reconstruct_unit, unit_output_error  # noqa: E402
+from mmdet.models import build_detector
+from mmdet.utils import fuse_conv_bn, load_config
+from qdrop.config.q_config import QConfig, load_q_config
+from qdrop.model import quantization_units, quantize_detector
+from qdrop.ptq.capture import forward_order
+from qdrop.ptq.reconstruction import build_cache, reconstruct_unit, unit_output_error
+from qdrop.quantization import disable_all, enable_calibration, enable_quantization
 
 CONFIG = "configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py"
 UNITS = ("backbone.layer1.0", "backbone.layer3.0", "neck.fpn_convs.0")
@@ -47,6 +42,8 @@ VARIANTS = {  # name: recon overrides
     "fast+bf16": {"fast": True, "amp": "bfloat16"},
 }
 CONV_OPS = ("convolution", "convolution_backward")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # configs/ and exp/ are read from the checkout
 
 
 def parse_args() -> argparse.Namespace:

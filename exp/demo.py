@@ -5,7 +5,7 @@ python exp/demo.py --work-dir work_dirs/demo
 
 import sys
 
-from qdrop.solver.demo import main
+from qdrop.cli.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,10 @@
 """Shared pytest set-up: deterministic, single-threaded-friendly runs on CPU."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 @pytest.fixture(autouse=True)

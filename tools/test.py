@@ -2,7 +2,7 @@
 
 import sys
 
-from qdrop.solver.evaluate_checkpoint import cli
+from qdrop.cli.test import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

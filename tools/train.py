@@ -1,6 +1,8 @@
 """Train a detector: `python tools/train.py CONFIG [--work-dir DIR] ...`, the same as `qdrop-train` (see --help)."""
 
-from mmdet.apis.cli_train import main
+import sys
+
+from qdrop.cli.train import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -56,7 +56,7 @@ def init_detector(
     else:
         raise TypeError(f"config must be a path or an mmengine Config, got {type(config).__name__}")
     config = prepare_test_config(config)
-    model = build_detector(config.model, test_cfg=config.get("test_cfg"))
+    model = build_detector(config.model, test_cfg=config.get("test_cfg"), source=config.filename)
     classes = None
     if checkpoint is not None:
         meta = load_checkpoint(model, checkpoint, map_location="cpu").get("meta") or {}

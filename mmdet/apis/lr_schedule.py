@@ -15,6 +15,8 @@ from typing import Optional, Union
 
 import torch
 
+from mmdet.utils.errors import ConfigValueError
+
 WARMUP_KINDS = ("linear", "exp", "constant")
 
 
@@ -31,18 +33,20 @@ class StepLrSchedule:
 
     def __post_init__(self) -> None:
         if self.warmup is not None and self.warmup not in WARMUP_KINDS:
-            raise ValueError(f"lr_config.warmup must be one of {WARMUP_KINDS} or None, got {self.warmup!r}")
+            raise ConfigValueError(f"lr_config.warmup must be one of {WARMUP_KINDS} or None, got {self.warmup!r}")
         if self.warmup is not None and self.warmup_iters <= 0:
-            raise ValueError(
+            raise ConfigValueError(
                 f"lr_config.warmup_iters must be positive with warmup={self.warmup!r}, got {self.warmup_iters!r}"
             )
         if not 0 < self.warmup_ratio <= 1:
-            raise ValueError(f"lr_config.warmup_ratio must be in (0, 1], got {self.warmup_ratio!r}")
+            raise ConfigValueError(f"lr_config.warmup_ratio must be in (0, 1], got {self.warmup_ratio!r}")
         if isinstance(self.step, int):
             if self.step <= 0:
-                raise ValueError(f"lr_config.step as an int must be positive, got {self.step!r}")
+                raise ConfigValueError(f"lr_config.step as an int must be positive, got {self.step!r}")
         elif list(self.step) != sorted(self.step) or any(s < 0 for s in self.step):
-            raise ValueError(f"lr_config.step must be an increasing list of non-negative numbers, got {self.step!r}")
+            raise ConfigValueError(
+                f"lr_config.step must be an increasing list of non-negative numbers, got {self.step!r}"
+            )
 
     def regular_lr(self, progress: int) -> float:
         """The lr without warm-up at `progress` (the epoch when by_epoch, else the iteration)."""
@@ -71,11 +75,11 @@ class StepLrSchedule:
         options = dict(lr_config)
         policy = options.pop("policy", "step")
         if str(policy).lower() != "step":
-            raise ValueError(f"lr_config.policy {policy!r} is not supported; expected 'step'")
+            raise ConfigValueError(f"lr_config.policy {policy!r} is not supported; expected 'step'")
         known = {"step", "gamma", "by_epoch", "warmup", "warmup_iters", "warmup_ratio", "min_lr"}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"lr_config has unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise ConfigValueError(f"lr_config has unknown keys {unknown}; expected a subset of {sorted(known)}")
         if isinstance(options.get("step"), (list, tuple)):
             options["step"] = list(options["step"])
         return cls(base_lr=base_lr, **options)

@@ -10,6 +10,7 @@ from mmengine.registry import Registry
 from torch.utils.data import DataLoader, Dataset
 
 from mmdet.utils.dist_utils import get_dist_info
+from mmdet.utils.errors import ConfigKeyError
 
 from .collate import collate
 from .samplers import DistributedGroupSampler, DistributedTestSampler, GroupSampler
@@ -22,7 +23,7 @@ PIPELINES = Registry("pipelines", scope="qdrop_det")
 def build_dataset(cfg: dict, default_args: Optional[dict] = None) -> Dataset:
     """Build a dataset from a config dict such as `cfg.data.test` (its `type` names a registered dataset)."""
     if "type" not in cfg:
-        raise KeyError(f"dataset config needs a 'type' key, got keys {sorted(cfg)}")
+        raise ConfigKeyError(f"dataset config needs a 'type' key, got keys {sorted(cfg)}")
     return DATASETS.build(dict(cfg), default_args=default_args)
 
 

@@ -16,6 +16,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import Dataset
 
+from mmdet.utils.errors import ConfigKeyError, InputFileNotFoundError, UserError
+
 from .builder import DATASETS
 from .pipelines import Compose
 
@@ -135,6 +137,10 @@ def print_log(msg: str, logger: Union[logging.Logger, str, None] = None) -> None
         logging.getLogger(logger).info(msg)
 
 
+class AnnotationFileError(UserError, ValueError):
+    """A COCO annotation file is not valid json, lacks a required entry or does not name the dataset's classes."""
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -142,48 +148,48 @@ def _is_number(value) -> bool:
 def _validate_coco_json(data, ann_file: str) -> None:
     """Reject a malformed annotation file with a message naming the file and the offending entry."""
     if not isinstance(data, dict):
-        raise ValueError(f"{ann_file}: the top level must be a json object, got {type(data).__name__}")
+        raise AnnotationFileError(f"{ann_file}: the top level must be a json object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{ann_file}: missing or non-list '{key}'")
+            raise AnnotationFileError(f"{ann_file}: missing or non-list '{key}'")
     image_ids = set()
     for img in data["images"]:
         for key in ("id", "file_name", "width", "height"):
             if key not in img:
-                raise ValueError(f"{ann_file}: image entry {img!r} lacks '{key}'")
+                raise AnnotationFileError(f"{ann_file}: image entry {img!r} lacks '{key}'")
         image_ids.add(img["id"])
     for cat in data["categories"]:
         if "id" not in cat or "name" not in cat:
-            raise ValueError(f"{ann_file}: category entry {cat!r} needs 'id' and 'name'")
+            raise AnnotationFileError(f"{ann_file}: category entry {cat!r} needs 'id' and 'name'")
     ann_ids = set()
     for ann in data["annotations"]:
         ann_id = ann.get("id")
         where = f"{ann_file}: annotation id {ann_id}"
         if ann_id is None:
-            raise ValueError(f"{ann_file}: annotation {ann!r} lacks 'id'")
+            raise AnnotationFileError(f"{ann_file}: annotation {ann!r} lacks 'id'")
         if ann_id in ann_ids:
-            raise ValueError(f"{where} is not unique")
+            raise AnnotationFileError(f"{where} is not unique")
         ann_ids.add(ann_id)
         if ann.get("image_id") not in image_ids:
-            raise ValueError(f"{where} refers to unknown image id {ann.get('image_id')!r}")
+            raise AnnotationFileError(f"{where} refers to unknown image id {ann.get('image_id')!r}")
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            raise ValueError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
+            raise AnnotationFileError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
         if "category_id" not in ann:
-            raise ValueError(f"{where} lacks 'category_id'")
+            raise AnnotationFileError(f"{where} lacks 'category_id'")
         if not _is_number(ann.get("area", 0)):
-            raise ValueError(f"{where}: 'area' must be a number, got {ann.get('area')!r}")
+            raise AnnotationFileError(f"{where}: 'area' must be a number, got {ann.get('area')!r}")
 
 
 def load_coco(ann_file: str) -> COCO:
     """Read and validate a COCO json; build the pycocotools index (quietly)."""
     if not osp.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+        raise InputFileNotFoundError(f"annotation file not found: {ann_file}")
     try:
         with open(ann_file) as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{ann_file} is not valid json: {err}") from err
+        raise AnnotationFileError(f"{ann_file} is not valid json: {err}") from err
     _validate_coco_json(data, ann_file)
     coco = COCO()
     coco.dataset = data
@@ -240,7 +246,7 @@ class CocoDataset(Dataset):
             return tuple(cls.CLASSES)
         if isinstance(classes, str):
             if not osp.isfile(classes):
-                raise FileNotFoundError(f"classes file not found: {classes}")
+                raise InputFileNotFoundError(f"classes file not found: {classes}")
             with open(classes) as f:
                 return tuple(line.strip() for line in f if line.strip())
         if isinstance(classes, (list, tuple)) and all(isinstance(name, str) for name in classes):
@@ -254,7 +260,7 @@ class CocoDataset(Dataset):
         found = {cat["name"] for cat in self.coco.dataset["categories"]}
         missing = [name for name in self.CLASSES if name not in found]
         if missing:
-            raise ValueError(f"{ann_file}: categories {missing} of the dataset classes are not in the json")
+            raise AnnotationFileError(f"{ann_file}: categories {missing} of the dataset classes are not in the json")
         self.cat2label = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
         self.img_ids = list(self.coco.imgs)
         data_infos = []
@@ -355,7 +361,7 @@ class CocoDataset(Dataset):
             if name not in DEFAULT_METRIC_ITEMS:
                 close = difflib.get_close_matches(str(name), list(DEFAULT_METRIC_ITEMS), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise KeyError(
+                raise ConfigKeyError(
                     f"metric '{name}' is not supported by {cls.__name__}{hint}; "
                     f"choose from {sorted(DEFAULT_METRIC_ITEMS)}"
                 )
@@ -430,7 +436,7 @@ class CocoDataset(Dataset):
         if metric_items is not None:
             unknown = [item for item in metric_items if item not in COCO_METRIC_INDEX]
             if unknown:
-                raise KeyError(f"metric items {unknown} are not supported; choose from {list(COCO_METRIC_INDEX)}")
+                raise ConfigKeyError(f"metric items {unknown} are not supported; choose from {list(COCO_METRIC_INDEX)}")
 
         result_files, tmp_dir = self.format_results(results, jsonfile_prefix)
         eval_results = OrderedDict()

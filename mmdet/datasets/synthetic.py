@@ -20,6 +20,8 @@ from typing import Union
 import cv2
 import numpy as np
 
+from mmdet.utils.errors import ConfigValueError
+
 # (category id, name); ids have gaps like COCO's.
 SYNTHETIC_CATEGORIES: tuple[tuple[int, str], ...] = (
     (1, "circle"),
@@ -266,7 +268,7 @@ def make_synthetic_coco(
     """Write the data set under `out_dir`; returns the two annotation dicts keyed by split name."""
     for name, value in (("num_train", num_train), ("num_val", num_val)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"make_synthetic_coco: {name} must be a positive integer, got {value!r}")
+            raise ConfigValueError(f"make_synthetic_coco: {name} must be a positive integer, got {value!r}")
     out_dir = Path(out_dir)
     train = _write_split(out_dir, "train2017", num_train, seed, first_ann_id=1)
     # Annotation ids are unique over both splits, as in COCO.

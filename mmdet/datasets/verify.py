@@ -12,6 +12,8 @@ from typing import BinaryIO, NamedTuple, Optional
 
 from tqdm import tqdm
 
+from mmdet.utils.errors import UserError
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -26,7 +28,7 @@ _SHOWN_FILES = 10
 _PROGRESS_MIN_IMAGES = 500
 
 
-class ImageFileError(ValueError):
+class ImageFileError(UserError, ValueError):
     """An image file is missing, empty, of an unknown format, or truncated."""
 
 

@@ -1,24 +1,47 @@
-"""Reading and writing mmdetection-style checkpoints ({'state_dict', 'meta'}) with architecture checks."""
+"""Reading and writing mmdetection-style checkpoints ({'state_dict', 'meta'}) with architecture checks.
 
+Loading is weights-only unless the user opts out (below). A pickle can call any Python function while it is read, so
+every checkpoint (float, quantized, downloaded) and every work dir's progress file goes through
+:func:`read_checkpoint`, which reads it with ``torch.load(weights_only=True)``: tensors, containers and plain values
+load, and so do the numpy scalars, arrays and dtypes that mmdetection writes into ``meta`` (``meta.iter`` as
+``np.int64``, ``meta.hook_msgs.best_score`` as ``np.float64``), which are allowed by name (:func:`allowed_globals`).
+A file whose pickle names any other function or class is refused with :class:`UnsafeCheckpointError`, naming the file
+and that global, before anything of it runs.
+
+Environment variables:
+    QDROP_ALLOW_PICKLE: ``1`` (or ``true``, ``yes``, ``on``) loads a file that weights-only loading refuses with full
+        unpickling, which executes whatever code the file names. Off by default; set it only for a file whose origin
+        you trust. Every load it lets through logs a warning naming the file.
+"""
+
+import contextlib
+import functools
 import logging
 import os
 import pickle
+import re
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 import mmdet
 from mmdet.utils.atomic_io import atomic_torch_save
+from mmdet.utils.errors import InputFileNotFoundError, UserError
 
+ALLOW_PICKLE_ENV = "QDROP_ALLOW_PICKLE"
+_TRUE_VALUES = ("1", "true", "yes", "on")
+_TORCH_VERSION = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
 _SKIPPED_BUFFERS = ("num_batches_tracked",)
 _PREFIX = "module."
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """The checkpoint belongs to another architecture than the model it is loaded into."""
 
 
@@ -29,17 +52,101 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(UserError, ValueError):
     """The checkpoint file is empty, not a PyTorch checkpoint, truncated or otherwise unreadable."""
 
 
-class NonFiniteWeightsError(ValueError):
+class UnsafeCheckpointError(CheckpointFileError):
+    """The checkpoint's pickle names a function or class that weights-only loading refuses: loading it runs code.
+
+    Attributes:
+        filename: the file (or URL).
+        offending_global: the global the pickle asks for, as torch names it (e.g. ``posix.system``).
+    """
+
+    def __init__(self, message: str, filename: str = "", offending_global: str = ""):
+        super().__init__(message)
+        self.filename = filename
+        self.offending_global = offending_global
+
+
+class NonFiniteWeightsError(UserError, ValueError):
     """The checkpoint holds NaN or Inf in floating-point tensors."""
 
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_OPCODE = 0x80
 _SHOWN_NAMES = 10
+# How torch's weights-only unpickler names what it refused: a global, an object of a class, a function it won't call.
+_REFUSED_PATTERNS = (
+    re.compile(r"GLOBAL ([\w.]+)"),
+    re.compile(r"but got <class '([\w.]+)'>"),
+    re.compile(r"unrecognized function ([^\n]+?)(?: which belongs to [^\n]*)?$", re.MULTILINE),
+)
+
+
+@functools.cache
+def allowed_globals() -> tuple:
+    """The non-tensor globals that checkpoints may name: numpy arrays, scalars and dtypes, and OrderedDict.
+
+    Each entry is a class or function, or a ``(function, name)`` pair for a name it is pickled under; numpy's
+    ``multiarray`` helpers are listed under their numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) names.
+    """
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    allowed: list = [OrderedDict, np.ndarray, np.dtype]
+    for name in ("scalar", "_reconstruct"):
+        function = getattr(multiarray, name)
+        allowed += [function, (function, f"numpy.core.multiarray.{name}"), (function, f"numpy._core.multiarray.{name}")]
+    scalar_types = {np.dtype(code).type for code in np.typecodes["All"]} - {np.object_}
+    allowed += sorted(scalar_types, key=lambda cls: cls.__name__)
+    try:
+        import numpy.dtypes as dtype_classes  # numpy >= 1.25: one class per dtype (Float64DType, ...)
+    except ImportError:
+        dtype_classes = None
+    if dtype_classes is not None:
+        found = {
+            value
+            for value in vars(dtype_classes).values()
+            if isinstance(value, type) and issubclass(value, np.dtype) and value is not np.dtype
+        }
+        allowed += sorted(
+            (cls for cls in found if getattr(cls, "type", None) is not np.object_), key=lambda cls: cls.__name__
+        )
+    return tuple(allowed)
+
+
+def _allow_listed() -> contextlib.AbstractContextManager:
+    """A context in which weights-only loading also accepts :func:`allowed_globals` (torch >= 2.5)."""
+    context = getattr(torch.serialization, "safe_globals", None)
+    if context is None:
+        return contextlib.nullcontext()
+    entries = allowed_globals()
+    if _TORCH_VERSION < (2, 6):  # (function, name) pairs came with torch 2.6
+        entries = tuple(entry for entry in entries if not isinstance(entry, tuple))
+    return context(list(entries))
+
+
+def pickle_allowed() -> bool:
+    """Whether the environment variable ``QDROP_ALLOW_PICKLE`` permits full unpickling (off by default)."""
+    return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in _TRUE_VALUES
+
+
+def _refused_global(error: Exception) -> Optional[str]:
+    """The global that torch's weights-only unpickler refused, parsed out of its message; None when it names none."""
+    message = str(error)
+    for pattern in _REFUSED_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return match.group(1).rstrip(".")
+    return None
+
+
+def _last_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _check_file_format(filename: str) -> None:
@@ -67,7 +174,7 @@ def _torch_load(filename: str, map_location, weights_only: bool):
         return torch.load(filename, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError:
         raise
-    except (EOFError, RuntimeError, KeyError, IndexError, ValueError, OSError) as error:
+    except (EOFError, RuntimeError, KeyError, IndexError, ValueError, OSError, struct.error) as error:
         size = os.path.getsize(filename)
         reason = str(error).split(". ")[0] or ("unexpected end of file" if isinstance(error, EOFError) else "no detail")
         raise CheckpointFileError(
@@ -76,8 +183,46 @@ def _torch_load(filename: str, map_location, weights_only: bool):
         ) from error
 
 
+def _load_weights_only(load: Callable[[bool], Any], filename: str) -> Any:
+    """``load(weights_only=True)`` with :func:`allowed_globals` allowed; what it refuses is an error, or, only with
+    ``QDROP_ALLOW_PICKLE=1``, ``load(weights_only=False)`` with a warning naming the file."""
+    try:
+        with _allow_listed():
+            return load(True)
+    except pickle.UnpicklingError as error:
+        refused = _refused_global(error)
+        if not pickle_allowed():
+            if refused is None:
+                raise CheckpointFileError(
+                    f"checkpoint file {filename!r} is truncated or corrupt and cannot be unpickled "
+                    f"({_last_line(error)}); write or download it again"
+                ) from error
+            raise UnsafeCheckpointError(
+                f"checkpoint file {filename!r} was not loaded: its pickle asks for the global {refused}, which is "
+                "not a tensor, a container or a plain value, and loading it would execute code (a pickle can run "
+                "any function, a shell command included). If you trust where the file comes from, load it with "
+                f"full unpickling by setting the environment variable {ALLOW_PICKLE_ENV}=1",
+                filename=filename,
+                offending_global=refused,
+            ) from error
+        logging.getLogger("mmdet").warning(
+            "%s=1: loading checkpoint %r with full unpickling, which executes any code the file names "
+            "(weights-only loading refused %s)",
+            ALLOW_PICKLE_ENV,
+            filename,
+            refused or _last_line(error),
+        )
+    try:
+        return load(False)
+    except (pickle.UnpicklingError, AttributeError, ImportError) as full_error:
+        raise CheckpointFileError(
+            f"checkpoint file {filename!r} cannot be unpickled ({type(full_error).__name__}: {full_error}); "
+            "write or download it again"
+        ) from full_error
+
+
 def read_checkpoint(filename: str, map_location="cpu") -> dict:
-    """Read a checkpoint file (or URL) into a dict, with an error naming the file when it cannot be read.
+    """Read a checkpoint file (or URL) into a dict, weights-only, with an error naming the file when it cannot be read.
 
     Args:
         filename: a local path or an http(s) URL.
@@ -87,34 +232,29 @@ def read_checkpoint(filename: str, map_location="cpu") -> dict:
         The checkpoint: ``{'state_dict', 'meta', ...}`` or a bare state dict.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        CheckpointFileError: the file is empty, not a PyTorch checkpoint, truncated or corrupt.
+        InputFileNotFoundError: the file does not exist (a ``FileNotFoundError``).
+        UnsafeCheckpointError: the file's pickle names a global other than tensors, containers, plain values and
+            numpy values, and ``QDROP_ALLOW_PICKLE`` is not set (see the module docstring).
+        CheckpointFileError: the file is empty, not a PyTorch checkpoint, truncated or corrupt, or holds no dict.
     """
     if filename.startswith(("http://", "https://")):
-        return torch.hub.load_state_dict_from_url(
-            filename, map_location=map_location, progress=False, weights_only=True
-        )
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f"checkpoint file {filename!r} does not exist")
-    _check_file_format(filename)
-    try:
-        checkpoint = _torch_load(filename, map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # Older checkpoints may keep non-plain Python objects in their meta; load them fully, but say so.
-        logging.getLogger("mmdet").warning(
-            "checkpoint %r is not loadable with weights_only=True (%s); loading it with full unpickling",
-            filename,
-            error,
-        )
-        try:
-            checkpoint = _torch_load(filename, map_location, weights_only=False)
-        except pickle.UnpicklingError as full_error:
-            raise CheckpointFileError(
-                f"checkpoint file {filename!r} is truncated or corrupt and cannot be unpickled "
-                f"({full_error}); write or download it again"
-            ) from full_error
+
+        def load(weights_only: bool):
+            return torch.hub.load_state_dict_from_url(
+                filename, map_location=map_location, progress=False, weights_only=weights_only
+            )
+
+    else:
+        if not os.path.isfile(filename):
+            raise InputFileNotFoundError(f"checkpoint file {filename!r} does not exist")
+        _check_file_format(filename)
+
+        def load(weights_only: bool):
+            return _torch_load(filename, map_location, weights_only)
+
+    checkpoint = _load_weights_only(load, filename)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"checkpoint {filename!r} holds a {type(checkpoint).__name__}; expected a dict")
+        raise CheckpointFileError(f"checkpoint {filename!r} holds a {type(checkpoint).__name__}; expected a dict")
     return checkpoint
 
 
@@ -192,15 +332,18 @@ def load_checkpoint(
     ``num_batches_tracked``, and logs missing/unexpected keys. Raises :class:`CheckpointMismatchError` naming the first
     offending keys when the checkpoint is of another architecture: a shape differs on a common key, a model parameter
     or buffer is missing, or there are extra keys under one of the model's own sub-modules. With ``strict=True`` any
-    unexpected key is an error too. An unreadable file raises :class:`CheckpointFileError` and NaN or Inf in any
-    floating-point tensor raises :class:`NonFiniteWeightsError`, both naming the file.
+    unexpected key is an error too. An unreadable file raises :class:`CheckpointFileError`, one whose pickle would run
+    code :class:`UnsafeCheckpointError` (see :func:`read_checkpoint`), and NaN or Inf in any floating-point tensor
+    raises :class:`NonFiniteWeightsError`, all naming the file.
     """
     logger = logger or logging.getLogger("mmdet")
     model = _unwrap(model)
     checkpoint = read_checkpoint(filename, map_location)
     state_dict = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state_dict, dict):
-        raise ValueError(f"checkpoint {filename!r}: 'state_dict' is a {type(state_dict).__name__}; expected a dict")
+        raise CheckpointFileError(
+            f"checkpoint {filename!r}: 'state_dict' is a {type(state_dict).__name__}; expected a dict"
+        )
     state_dict = _strip_prefix(state_dict)
     check_finite(state_dict, filename)
     mismatched, missing, unexpected = _compare(model, state_dict)
@@ -238,7 +381,7 @@ def save_checkpoint(
     """Write ``{'state_dict', 'meta'[, 'optimizer']}`` atomically (a temporary file in the same folder, then rename).
 
     ``meta`` gets ``mmdet_version``, ``time`` and, when the model has them, its ``CLASSES``. Keep ``meta`` to plain
-    Python values: checkpoints are read back with ``weights_only=True``.
+    Python and numpy values: checkpoints are read back weights-only (see the module docstring).
     """
     model = _unwrap(model)
     meta = dict(meta or {})

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from mmengine.config import Config
 
+from mmdet.utils.errors import ConfigKeyError, InputFileNotFoundError, UserError
+
 _PATH_KEYS = ("ann_file", "img_prefix", "seg_prefix", "proposal_file")
 
 
@@ -40,7 +42,7 @@ def update_data_root(cfg: Config, new_root: Optional[str] = None) -> None:
         return
     old_root = cfg.get("data_root")
     if not old_root:
-        raise KeyError(f"MMDET_DATASETS is set but the config {cfg.filename} has no top-level 'data_root'")
+        raise ConfigKeyError(f"MMDET_DATASETS is set but the config {cfg.filename} has no top-level 'data_root'")
     if "data" in cfg:
         _relocate(cfg.data, old_root, new_root)
     cfg.data_root = new_root
@@ -50,11 +52,15 @@ NEW_KEY_PREFIX = "+"
 _SHOWN_KEYS = 5
 
 
-class UnknownConfigKeyError(KeyError):
-    """A --cfg-options key that names no entry of the config (and is not marked new with a leading '+')."""
+class UnknownConfigKeyError(ConfigKeyError):
+    """A --cfg-options key that names no entry of the config (and is not marked new with a leading '+').
 
-    def __str__(self) -> str:
-        return str(self.args[0])
+    A ``KeyError`` whose ``str()`` is the message itself (see :class:`~mmdet.utils.errors.ConfigKeyError`).
+    """
+
+
+class ConfigSyntaxError(UserError, SyntaxError):
+    """The config file or one of its local base files does not parse; the message names the file and the line."""
 
 
 def _check_syntax(path: str, seen: Sequence[str] = ()) -> None:
@@ -65,7 +71,7 @@ def _check_syntax(path: str, seen: Sequence[str] = ()) -> None:
         tree = ast.parse(source, filename=path)
     except SyntaxError as err:
         line = (err.text or "").strip()
-        raise SyntaxError(f"config file {path}, line {err.lineno}: {err.msg}: {line!r}") from None
+        raise ConfigSyntaxError(f"config file {path}, line {err.lineno}: {err.msg}: {line!r}") from None
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_base_" for t in node.targets):
             try:
@@ -168,7 +174,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
         UnknownConfigKeyError: a --cfg-options key the config does not have.
     """
     if not osp.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise InputFileNotFoundError(f"config file not found: {path}")
     if path.endswith(".py"):
         _check_syntax(path)
     cfg = Config.fromfile(path)

@@ -9,17 +9,19 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from mmdet.utils.errors import ConfigKeyError, ConfigValueError
+
 DEFAULT_MASTER_PORT = "29500"
 
 
 def _env_int(name: str) -> int:
     value = os.environ.get(name)
     if value is None:
-        raise KeyError(f"environment variable {name} is not set (needed by the distributed launcher)")
+        raise ConfigKeyError(f"environment variable {name} is not set (needed by the distributed launcher)")
     try:
         return int(value)
     except ValueError as err:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from err
+        raise ConfigValueError(f"environment variable {name}={value!r} is not an integer") from err
 
 
 def resolve_backend(backend: Optional[str]) -> str:
@@ -57,7 +59,7 @@ def _init_pytorch(backend: str) -> None:
     world_size = _env_int("WORLD_SIZE")
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
-            raise KeyError(f"environment variable {name} is not set (torchrun sets it)")
+            raise ConfigKeyError(f"environment variable {name} is not set (torchrun sets it)")
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     _select_cuda_device(local_rank)
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
@@ -68,7 +70,7 @@ def _init_slurm(backend: str) -> None:
     ntasks = _env_int("SLURM_NTASKS")
     node_list = os.environ.get("SLURM_NODELIST")
     if not node_list:
-        raise KeyError("environment variable SLURM_NODELIST is not set (run under srun)")
+        raise ConfigKeyError("environment variable SLURM_NODELIST is not set (run under srun)")
     num_gpus = torch.cuda.device_count()
     local_rank = int(os.environ.get("SLURM_LOCALID", proc_id % num_gpus if num_gpus else 0))
     os.environ.setdefault("MASTER_PORT", DEFAULT_MASTER_PORT)
@@ -91,7 +93,7 @@ def init_dist(launcher: str, backend: Optional[str] = None) -> None:
     elif launcher == "slurm":
         _init_slurm(backend)
     else:
-        raise ValueError(f"launcher must be 'pytorch' or 'slurm', got '{launcher}' ('none' needs no init_dist)")
+        raise ConfigValueError(f"launcher must be 'pytorch' or 'slurm', got '{launcher}' ('none' needs no init_dist)")
 
 
 def get_dist_info() -> tuple[int, int]:

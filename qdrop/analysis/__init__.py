@@ -10,12 +10,11 @@ from .mixed_precision import (
     unit_weight_bits,
     unit_weight_counts,
 )
-from .report import RunRecord, UnitReconstruction, command_line, format_report, write_run_report
+from .report import RunRecord, command_line, format_report, write_run_report
 from .resources import StageTimer, peak_memory_mib
 
 __all__ = [
     "RunRecord",
-    "UnitReconstruction",
     "command_line",
     "format_report",
     "write_run_report",

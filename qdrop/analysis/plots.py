@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from mmdet.utils.atomic_io import atomic_open
+from mmdet.utils.errors import MissingExtraError
 
 INSTALL_HINT = "plotting needs matplotlib: pip install -e .[analysis]"
 ROW_INCHES = 0.28  # height of one unit's row in the per-unit bar charts
@@ -19,7 +20,7 @@ def pyplot():
     try:
         import matplotlib
     except ImportError as error:
-        raise ImportError(INSTALL_HINT) from error
+        raise MissingExtraError(f"drawing needs matplotlib, which is not installed: run `{INSTALL_HINT}`") from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -11,20 +11,11 @@ import yaml
 
 from mmdet.utils.atomic_io import atomic_write_text
 from qdrop.analysis.plots import plot_recon_curves, plot_recon_errors
+from qdrop.ptq.record import UnitReconstruction
 
 REPORT_FILE = "report.md"
 ERRORS_IMAGE = "recon_errors.png"
 CURVES_IMAGE = "recon_curves.png"
-
-
-@dataclass(frozen=True)
-class UnitReconstruction:
-    """What reconstruction did to one unit."""
-
-    unit: str
-    error_before: float  # output error with round-to-nearest weights and calibrated activation ranges
-    error_after: float
-    curve: tuple[tuple[int, float], ...] = ()  # (step, reconstruction loss) as sampled during reconstruction
 
 
 @dataclass
@@ -127,7 +118,8 @@ def format_report(record: RunRecord, images: Sequence[tuple[str, str]] = (), not
 
 
 def placement_summary(rows: Sequence) -> list[str]:
-    """Markdown lines: how many quantizers of each kind (tensor, bits, granularity, classes)."""
+    """Markdown lines: how many quantizers of each kind (tensor, bits, granularity, classes) and, for a
+    `qdrop.model.PlacementTable`, which kinds of part stay float and why."""
     if not rows:
         return ["No quantizer in the model."]
     counts: dict[tuple, int] = Counter(
@@ -139,6 +131,13 @@ def placement_summary(rows: Sequence) -> list[str]:
         ("tensor", "bits", "granularity", "quantizer", "observer", "count"),
         [(*map(str, key), str(count)) for key, count in counts.items()],
     )
+    float_parts = getattr(rows, "float_parts", ())
+    if float_parts:
+        kinds: dict[tuple, int] = Counter((part.kind, part.reason) for part in float_parts)
+        lines += ["", f"Kept float: {len(float_parts)} parts.", ""]
+        lines += _table(
+            ("part", "count", "why"), [(kind, str(count), reason) for (kind, reason), count in kinds.items()]
+        )
     return lines
 
 

@@ -13,11 +13,13 @@ import argparse
 
 from mmdet.apis.inference import prepare_test_config
 from mmdet.datasets import build_dataloader, build_dataset
-from mmdet.models import build_detector
 from mmdet.utils import load_config
-from qdrop.deploy import NETWORK, OnnxDetector, import_onnx, load_detector
+from qdrop.deploy import NETWORK, OnnxDetector, import_onnx
 from qdrop.deploy.compare import OutputDifference, QuantizerProbe, compare_outputs, last_activation_quantizer
 from qdrop.deploy.runtime import OPTIMIZATION_LEVELS
+from qdrop.solver.command import add_debug_flag, run_command
+from qdrop.solver.detector import build_bare_detector, load_detector
+from qdrop.solver.preflight import check_model_types
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="ONNX Runtime graph optimization levels to compare (default: disable all)",
     )
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.images <= 0:
         parser.error(f"--images: must be positive, got {args.images}")
@@ -44,9 +47,10 @@ def main(argv=None) -> dict:
     """Returns {optimization level: {output name: OutputDifference over the compared images}}."""
     args = parse_args(argv)
     cfg = prepare_test_config(load_config(args.config))
+    check_model_types(cfg, args.config)
     dataset = build_dataset(cfg.data.test)
     loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=0, dist=False, shuffle=False)
-    model, _ = load_detector(args.config, args.checkpoint)
+    model = load_detector(cfg, args.checkpoint).model
     last = last_activation_quantizer(model)
     step = last[1] if last else 0.0
     step_note = f"last activation quantizer {last[0]}, step {step:.6g}" if last else "float model: no quantizer"
@@ -54,9 +58,7 @@ def main(argv=None) -> dict:
     network_graph = import_onnx().load(args.onnx) if last else None
     worst = {}
     for level in args.optimization:
-        detector = OnnxDetector.from_file(
-            build_detector(cfg.model, test_cfg=cfg.get("test_cfg")), args.onnx, optimization=level, threads=args.threads
-        )
+        detector = OnnxDetector.from_file(build_bare_detector(cfg), args.onnx, optimization=level, threads=args.threads)
         network_names = {output.name for output in detector.sessions[NETWORK].get_outputs()}
         per_output: dict[str, OutputDifference] = {}
         divergences = []
@@ -95,5 +97,5 @@ def main(argv=None) -> dict:
     return worst
 
 
-if __name__ == "__main__":
-    main()
+def cli() -> int:
+    return run_command(main)

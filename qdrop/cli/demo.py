@@ -5,7 +5,9 @@ summary.png and the run report of the first model's W2A4 QDrop run (report_<mode
     python exp/demo.py --work-dir work_dirs/demo      (what `make demo` runs, after `make data`)
     qdrop-demo --work-dir work_dirs/demo              (the same, as an installed command)
 
-Paths (configs/, checkpoints/, exp/demo/) are relative to the working directory: run it from the repository root.
+Configs, checkpoints, q_configs and the synthetic data are found in the project root (the folder holding
+configs/, exp/demo/, checkpoints/ and data/; by default the one this package was installed from), wherever the
+command is started; --root names another.
 
 Quantization settings come from exp/demo/{w4a4,w2a4}.yaml: the published settings with a schedule 100 times shorter,
 so the learning rates there are larger (scale_lr and AdaRound's round_lr). Per model one calibration serves
@@ -22,7 +24,6 @@ import json
 import multiprocessing
 import os
 import os.path as osp
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -32,22 +33,27 @@ from typing import Optional
 import torch
 
 from mmdet.apis.train import set_random_seed
-from mmdet.utils import default_device, get_root_logger, load_config
+from mmdet.utils import default_device, get_root_logger, load_config, update_data_root
 from mmdet.utils.atomic_io import atomic_write_text
+from mmdet.utils.errors import UserError
 from qdrop.analysis import RunRecord, peak_memory_mib, write_run_report
 from qdrop.analysis.plots import plot_summary
+from qdrop.config import load_q_config
 from qdrop.deploy import OnnxDetector
 from qdrop.model import placement_table
-from qdrop.q_config import load_q_config
+from qdrop.ptq import run_calibration, run_reconstruction, shares_calibration, wrap
+from qdrop.solver.command import add_debug_flag, run_command
 from qdrop.solver.data import build_test_loader, calibration_batches
-from qdrop.solver.detector import build_fp_detector
-from qdrop.solver.steps import evaluate, run_calibration, run_reconstruction, shares_calibration, wrap
+from qdrop.solver.detector import load_detector
+from qdrop.solver.evaluation import evaluate
 
-MODELS = {  # name: (config, checkpoint file name under --checkpoint-dir)
+MODELS = {  # name: (config under the project root, checkpoint file name under --checkpoint-dir)
     "retinanet": ("configs/tiny/retinanet_tiny_synth.py", "retinanet_tiny_synth.pth"),
     "faster_rcnn": ("configs/tiny/faster_rcnn_tiny_synth.py", "faster_rcnn_tiny_synth.pth"),
+    "fcos": ("configs/tiny/fcos_tiny_synth.py", "fcos_tiny_synth.pth"),
 }
-SETTINGS = {"W4A4": "exp/demo/w4a4.yaml", "W2A4": "exp/demo/w2a4.yaml"}
+DEFAULT_MODELS = ["retinanet", "faster_rcnn"]  # what `make demo` runs; --models fcos adds the tiny FCOS
+SETTINGS = {"W4A4": "exp/demo/w4a4.yaml", "W2A4": "exp/demo/w2a4.yaml"}  # under the project root
 COLUMNS = (
     ["FP"]
     + [f"{setting} {variant}" for setting in SETTINGS for variant in ("none", "BRECQ", "QDrop")]
@@ -64,8 +70,13 @@ HOW_TO_TRAIN = (
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", default="work_dirs/demo")
-    parser.add_argument("--checkpoint-dir", default="checkpoints")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument(
+        "--root",
+        default=str(default_root()),
+        help="the project root: configs/, exp/demo/, checkpoints/, data/ (default: %(default)s)",
+    )
+    parser.add_argument("--checkpoint-dir", help="where the tiny checkpoints are (default: ROOT/checkpoints)")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(DEFAULT_MODELS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads",
@@ -82,12 +93,26 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "allow); with more than one, every model and setting is a job of its own, seeded on its own, so the table "
         "is the same",
     )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    args.root = osp.abspath(args.root)
+    args.checkpoint_dir = args.checkpoint_dir or osp.join(args.root, "checkpoints")
     if args.jobs is None:
         args.jobs = max(1, min(len(args.models) * len(SETTINGS), (os.cpu_count() or 1) // max(args.threads, 1)))
     if args.jobs < 1 or args.threads < 1:
         parser.error(f"--jobs and --threads must be at least 1, got --jobs {args.jobs} --threads {args.threads}")
     return args
+
+
+class DemoInputError(UserError, FileNotFoundError):
+    """A file the demo needs is missing."""
+
+
+def default_root() -> Path:
+    """The project root this package was installed from (an editable install, or a source checkout), else the
+    working directory."""
+    source = Path(__file__).resolve().parents[2]
+    return source if (source / "configs" / "tiny").is_dir() else Path.cwd()
 
 
 def _missing_checkpoints(args) -> list[str]:
@@ -105,6 +130,7 @@ def _missing_checkpoints(args) -> list[str]:
 
 def run_model(
     name: str,
+    root: str,
     checkpoint: str,
     seed: int,
     logger,
@@ -116,10 +142,12 @@ def run_model(
     settings with the same activation quantizers share a calibration. With `report_dir`, the run report of the
     REPORTED_RUN column goes there; `show_progress` draws progress bars."""
     config_path, _ = MODELS[name]
-    cfg = load_config(config_path)
+    cfg = load_config(osp.join(root, config_path))
+    if not os.environ.get("MMDET_DATASETS"):  # the data set's relative paths are relative to the project root
+        update_data_root(cfg, osp.join(root, cfg.data_root))
     device = default_device()
     set_random_seed(seed)
-    fp_model = build_fp_detector(cfg, checkpoint, device, logger)
+    fp_model = load_detector(cfg, checkpoint, device, kind="float", logger=logger).model
     test_data = build_test_loader(cfg)
 
     def mean_ap(model, column: str) -> float:
@@ -131,7 +159,7 @@ def run_model(
     row = {"FP": mean_ap(fp_model, "FP")} if next(iter(SETTINGS)) in settings else {}
     calibrated = None  # (model, its q_config) of the first calibration
     for setting in settings:
-        q_config = load_q_config(SETTINGS[setting])
+        q_config = load_q_config(osp.join(root, SETTINGS[setting]))
         batches = calibration_batches(cfg, q_config.calibrate, seed)
         q_model, reference = wrap(copy.deepcopy(fp_model), q_config, device)
         started = time.time()
@@ -146,8 +174,7 @@ def run_model(
         for variant, drop_prob in (("BRECQ", 1.0), ("QDrop", q_config.recon.drop_prob)):
             model = copy.deepcopy(q_model)
             started = time.time()
-            results = []
-            run_reconstruction(
+            reconstruction = run_reconstruction(
                 model,
                 reference,
                 batches,
@@ -156,7 +183,6 @@ def run_model(
                 seed=seed,
                 logger=logger,
                 drop_prob=drop_prob,
-                results=results,
                 show_progress=show_progress,
             )
             reconstruct_seconds = time.time() - started
@@ -170,7 +196,7 @@ def run_model(
                     {"calibrate": calibrate_seconds, "reconstruct": reconstruct_seconds},
                     peak_memory_mib(device),
                     {"bbox_mAP": row[REPORTED_RUN]},
-                    results,
+                    reconstruction.reconstructed,
                 )
                 write_run_report(report_dir, record)
             if setting == "W4A4" and variant == "QDrop":  # the same model exported to ONNX, run in ONNX Runtime
@@ -185,6 +211,7 @@ class DemoJob:
 
     model: str
     settings: tuple[str, ...]
+    root: str
     checkpoint: str
     seed: int
     threads: int
@@ -209,6 +236,7 @@ def plan_jobs(args: argparse.Namespace, log_file: str) -> list[DemoJob]:
         DemoJob(
             model=name,
             settings=settings,
+            root=args.root,
             checkpoint=osp.join(args.checkpoint_dir, MODELS[name][1]),
             seed=args.seed,
             threads=args.threads,
@@ -228,6 +256,7 @@ def run_job(job: DemoJob) -> dict[str, float]:
     started = time.time()
     row = run_model(
         job.model,
+        job.root,
         job.checkpoint,
         job.seed,
         logger,
@@ -248,20 +277,22 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     return "bbox mAP (%) on the synthetic val set\n" + "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
     """Run the demo as the command line says.
 
     Args:
         argv: the command-line arguments (default: sys.argv[1:]).
 
     Returns:
-        The exit status: 0, or 1 when a checkpoint is missing.
+        The table: bbox mAP by model and column.
+
+    Raises:
+        DemoInputError: a tiny checkpoint is missing (the message says how to make it).
     """
     args = parse_args(argv)
     problems = _missing_checkpoints(args)
     if problems:
-        print("\n".join(problems), file=sys.stderr)
-        return 1
+        raise DemoInputError("\n".join(problems))
     os.makedirs(args.work_dir, exist_ok=True)
     log_file = osp.join(args.work_dir, f"demo_{time.strftime('%Y%m%d_%H%M%S')}.log")
     logger = get_root_logger(log_file=log_file)
@@ -298,4 +329,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ImportError as error:
         print(f"summary.png not drawn: {error}")
     print(f"run report of {args.models[0]} {REPORTED_RUN}: {osp.join(report_dir, 'report.md')}")
-    return 0
+    return summary
+
+
+def cli() -> int:
+    """The `qdrop-demo` command (`make demo`)."""
+    return run_command(main)

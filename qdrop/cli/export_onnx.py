@@ -10,7 +10,11 @@ FILE.bbox_head.onnx (the RoI box head). Without --shape, height and width are dy
 
 import argparse
 
-from qdrop.deploy import DEFAULT_OPSET, export_detector, load_detector, save_graphs
+from mmdet.utils import load_config
+from qdrop.deploy import DEFAULT_OPSET, export_detector, save_graphs
+from qdrop.solver.command import add_debug_flag, run_command
+from qdrop.solver.detector import load_detector
+from qdrop.solver.preflight import check_model_types
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--require-quantized", action="store_true", help="refuse a float checkpoint instead of exporting a float graph"
     )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.shape is not None and min(args.shape) <= 0:
         parser.error(f"--shape: height and width must be positive, got {args.shape}")
@@ -35,7 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    model, quantized = load_detector(args.config, args.checkpoint, require_quantized=args.require_quantized)
+    cfg = load_config(args.config)
+    check_model_types(cfg, args.config)
+    model, quantized, _ = load_detector(cfg, args.checkpoint, kind="quantized" if args.require_quantized else "any")
     graphs = export_detector(model, opset=args.opset, shape=args.shape)
     files = save_graphs(graphs, args.out)
     kind = "quantized (QDQ)" if quantized else "float"
@@ -44,5 +51,5 @@ def main(argv=None) -> dict:
     return files
 
 
-if __name__ == "__main__":
-    main()
+def cli() -> int:
+    return run_command(main)

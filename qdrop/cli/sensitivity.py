@@ -16,31 +16,30 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 from pathlib import Path
 from typing import Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from mmdet.utils import default_device, get_root_logger, load_config  # noqa: E402
-from mmdet.utils.atomic_io import atomic_write_text  # noqa: E402
-from qdrop.analysis.mixed_precision import (  # noqa: E402
+from mmdet.utils import default_device, get_root_logger, load_config
+from mmdet.utils.atomic_io import atomic_write_text
+from qdrop.analysis.mixed_precision import (
     average_weight_bits,
     format_overrides,
     suggest_overrides,
     unit_weight_bits,
     unit_weight_counts,
 )
-from qdrop.analysis.plots import plot_sensitivity  # noqa: E402
-from qdrop.analysis.sensitivity import METRICS, OUTPUT_ERROR, OutputError, quantize_only, top_units, unit_sensitivity  # noqa: E402
-from qdrop.model import quantization_units  # noqa: E402
-from qdrop.q_config import load_q_config  # noqa: E402
-from qdrop.solver.capture import forward_order  # noqa: E402
-from qdrop.solver.data import build_test_loader, calibration_batches  # noqa: E402
-from qdrop.solver.detector import build_fp_detector  # noqa: E402
-from qdrop.solver.steps import evaluate, run_calibration, wrap  # noqa: E402
+from qdrop.analysis.plots import plot_sensitivity
+from qdrop.analysis.sensitivity import METRICS, OUTPUT_ERROR, OutputError, quantize_only, top_units, unit_sensitivity
+from qdrop.config import QConfigError, load_q_config
+from qdrop.model import quantization_units
+from qdrop.ptq import run_calibration, wrap
+from qdrop.ptq.capture import forward_order
+from qdrop.solver.command import add_debug_flag, run_command
+from qdrop.solver.data import build_test_loader, calibration_batches
+from qdrop.solver.detector import load_detector
+from qdrop.solver.evaluation import evaluate
+from qdrop.solver.preflight import check_model_types
+from qdrop.solver.work_dir import WorkDirError
 
 RESULT_FILE = "sensitivity.json"
 FIGURE_FILE = "sensitivity.png"
@@ -65,6 +64,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--high-bit", type=int, default=4, help="weight bits of the units that --suggest-bits raises")
     parser.add_argument("--seed", type=int, default=0, help="seeds the draw of the calibration images")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -72,17 +72,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     q_config = load_q_config(args.q_config)
     if args.suggest_bits is not None and not q_config.w_qconfig.bit < args.high_bit <= 8:
-        sys.exit(
+        raise QConfigError(
             f"--high-bit {args.high_bit}: must lie above the q_config's {q_config.w_qconfig.bit}-bit weights "
             "and at most 8"
         )
     cfg = load_config(args.config)
+    check_model_types(cfg, args.config)
     work_dir = args.work_dir or osp.join("work_dirs", Path(args.config).stem + "_sensitivity")
-    os.makedirs(work_dir, exist_ok=True)
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+    except OSError as error:
+        raise WorkDirError(f"work dir {work_dir} cannot be created: {error.strerror or error}") from None
     logger = get_root_logger()
     device = default_device()
 
-    model = build_fp_detector(cfg, args.checkpoint, device, logger)
+    model = load_detector(cfg, args.checkpoint, device, kind="float", logger=logger).model
     batches = calibration_batches(cfg, q_config.calibrate, args.seed)
     model, _ = wrap(model, q_config, device)
     run_calibration(model, batches, q_config, device)
@@ -135,5 +139,5 @@ def main(argv: Optional[list[str]] = None) -> dict:
     return result
 
 
-if __name__ == "__main__":
-    main()
+def cli() -> int:
+    return run_command(main)

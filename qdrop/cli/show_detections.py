@@ -14,17 +14,15 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import cv2
 
-import cv2  # noqa: E402
-
-from mmdet.apis import inference_detector, init_detector  # noqa: E402
-from mmdet.datasets import build_dataset  # noqa: E402
-from mmdet.utils import load_config  # noqa: E402
-from qdrop.analysis.plots import plot_detections, pyplot  # noqa: E402
-from qdrop.model import load_quantized_checkpoint  # noqa: E402
+from mmdet.apis import inference_detector
+from mmdet.datasets import build_dataset
+from mmdet.utils import load_config
+from qdrop.analysis.plots import plot_detections, pyplot
+from qdrop.solver.command import add_debug_flag, run_command
+from qdrop.solver.detector import load_detector
+from qdrop.solver.preflight import check_model_types
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -35,6 +33,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=4, help="how many val images, from the first")
     parser.add_argument("--out", required=True, help="folder for the PNGs")
     parser.add_argument("--score-thr", type=float, default=0.3, help="detections below this score are not drawn")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be at least 1, got {args.images}")
@@ -51,6 +50,12 @@ def val_image_paths(cfg, count: int) -> list[str]:
     return [osp.join(dataset.img_prefix or "", info["filename"]) for info in dataset.data_infos[:count]]
 
 
+def _for_inference(model, cfg):
+    """`inference_detector` reads the test pipeline from `model.cfg`, as mmdetection's init_detector sets it."""
+    model.cfg = cfg
+    return model
+
+
 def main(argv: Optional[list[str]] = None) -> list[str]:
     args = parse_args(argv)
     try:
@@ -58,12 +63,11 @@ def main(argv: Optional[list[str]] = None) -> list[str]:
     except ImportError as error:
         sys.exit(str(error))
     cfg = load_config(args.config)
+    check_model_types(cfg, args.config)
     paths = val_image_paths(cfg, args.images)
-    models = [("float", init_detector(args.config, args.checkpoint))]
+    models = [("float", _for_inference(load_detector(cfg, args.checkpoint, kind="float", fold_bn=False).model, cfg))]
     if args.quantized:
-        quantized = init_detector(args.config)
-        load_quantized_checkpoint(quantized, args.quantized)
-        models.append(("quantized", quantized.eval()))
+        models.append(("quantized", _for_inference(load_detector(cfg, args.quantized, kind="quantized").model, cfg)))
     classes = models[0][1].CLASSES
     os.makedirs(args.out, exist_ok=True)
     written = []
@@ -79,5 +83,5 @@ def main(argv: Optional[list[str]] = None) -> list[str]:
     return written
 
 
-if __name__ == "__main__":
-    main()
+def cli() -> int:
+    return run_command(main)

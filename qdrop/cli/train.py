@@ -19,6 +19,8 @@ from mmdet.apis.train import set_random_seed, train_detector
 from mmdet.datasets import build_dataset
 from mmdet.models import build_detector
 from mmdet.utils import get_dist_info, get_root_logger, init_dist, load_config
+from qdrop.solver.command import add_debug_flag, run_command
+from qdrop.solver.preflight import check_model_types
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -39,6 +41,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args
@@ -53,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """
     args = parse_args(argv)
     cfg = load_config(args.config, cfg_options=args.cfg_options)
+    check_model_types(cfg, args.config)
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
 
     distributed = args.launcher != "none"
@@ -84,3 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     train_detector(
         model, dataset, cfg, distributed=distributed, validate=not args.no_validate, timestamp=timestamp, meta=meta
     )
+
+
+def cli() -> int:
+    """The `qdrop-train` command."""
+    return run_command(main)

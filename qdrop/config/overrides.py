@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from fnmatch import fnmatchcase
 from typing import Any, Optional
 
+from qdrop.config.errors import QConfigError
 from qdrop.quantization import QuantizerConfig
 
 ENTRY_KEYS = ("modules", "w_qconfig", "a_qconfig", "quantize")
@@ -40,21 +41,21 @@ class ModuleOverride:
         if isinstance(entry, ModuleOverride):
             return entry
         if not isinstance(entry, Mapping):
-            raise ValueError(f"{where}: expected a mapping with keys {', '.join(ENTRY_KEYS)}, got {entry!r}")
+            raise QConfigError(f"{where}: expected a mapping with keys {', '.join(ENTRY_KEYS)}, got {entry!r}")
         unknown = sorted(set(entry) - set(ENTRY_KEYS))
         if unknown:
-            raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(ENTRY_KEYS)}")
+            raise QConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(ENTRY_KEYS)}")
         modules = entry.get("modules")
         if not isinstance(modules, str) or not modules:
-            raise ValueError(
+            raise QConfigError(
                 f'{where}.modules: got {modules!r}; allowed values: a glob over module names, e.g. "backbone.layer4.*"'
             )
         quantize = entry.get("quantize")
         if quantize is not None and not isinstance(quantize, bool):
-            raise ValueError(f"{where}.quantize: got {quantize!r}; allowed values: true, false")
+            raise QConfigError(f"{where}.quantize: got {quantize!r}; allowed values: true, false")
         settings = {key: _fields(entry.get(key, {}), f"{where}.{key}") for key in ("w_qconfig", "a_qconfig")}
         if not settings["w_qconfig"] and not settings["a_qconfig"] and quantize is None:
-            raise ValueError(f"{where}: changes nothing; give w_qconfig, a_qconfig and/or quantize")
+            raise QConfigError(f"{where}: changes nothing; give w_qconfig, a_qconfig and/or quantize")
         return cls(modules, settings["w_qconfig"], settings["a_qconfig"], quantize)
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,11 +77,11 @@ class ModuleOverride:
 def _fields(settings: Any, where: str) -> tuple[tuple[str, Any], ...]:
     """The (key, value) pairs of a partial quantizer section; each value is checked on a complete section."""
     if not isinstance(settings, Mapping):
-        raise ValueError(f"{where}: expected a mapping of quantizer fields, got {settings!r}")
+        raise QConfigError(f"{where}: expected a mapping of quantizer fields, got {settings!r}")
     keys = [field.name for field in fields(QuantizerConfig)]
     unknown = sorted(set(settings) - set(keys))
     if unknown:
-        raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(keys)}")
+        raise QConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(keys)}")
     probe = {
         "quantizer": "FixedFakeQuantize",
         "observer": "MinMaxObserver",
@@ -97,7 +98,7 @@ def parse_overrides(entries: Any, source: str) -> tuple[ModuleOverride, ...]:
     if entries is None:
         return ()
     if not isinstance(entries, (list, tuple)):
-        raise ValueError(
+        raise QConfigError(
             f"{source}: overrides: expected a list of entries {{modules: glob, w_qconfig: {{...}}, "
             f"a_qconfig: {{...}}, quantize: false}}, got {entries!r}"
         )
@@ -115,38 +116,46 @@ class ModuleSettings:
     quantize: bool = True
 
 
-def effective_settings(name: str, base: ModuleSettings, entries: Sequence[ModuleOverride]) -> ModuleSettings:
-    """`base` with every entry that applies to module `name` applied in order."""
-    settings = base
-    for entry in entries:
-        if not entry.matches(name):
-            continue
-        settings = ModuleSettings(
-            replace(settings.w_cfg, **dict(entry.w_qconfig)),
-            replace(settings.a_cfg, **dict(entry.a_qconfig)),
-            settings.quantize if entry.quantize is None else entry.quantize,
-        )
-    return settings
+class SettingsResolver:
+    """The final settings of every module of one model: the q_config's sections with the override entries that apply
+    to the module applied in order. Quantizers are built once, from these settings.
 
+    Args:
+        base: the q_config's `w_qconfig` and `a_qconfig`.
+        entries: the override entries, in order.
+        checked_from: the first of the user's entries; those before it are the project's defaults (the first-layer
+            entry), which need not match a module.
+    """
 
-def is_kept_float(name: str, entries: Sequence[ModuleOverride]) -> bool:
-    """Whether the last entry that applies to module `name` and sets `quantize` keeps it float."""
-    quantize = True
-    for entry in entries:
-        if entry.quantize is not None and entry.matches(name):
-            quantize = entry.quantize
-    return not quantize
+    def __init__(self, base: ModuleSettings, entries: Sequence[ModuleOverride], checked_from: int = 0):
+        self.base = base
+        self.entries = tuple(entries)
+        self.checked_from = checked_from
 
-
-def check_every_entry_matches(entries: Sequence[ModuleOverride], names: Iterable[str]) -> None:
-    """Raise ValueError for the first entry that applies to none of `names` (the quantizable modules), naming its
-    glob and the nearest module names."""
-    names = list(names)
-    candidates = sorted({".".join(name.split(".")[:end]) for name in names for end in range(1, name.count(".") + 2)})
-    for index, entry in enumerate(entries):
-        if not any(entry.matches(name) for name in names):
-            nearest = difflib.get_close_matches(entry.modules, candidates, n=3, cutoff=0.0)
-            raise ValueError(
-                f"q_config overrides[{index}].modules: {entry.modules!r} matches no quantizable module; "
-                f"nearest module names: {', '.join(nearest)}"
+    def settings(self, name: str) -> ModuleSettings:
+        """The settings of module `name`: `base` with every entry that applies to it applied in order."""
+        settings = self.base
+        for entry in self.entries:
+            if not entry.matches(name):
+                continue
+            settings = ModuleSettings(
+                replace(settings.w_cfg, **dict(entry.w_qconfig)),
+                replace(settings.a_cfg, **dict(entry.a_qconfig)),
+                settings.quantize if entry.quantize is None else entry.quantize,
             )
+        return settings
+
+    def check_every_entry_matches(self, names: Iterable[str]) -> None:
+        """Raise QConfigError for the first of the user's entries that applies to none of `names` (the quantizable
+        modules), naming its glob and the nearest module names."""
+        names = list(names)
+        candidates = sorted(
+            {".".join(name.split(".")[:end]) for name in names for end in range(1, name.count(".") + 2)}
+        )
+        for index, entry in enumerate(self.entries[self.checked_from :]):
+            if not any(entry.matches(name) for name in names):
+                nearest = difflib.get_close_matches(entry.modules, candidates, n=3, cutoff=0.0)
+                raise QConfigError(
+                    f"q_config overrides[{index}].modules: {entry.modules!r} matches no quantizable module; "
+                    f"nearest module names: {', '.join(nearest)}"
+                )

@@ -7,15 +7,17 @@ every error names the file, the key and the allowed values.
 
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Optional, Union
 
 import torch
 import yaml
 
-from qdrop.overrides import ModuleOverride, parse_overrides
+from qdrop.config.errors import QConfigError
+from qdrop.config.overrides import ModuleOverride, parse_overrides
 from qdrop.quantization import QuantizerConfig
 from qdrop.quantization.fake_quant import ROUND_MODES
+from qdrop.quantization.fused import default_fast_path
 
 # Storage precision of the reconstruction cache: YAML name -> dtype.
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -46,7 +48,9 @@ class ReconConfig:
     drop_prob: float  # probability of keeping an activation quantized; 1 is BRECQ
     cache_dtype: str = "float32"  # storage precision of the cache, a key of CACHE_DTYPES
     round_lr: float = 1e-3  # Adam's learning rate of AdaRound's alpha
-    fast: bool = True  # the fused reconstruction path
+    # the fused path of every fake quantizer, for calibration, reconstruction and evaluation alike; the default
+    # comes from the environment (QDROP_FAST=0: the plain path)
+    fast: bool = field(default_factory=default_fast_path)
     compile: bool = False  # torch.compile the unit during reconstruction
     amp: Optional[str] = None  # autocast dtype of the reconstruction forward (a key of AMP_DTYPES) or None
 
@@ -57,14 +61,14 @@ class ReconConfig:
             return recon
         keys = recon_keys()
         if not isinstance(recon, Mapping):
-            raise ValueError(f"{source}: recon: expected a mapping with keys {', '.join(keys)}")
+            raise QConfigError(f"{source}: recon: expected a mapping with keys {', '.join(keys)}")
         unknown = sorted(set(recon) - set(keys))
         if unknown:
-            raise ValueError(f"{source}: recon.{unknown[0]}: unknown key; allowed keys: {', '.join(keys)}")
+            raise QConfigError(f"{source}: recon.{unknown[0]}: unknown key; allowed keys: {', '.join(keys)}")
         values = {**recon_defaults(), **recon}
         missing = [key for key in keys if key not in values]
         if missing:
-            raise ValueError(f"{source}: recon.{missing[0]}: missing key; required keys: {', '.join(keys)}")
+            raise QConfigError(f"{source}: recon.{missing[0]}: missing key; required keys: {', '.join(keys)}")
         _check_number(values, "batch_size", source, 1, None, True, integer=True)
         _check_number(values, "iters", source, 0, None, True, integer=True)
         _check_number(values, "scale_lr", source, 0, None, True)
@@ -78,12 +82,12 @@ class ReconConfig:
             or len(b_range) != 2
             or any(isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0 for b in b_range)
         ):
-            raise ValueError(
+            raise QConfigError(
                 f"{source}: recon.b_range: got {b_range!r}; allowed values: [start, end] of two positive numbers"
             )
         for key in ("keep_gpu", "fast", "compile"):
             if not isinstance(values[key], bool):
-                raise ValueError(f"{source}: recon.{key}: got {values[key]!r}; allowed values: true, false")
+                raise QConfigError(f"{source}: recon.{key}: got {values[key]!r}; allowed values: true, false")
         _check_choice(values, "round_mode", source, ROUND_MODES)
         _check_choice(values, "cache_dtype", source, tuple(CACHE_DTYPES))
         if values["amp"] is not None:
@@ -115,7 +119,11 @@ def recon_keys() -> tuple[str, ...]:
 
 def recon_defaults() -> dict[str, Any]:
     """The optional keys of the ``recon`` section and their defaults."""
-    return {key.name: key.default for key in fields(ReconConfig) if key.default is not MISSING}
+    defaults = {key.name: key.default for key in fields(ReconConfig) if key.default is not MISSING}
+    defaults.update(
+        {key.name: key.default_factory() for key in fields(ReconConfig) if key.default_factory is not MISSING}
+    )
+    return defaults
 
 
 def _check_number(
@@ -131,18 +139,18 @@ def _check_number(
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
-        raise ValueError(f"{source}: recon.{key}: got {value!r}; allowed values: {kind}")
+        raise QConfigError(f"{source}: recon.{key}: got {value!r}; allowed values: {kind}")
     above = value >= low if include_low else value > low
     if not above or (high is not None and value > high):
         opening, closing = "[" if include_low else "(", "]" if high is not None else ")"
         span = f"{opening}{low}, {high if high is not None else 'inf'}{closing}"
-        raise ValueError(f"{source}: recon.{key}: got {value!r}; allowed values: {kind} in {span}")
+        raise QConfigError(f"{source}: recon.{key}: got {value!r}; allowed values: {kind} in {span}")
 
 
 def _check_choice(values: Mapping[str, Any], key: str, source: str, allowed: tuple[str, ...], also: str = "") -> None:
     if values[key] not in allowed:
         choices = ", ".join(allowed + ((also,) if also else ()))
-        raise ValueError(f"{source}: recon.{key}: got {values[key]!r}; allowed values: {choices}")
+        raise QConfigError(f"{source}: recon.{key}: got {values[key]!r}; allowed values: {choices}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,7 @@ class QConfig:
     calibrate: int  # calibration images in total, over all ranks
     recon: ReconConfig
     quant_head: bool = False  # quantize the detection heads too
-    overrides: tuple[ModuleOverride, ...] = ()  # per-module settings, applied in order (qdrop.overrides)
+    overrides: tuple[ModuleOverride, ...] = ()  # per-module settings, applied in order (qdrop.config.overrides)
 
     @classmethod
     def from_mapping(cls, mapping: Union["QConfig", Mapping[str, Any]], source: str = "<dict>") -> "QConfig":
@@ -164,27 +172,27 @@ class QConfig:
             return mapping
         keys = q_config_keys()
         if not isinstance(mapping, Mapping):
-            raise ValueError(f"{source}: expected a mapping with keys {', '.join(keys)}")
+            raise QConfigError(f"{source}: expected a mapping with keys {', '.join(keys)}")
         mapping = {key: value for key, value in mapping.items() if key != "root"}
         unknown = sorted(set(mapping) - set(keys))
         if unknown:
-            raise ValueError(f"{source}: {unknown[0]}: unknown key; allowed keys: {', '.join(keys)}, root")
+            raise QConfigError(f"{source}: {unknown[0]}: unknown key; allowed keys: {', '.join(keys)}, root")
         missing = [key for key in REQUIRED_KEYS if key not in mapping]
         if missing:
-            raise ValueError(f"{source}: {missing[0]}: missing key; required keys: {', '.join(REQUIRED_KEYS)}")
+            raise QConfigError(f"{source}: {missing[0]}: missing key; required keys: {', '.join(REQUIRED_KEYS)}")
         try:
             a_qconfig = QuantizerConfig.from_mapping(mapping["a_qconfig"], "a_qconfig")
             w_qconfig = QuantizerConfig.from_mapping(mapping["w_qconfig"], "w_qconfig")
         except ValueError as error:
-            raise ValueError(f"{source}: {error}") from None
+            raise QConfigError(f"{source}: {error}") from None
         _check_ch_axis(a_qconfig, "a_qconfig", ACTIVATION_CH_AXES, source)
         _check_ch_axis(w_qconfig, "w_qconfig", WEIGHT_CH_AXES, source)
         calibrate = mapping["calibrate"]
         if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 1:
-            raise ValueError(f"{source}: calibrate: got {calibrate!r}; allowed values: a positive number of images")
+            raise QConfigError(f"{source}: calibrate: got {calibrate!r}; allowed values: a positive number of images")
         quant_head = mapping.get("quant_head", False)
         if not isinstance(quant_head, bool):
-            raise ValueError(f"{source}: quant_head: got {quant_head!r}; allowed values: true, false")
+            raise QConfigError(f"{source}: quant_head: got {quant_head!r}; allowed values: true, false")
         recon = ReconConfig.from_mapping(mapping["recon"], source)
         overrides = parse_overrides(mapping.get("overrides"), source)
         return cls(a_qconfig, w_qconfig, calibrate, recon, quant_head, overrides)
@@ -207,7 +215,7 @@ class QConfig:
 def _check_ch_axis(cfg: QuantizerConfig, section: str, allowed: dict[int, str], source: str) -> None:
     if cfg.ch_axis not in allowed:
         choices = ", ".join(f"{axis} ({meaning})" for axis, meaning in allowed.items())
-        raise ValueError(f"{source}: {section}.ch_axis: got {cfg.ch_axis!r}; allowed values: {choices}")
+        raise QConfigError(f"{source}: {section}.ch_axis: got {cfg.ch_axis!r}; allowed values: {choices}")
 
 
 def q_config_keys() -> tuple[str, ...]:
@@ -229,19 +237,19 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
 def _read(path: str, seen: set[str]) -> dict[str, Any]:
     path = os.path.abspath(path)
     if path in seen:
-        raise ValueError(f"{path}: root: inheritance cycle")
+        raise QConfigError(f"{path}: root: inheritance cycle")
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: q_config file not found")
+        raise QConfigError(f"{path}: q_config file not found")
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        raise QConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data = dict(data)
     root = data.pop("root", None)
     if root is None:
         return data
     if not isinstance(root, str):
-        raise ValueError(f"{path}: root: expected a file path relative to this file, got {root!r}")
+        raise QConfigError(f"{path}: root: expected a file path relative to this file, got {root!r}")
     parent = _read(os.path.join(os.path.dirname(path), root), seen | {path})
     return _merge(parent, data)
 

@@ -11,11 +11,10 @@ from .export import (
     box_head_path,
     export_detector,
     is_two_stage,
-    load_detector,
     save_graphs,
 )
 from .qdq import QuantParams, integer_type, integer_weight, quant_params
-from .runtime import OnnxDetector, create_session, session_options
+from .runtime import OnnxDetector, OnnxGraphError, create_session, session_options
 
 __all__ = [
     "INSTALL_HINT",
@@ -27,13 +26,13 @@ __all__ = [
     "box_head_path",
     "export_detector",
     "is_two_stage",
-    "load_detector",
     "save_graphs",
     "QuantParams",
     "integer_type",
     "integer_weight",
     "quant_params",
     "OnnxDetector",
+    "OnnxGraphError",
     "create_session",
     "session_options",
 ]

@@ -15,7 +15,7 @@ from qdrop.quantization import fake_quantizers
 from qdrop.quantization.functional import broadcast_qparam
 
 from .dependencies import import_onnx
-from .export import is_two_stage
+from .export import dense_output_kinds, is_two_stage
 from .runtime import OnnxDetector, create_session
 
 # An element counts as sitting on a rounding tie when PyTorch's x / scale lies this close (in steps) to k + 1/2:
@@ -56,10 +56,9 @@ def network_outputs(model: nn.Module, img: torch.Tensor) -> dict[str, torch.Tens
             named.update({f"rpn_cls_{i}": s for i, s in enumerate(cls_scores)})
             named.update({f"rpn_reg_{i}": r for i, r in enumerate(bbox_preds)})
             return named
-        cls_scores, bbox_preds = model.bbox_head(feats)
-        named = {f"cls_score_{i}": s for i, s in enumerate(cls_scores)}
-        named.update({f"bbox_pred_{i}": r for i, r in enumerate(bbox_preds)})
-        return named
+        head_outputs = model.bbox_head(feats)
+        kinds = dense_output_kinds(model.bbox_head)
+        return {f"{kind}_{i}": t for kind, levels in zip(kinds, head_outputs) for i, t in enumerate(levels)}
 
 
 def compare_outputs(

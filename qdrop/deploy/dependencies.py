@@ -2,6 +2,8 @@
 
 from types import ModuleType
 
+from mmdet.utils.errors import MissingExtraError
+
 INSTALL_HINT = "pip install -e .[deploy]"
 
 
@@ -9,7 +11,7 @@ def _import(name: str) -> ModuleType:
     try:
         return __import__(name)
     except ImportError as err:
-        raise ImportError(
+        raise MissingExtraError(
             f"qdrop.deploy needs the '{name}' package, which is not installed: run `{INSTALL_HINT}` "
             "(it installs onnx and onnxruntime)"
         ) from err

@@ -1,6 +1,8 @@
 """Detector -> ONNX graphs: the network up to the heads' raw outputs, with every quantizer as QDQ.
 
-A single-stage detector is one graph: ``img`` -> ``cls_score_<l>``, ``bbox_pred_<l>`` per level. Faster R-CNN is two:
+A single-stage detector is one graph: ``img`` -> its dense head's raw outputs per level, ``cls_score_<l>``,
+``bbox_pred_<l>`` and, for FCOS and ATSS, ``centerness_<l>`` (GFL's ``bbox_pred_<l>`` are the scaled bin logits; FCOS's
+are the eval-mode distances). Faster R-CNN is two:
 the network graph ``img`` -> FPN levels ``feat_<l>`` and the RPN's ``rpn_cls_<l>``, ``rpn_reg_<l>``, and the box-head
 graph ``roi_feats`` (N, C, 7, 7) -> ``cls_score``, ``bbox_pred``; proposals, their NMS and RoI pooling run in
 between in the project's own code.
@@ -12,9 +14,7 @@ from typing import Optional
 
 from torch import nn
 
-from mmdet.models import build_detector
-from mmdet.utils import CheckpointMismatchError, fuse_conv_bn, load_checkpoint, load_config
-from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
+from mmdet.models.dense_heads import ATSSHead, FCOSHead
 
 from .dependencies import import_onnx
 from .graph import GraphBuilder
@@ -36,32 +36,24 @@ def is_two_stage(model: nn.Module) -> bool:
     return getattr(model, "roi_head", None) is not None
 
 
-def load_detector(config_path: str, checkpoint_path: str, require_quantized: bool = False) -> tuple[nn.Module, bool]:
-    """The detector of ``config_path`` with ``checkpoint_path`` loaded and BatchNorm folded, in eval mode.
+def dense_output_kinds(head: nn.Module) -> tuple[str, ...]:
+    """The kinds of raw output of a single-stage detector's dense head, in the order of its forward and of the
+    arguments of its ``get_bboxes``; the network graph names them ``<kind>_<level>``."""
+    if isinstance(head, (FCOSHead, ATSSHead)):
+        return ("cls_score", "bbox_pred", "centerness")
+    return ("cls_score", "bbox_pred")
 
-    Returns:
-        (model, whether the checkpoint is a quantized one).
 
-    Raises:
-        ValueError: a float checkpoint with ``require_quantized``, or a checkpoint that does not fit the config.
-    """
-    cfg = load_config(config_path)
-    model = build_detector(cfg.model, test_cfg=cfg.get("test_cfg"))
-    quantized = is_quantized_checkpoint_file(checkpoint_path)
-    if require_quantized and not quantized:
-        raise ValueError(
-            f"{checkpoint_path} is a float checkpoint, but a quantized one (quantized.pth written by "
-            "qdrop/solver/quant_coco.py) is required; drop --require-quantized for a float export"
-        )
-    try:
-        if quantized:
-            load_quantized_checkpoint(model, checkpoint_path)
-        else:
-            load_checkpoint(model, checkpoint_path, map_location="cpu")
-            fuse_conv_bn(model)
-    except (ValueError, KeyError, RuntimeError, CheckpointMismatchError) as err:
-        raise ValueError(f"{checkpoint_path} does not fit the model of {config_path}: {err}") from err
-    return model.eval(), quantized
+def network_output_names(model: nn.Module) -> list[str]:
+    """The network graph's outputs in order: for a single-stage detector every kind of head output over the levels,
+    for a two-stage one the FPN levels ``feat_<l>`` and the RPN's ``rpn_cls_<l>``, ``rpn_reg_<l>``."""
+    if is_two_stage(model):
+        rpn_levels = model.rpn_head.prior_generator.num_levels
+        return [f"feat_{i}" for i in range(model.neck.num_outs)] + [
+            f"{kind}_{i}" for kind in ("rpn_cls", "rpn_reg") for i in range(rpn_levels)
+        ]
+    levels = model.bbox_head.prior_generator.num_levels
+    return [f"{kind}_{i}" for kind in dense_output_kinds(model.bbox_head) for i in range(levels)]
 
 
 def export_detector(
@@ -90,10 +82,11 @@ def export_detector(
             + [(f"rpn_reg_{i}", t) for i, t in enumerate(bbox_preds)]
         )
     else:
-        cls_scores, bbox_preds = writer.dense_head(model.bbox_head, feats)
-        named = [(f"cls_score_{i}", t) for i, t in enumerate(cls_scores)] + [
-            (f"bbox_pred_{i}", t) for i, t in enumerate(bbox_preds)
-        ]
+        head_outputs = writer.dense_head(model.bbox_head, feats)
+        kinds = dense_output_kinds(model.bbox_head)
+        if len(head_outputs) != len(kinds):
+            raise ValueError(f"ONNX export: {type(model.bbox_head).__name__} gave {len(head_outputs)} kinds of output")
+        named = [(f"{kind}_{i}", t) for kind, levels in zip(kinds, head_outputs) for i, t in enumerate(levels)]
     outputs = [_rename(graph, tensor, output) for output, tensor in named]
     graphs = {
         NETWORK: graph.model(

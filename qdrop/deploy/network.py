@@ -1,8 +1,10 @@
-"""The detector's network (ResNet, FPN, dense heads, box head) written into a GraphBuilder module by module.
+"""The detector's network (ResNet / ResNeXt / RegNet, FPN, dense heads, box head) written into a GraphBuilder module
+by module.
 
 Quantized layers and blocks keep their quantizers: every enabled activation quantizer becomes a QDQ pair and every
-enabled weight quantizer an integer initializer with a DequantizeLinear; everything else is float. BatchNorm must be
-folded into the convs first.
+enabled weight quantizer an integer initializer with a DequantizeLinear; everything else is float (GroupNorm, the
+heads' per-level Scale, FCOS's distance transform). BatchNorm must be folded into the convs first. The dense heads
+are written as in eval mode.
 """
 
 from collections.abc import Sequence
@@ -10,11 +12,13 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
+from mmdet.models.backbones import RegNet
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
-from mmdet.models.dense_heads import RetinaHead, RPNHead
+from mmdet.models.dense_heads import ATSSHead, FCOSHead, GFLHead, RetinaHead, RPNHead
 from mmdet.models.necks import FPN
+from mmdet.models.utils import Scale
 from mmdet.models.utils.conv_module import ConvModule
-from qdrop.model import QuantizedBasicBlock, QuantizedBottleneck
+from qdrop.model import QuantizedBasicBlock, QuantizedBottleneck, QuantizedConvNormAct
 from qdrop.quantization import FakeQuantizeBase, QConv2d, QLinear, QuantizedLayer
 
 from .graph import GraphBuilder
@@ -43,6 +47,8 @@ class NetworkWriter:
         """The output of ``module`` applied to the tensor named ``x``."""
         if isinstance(module, QuantizedLayer):
             return self.quantized_layer(module, x)
+        if isinstance(module, QuantizedConvNormAct):
+            return self.quantized_conv_norm(module, x)
         if isinstance(module, (QuantizedBasicBlock, QuantizedBottleneck)):
             return self.quantized_residual(module, x)
         if isinstance(module, (BasicBlock, Bottleneck)):
@@ -59,6 +65,8 @@ class NetworkWriter:
             return self.max_pool(module, x)
         if isinstance(module, nn.GroupNorm):
             return self.group_norm(module, x)
+        if isinstance(module, Scale):
+            return self.scale(module, x)
         if isinstance(module, nn.Sequential):
             for child in module:
                 x = self.module(child, x)
@@ -74,6 +82,15 @@ class NetworkWriter:
             out = self.module(layer.activation, out)
         if layer.qoutput:
             out = self.activation_quantizer(layer.block_post_act_fake_quantize, out)
+        return out
+
+    def quantized_conv_norm(self, unit: QuantizedConvNormAct, x: str) -> str:
+        """Weight-quantized conv, float GroupNorm, activation, output QDQ."""
+        out = self.module(unit.norm, self.weighted(unit.module, x))
+        if unit.activation is not None:
+            out = self.module(unit.activation, out)
+        if unit.qoutput:
+            out = self.activation_quantizer(unit.block_post_act_fake_quantize, out)
         return out
 
     def quantized_residual(self, block: nn.Module, x: str) -> str:
@@ -175,6 +192,12 @@ class NetworkWriter:
             ceil_mode=int(pool.ceil_mode),
         )
 
+    def scale(self, scale: Scale, x: str) -> str:
+        """x times the Scale's scalar (a float32 constant)."""
+        name = self.name_of(scale)
+        value = self.graph.constant(f"{name}/value", scale.scale.detach().cpu().numpy().reshape(()))
+        return self.graph.node("Mul", [x, value], name)
+
     def group_norm(self, norm: nn.GroupNorm, x: str) -> str:
         """(N, C, H, W) -> (N, G, C/G * H * W), normalised per group, back to (N, C, H, W), per-channel affine."""
         name = self.name_of(norm)
@@ -194,8 +217,12 @@ class NetworkWriter:
 
     # ------------------------------------------------------------------------------------------------ detector parts
     def resnet(self, backbone: ResNet, x: str) -> list[str]:
-        """The stem, every stage, and the outputs of the stages in ``out_indices``."""
-        for part in (backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool):
+        """The stem (RegNet's has no max-pool), every stage, and the outputs of the stages in ``out_indices``;
+        ResNeXt and RegNet blocks are Bottlenecks with a grouped conv2."""
+        stem = [backbone.conv1, backbone.bn1, backbone.relu]
+        if not isinstance(backbone, RegNet):
+            stem.append(backbone.maxpool)
+        for part in stem:
             x = self.module(part, x)
         outs = []
         for index, layer_name in enumerate(backbone.res_layers):
@@ -270,24 +297,63 @@ class NetworkWriter:
             nearest_mode="floor",
         )
 
-    def dense_head(self, head: nn.Module, feats: Sequence[str]) -> tuple[list[str], list[str]]:
-        """Per level (class scores, box deltas) of a RetinaHead or an RPNHead."""
-        cls_scores, bbox_preds = [], []
-        for feat in feats:
-            if isinstance(head, RetinaHead):
-                cls_feat = reg_feat = feat
-                for cls_conv, reg_conv in zip(head.cls_convs, head.reg_convs):
-                    cls_feat = self.module(cls_conv, cls_feat)
-                    reg_feat = self.module(reg_conv, reg_feat)
-                cls_scores.append(self.module(head.retina_cls, cls_feat))
-                bbox_preds.append(self.module(head.retina_reg, reg_feat))
-            elif isinstance(head, RPNHead):
-                shared = self.relu(self.module(head.rpn_conv, feat), f"{self.name_of(head)}/relu")
-                cls_scores.append(self.module(head.rpn_cls, shared))
-                bbox_preds.append(self.module(head.rpn_reg, shared))
-            else:
-                raise ValueError(f"ONNX export: dense head {type(head).__name__} is not written (RetinaHead, RPNHead)")
-        return cls_scores, bbox_preds
+    def dense_head(self, head: nn.Module, feats: Sequence[str]) -> tuple[list[str], ...]:
+        """The raw outputs of a dense head as its eval-mode forward returns them: one list of per-level tensors per
+        kind (RetinaHead, RPNHead, GFLHead: class scores, box regression; FCOSHead, ATSSHead: and centerness)."""
+        writers = (
+            (RetinaHead, self._retina_level),
+            (RPNHead, self._rpn_level),
+            (FCOSHead, self._fcos_level),
+            (ATSSHead, self._atss_level),
+            (GFLHead, self._gfl_level),
+        )
+        write = next((writer for head_type, writer in writers if isinstance(head, head_type)), None)
+        if write is None:
+            raise ValueError(
+                f"ONNX export: dense head {type(head).__name__} is not written (RetinaHead, RPNHead, FCOSHead, "
+                "ATSSHead, GFLHead)"
+            )
+        per_level = [write(head, feat, level) for level, feat in enumerate(feats)]
+        return tuple(list(kind) for kind in zip(*per_level))
+
+    def _tower(self, convs: nn.ModuleList, x: str) -> str:
+        for conv in convs:
+            x = self.module(conv, x)
+        return x
+
+    def _retina_level(self, head: RetinaHead, feat: str, level: int) -> tuple[str, str]:
+        cls_feat, reg_feat = self._tower(head.cls_convs, feat), self._tower(head.reg_convs, feat)
+        return self.module(head.retina_cls, cls_feat), self.module(head.retina_reg, reg_feat)
+
+    def _rpn_level(self, head: RPNHead, feat: str, level: int) -> tuple[str, str]:
+        shared = self.relu(self.module(head.rpn_conv, feat), f"{self.name_of(head)}/relu")
+        return self.module(head.rpn_cls, shared), self.module(head.rpn_reg, shared)
+
+    def _fcos_level(self, head: FCOSHead, feat: str, level: int) -> tuple[str, str, str]:
+        """FCOSHead.forward_single in eval mode: distances relu(scale * reg) * stride with `norm_on_bbox`, else
+        exp(scale * reg)."""
+        name = self.name_of(head)
+        cls_feat, reg_feat = self._tower(head.cls_convs, feat), self._tower(head.reg_convs, feat)
+        cls_score = self.module(head.conv_cls, cls_feat)
+        bbox_pred = self.module(head.scales[level], self.module(head.conv_reg, reg_feat))
+        centerness = self.module(head.conv_centerness, reg_feat if head.centerness_on_reg else cls_feat)
+        if head.norm_on_bbox:
+            bbox_pred = self.relu(bbox_pred, f"{name}/distances_relu{level}")
+            stride = self.graph.constant(f"{name}/stride{level}", np.array(float(head.strides[level])))
+            bbox_pred = self.graph.node("Mul", [bbox_pred, stride], f"{name}/distances{level}")
+        else:
+            bbox_pred = self.graph.node("Exp", [bbox_pred], f"{name}/distances{level}")
+        return cls_score, bbox_pred, centerness
+
+    def _atss_level(self, head: ATSSHead, feat: str, level: int) -> tuple[str, str, str]:
+        cls_feat, reg_feat = self._tower(head.cls_convs, feat), self._tower(head.reg_convs, feat)
+        bbox_pred = self.module(head.scales[level], self.module(head.atss_reg, reg_feat))
+        return self.module(head.atss_cls, cls_feat), bbox_pred, self.module(head.atss_centerness, reg_feat)
+
+    def _gfl_level(self, head: GFLHead, feat: str, level: int) -> tuple[str, str]:
+        """Class-quality logits and the scaled bin logits (the Integral runs in get_bboxes)."""
+        cls_feat, reg_feat = self._tower(head.cls_convs, feat), self._tower(head.reg_convs, feat)
+        return self.module(head.gfl_cls, cls_feat), self.module(head.scales[level], self.module(head.gfl_reg, reg_feat))
 
     def box_head(self, head: nn.Module, roi_feats: str) -> tuple[str, str]:
         """Shared2FCBBoxHead: flatten the (N, C, 7, 7) RoI features, shared fcs with ReLU, then fc_cls, fc_reg."""

@@ -1,6 +1,7 @@
 """A detector whose network runs in ONNX Runtime and whose pre- and post-processing are the project's own."""
 
 import copy
+import os.path as osp
 from typing import Optional
 
 import numpy as np
@@ -8,9 +9,18 @@ import torch
 from torch import nn
 
 from mmdet.core import bbox2result, bbox2roi
+from mmdet.utils.errors import UserError
 
 from .dependencies import import_onnx, import_onnxruntime
-from .export import BOX_HEAD, NETWORK, box_head_path, export_detector, is_two_stage
+from .export import (
+    BOX_HEAD,
+    NETWORK,
+    box_head_path,
+    dense_output_kinds,
+    export_detector,
+    is_two_stage,
+    network_output_names,
+)
 
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disable")
 PROVIDERS = ["CPUExecutionProvider"]
@@ -70,11 +80,16 @@ def disabled_optimizers(model_proto) -> list[str]:
     return []
 
 
+class OnnxGraphError(UserError, ValueError):
+    """An ONNX file is missing or does not fit the detector of the config."""
+
+
 class OnnxDetector(nn.Module):
     """The detector ``model`` (built from the same config) with its network replaced by ONNX Runtime sessions.
 
     Called like a detector in test mode (``model(img=..., img_metas=..., return_loss=False, rescale=True)``):
-    the network graph gives the heads' raw outputs, then the heads' own ``get_bboxes`` (anchors, decoding, NMS);
+    the network graph gives the heads' raw outputs, then the heads' own ``get_bboxes`` (priors, decoding, NMS; with
+    FCOS's and ATSS's centerness as the third list);
     for Faster R-CNN, proposals and RoI pooling run in PyTorch between the network and box-head graphs.
 
     Args:
@@ -98,6 +113,9 @@ class OnnxDetector(nn.Module):
         files = {NETWORK: onnx_path}
         if is_two_stage(model):
             files[BOX_HEAD] = box_head_path(onnx_path)
+        for path in files.values():
+            if not osp.isfile(path):
+                raise OnnxGraphError(f"{path}: no such ONNX file (write it with tools/deploy/export_onnx.py)")
         return cls(model, {part: create_session(path, optimization, threads) for part, path in files.items()})
 
     @classmethod
@@ -107,6 +125,22 @@ class OnnxDetector(nn.Module):
         model = copy.deepcopy(model).cpu().eval()
         graphs = export_detector(model)
         return cls(model, {part: create_session(graph, optimization, threads) for part, graph in graphs.items()})
+
+    def check_fits(self, config_path: str, onnx_path: str) -> None:
+        """The network graph's outputs must be the ones the config's detector post-processes
+        (`network_output_names`: e.g. ``centerness_<l>`` too for FCOS and ATSS).
+
+        Raises:
+            OnnxGraphError: naming both files and the outputs expected and found.
+        """
+        names = {output.name for output in self.sessions[NETWORK].get_outputs()}
+        expected = set(network_output_names(self.detector))
+        if names != expected:
+            missing, extra = sorted(expected - names), sorted(names - expected)
+            raise OnnxGraphError(
+                f"{onnx_path} does not fit the detector of {config_path}: graph outputs {sorted(names)}, "
+                f"expected {sorted(expected)} (missing {missing}, unexpected {extra})"
+            )
 
     def raw_outputs(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network graph's outputs by name for a (B, 3, H, W) batch."""
@@ -134,9 +168,8 @@ class OnnxDetector(nn.Module):
         if is_two_stage(self.detector):
             return self._two_stage(outputs, img_metas, rescale)
         head = self.detector.bbox_head
-        results = head.get_bboxes(
-            _levels(outputs, "cls_score_"), _levels(outputs, "bbox_pred_"), img_metas, rescale=rescale
-        )
+        per_kind = [_levels(outputs, f"{kind}_") for kind in dense_output_kinds(head)]
+        results = head.get_bboxes(*per_kind, img_metas=img_metas, rescale=rescale)
         return [bbox2result(bboxes, labels, head.num_classes) for bboxes, labels in results]
 
     def _two_stage(self, outputs: dict[str, torch.Tensor], img_metas: list[dict], rescale: bool) -> list:

@@ -13,9 +13,9 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from mmdet.utils import check_finite, fuse_conv_bn, read_checkpoint, save_checkpoint
+from mmdet.utils import CheckpointMismatchError, check_finite, fuse_conv_bn, read_checkpoint, save_checkpoint
+from qdrop.config.q_config import QConfig
 from qdrop.model.quantize import quantize_detector
-from qdrop.q_config import QConfig
 from qdrop.quantization import enable_quantization
 
 QUANTIZED_FORMAT = "qdrop-quantized-v1"
@@ -33,7 +33,7 @@ def load_quantized_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     """
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"quantized state does not fit the quantized model: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]} (another model or q_config?)"
         )
@@ -85,7 +85,7 @@ def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu
     """
     checkpoint = read_checkpoint(filename, map_location=map_location)
     if not is_quantized_checkpoint(checkpoint):
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"{filename} is not a quantized checkpoint written by qdrop (meta.format != "
             f"{QUANTIZED_FORMAT!r}); load float checkpoints with mmdet.utils.load_checkpoint"
         )
@@ -96,7 +96,7 @@ def load_quantized_checkpoint(model: nn.Module, filename: str, map_location="cpu
     try:
         load_quantized_state(model, checkpoint["state_dict"])
     except ValueError as err:
-        raise ValueError(f"{filename}: {err}") from err
+        raise CheckpointMismatchError(f"{filename}: {err}") from err
     if "CLASSES" in meta:
         model.CLASSES = tuple(meta["CLASSES"])
     return checkpoint

@@ -2,15 +2,21 @@
 
 Backbone and neck are always quantized, the heads only with `quant_head: True`. Two tables decide the placement:
 
-* `QUANTIZED_FORMS`: module type -> its quantized form. A ResNet BasicBlock/Bottleneck becomes one quantized block;
-  a ConvModule, conv or linear one `QuantizedLayer` (a ConvModule's ReLU folds into it). Other modules are walked
-  into; an `nn.ReLU` registered right after a wrapped conv/linear folds into that layer.
+* `QUANTIZED_FORMS`: module type -> its quantized form. A ResNet BasicBlock/Bottleneck (ResNeXt's and RegNet's
+  blocks are Bottlenecks) becomes one quantized block; a ConvModule, conv or linear one `QuantizedLayer` (a
+  ConvModule's ReLU folds into it), a ConvModule with GroupNorm one `QuantizedConvNormAct` (the norm computes in
+  float between the weight-quantized conv and the activation). Other modules are walked into; an `nn.ReLU`
+  registered right after a wrapped conv/linear folds into that layer.
 * `CHILD_ROLES`: parent module type -> what its forward does with some of its children that the module tree does
   not show: a functional ReLU after a child (folded into the child's layer), or outputs that are final (FPN levels,
-  class scores, box deltas), below which no output quantizer is placed.
+  class scores, box deltas or distances, centerness), below which no output quantizer is placed.
 
-The q_config's `overrides:` then set the quantizers of single modules (qdrop.overrides); their default first entry
-keeps the first layer's weights at 8 bits.
+A third, `KEPT_FLOAT`, names the module types that stay float inside the quantized parts and why (GroupNorm, the
+per-level Scale, GFL's Integral); placement.txt lists them (qdrop.model.placement.float_parts).
+
+Every quantizer is built once, with its module's final settings: the q_config's sections with the `overrides:`
+entries that apply to the module (qdrop.config.SettingsResolver); a default first entry keeps the first layer's
+weights at 8 bits.
 """
 
 from collections.abc import Mapping
@@ -21,14 +27,18 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdet.models.backbones import BasicBlock, Bottleneck
-from mmdet.models.dense_heads import RetinaHead, RPNHead
+from mmdet.models.dense_heads import ATSSHead, FCOSHead, GFLHead, Integral, RetinaHead, RPNHead
 from mmdet.models.necks import FPN
 from mmdet.models.roi_heads import Shared2FCBBoxHead
+from mmdet.models.utils import Scale
 from mmdet.models.utils.conv_module import ConvModule
+from qdrop.config.errors import QConfigError
+from qdrop.config.overrides import ModuleOverride, ModuleSettings, SettingsResolver
+from qdrop.config.q_config import QConfig
+from qdrop.model.conv_norm import QuantizedConvNormAct
+from qdrop.model.errors import PlacementError
 from qdrop.model.resnet_blocks import QuantizedBasicBlock, QuantizedBottleneck
-from qdrop.overrides import ModuleOverride, ModuleSettings, check_every_entry_matches, effective_settings, is_kept_float
-from qdrop.q_config import QConfig
-from qdrop.quantization import QuantizedLayer, QuantizedUnit, QuantizerConfig
+from qdrop.quantization import QuantizedLayer, QuantizedUnit, QuantizerConfig, set_fast_path
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,16 @@ CHILD_ROLES: dict[type, dict[str, ChildRole]] = {
     RPNHead: {"rpn_conv": RELU_AFTER, "rpn_cls": FINAL_OUTPUT, "rpn_reg": FINAL_OUTPUT},
     RetinaHead: {"retina_cls": FINAL_OUTPUT, "retina_reg": FINAL_OUTPUT},
     Shared2FCBBoxHead: {"shared_fcs": RELU_AFTER_EACH, "fc_cls": FINAL_OUTPUT, "fc_reg": FINAL_OUTPUT},
+    FCOSHead: {"conv_cls": FINAL_OUTPUT, "conv_reg": FINAL_OUTPUT, "conv_centerness": FINAL_OUTPUT},
+    ATSSHead: {"atss_cls": FINAL_OUTPUT, "atss_reg": FINAL_OUTPUT, "atss_centerness": FINAL_OUTPUT},
+    GFLHead: {"gfl_cls": FINAL_OUTPUT, "gfl_reg": FINAL_OUTPUT},
+}
+# Module type -> why it stays float where the rest of its part is quantized; looked up along the class hierarchy.
+KEPT_FLOAT: dict[type, str] = {
+    nn.GroupNorm: "per-image statistics over the padded map, cannot fold into the conv: float between the "
+    "quantized conv and the activation",
+    Scale: "one scalar times a final regression output (elementwise; a Mul in the ONNX graph)",
+    Integral: "post-processing of the bin logits (softmax, expected bin; in get_bboxes and the loss)",
 }
 # The detector's parts that are always quantized, and the heads, quantized with `quant_head: True`.
 TRUNK = ("backbone", "neck")
@@ -67,11 +87,22 @@ class Site:
     a_cfg: QuantizerConfig
     quantize_output: bool  # the unit gets an output quantizer
     relu_after: bool  # the parent's forward applies F.relu to the module's output
+    resolver: SettingsResolver  # the settings of the layers inside a block, by qualified name
+
+    def layer_cfgs(self, child: str) -> tuple[QuantizerConfig, QuantizerConfig]:
+        """(weight, activation) settings of the layer `child` inside the block at this site."""
+        settings = self.resolver.settings(f"{self.name}.{child}")
+        if not settings.quantize:
+            raise QConfigError(
+                f"q_config overrides: quantize: False keeps whole units (layers or residual blocks) "
+                f"float; {self.name}.{child} is a part of one: name its unit instead"
+            )
+        return settings.w_cfg, settings.a_cfg
 
 
 def _residual_block(block_cls: type) -> Callable[[nn.Module, Site], QuantizedUnit]:
     def build(block: nn.Module, site: Site) -> QuantizedUnit:
-        return block_cls(block, site.w_cfg, site.a_cfg)
+        return block_cls(block, site.w_cfg, site.a_cfg, layer_cfgs=site.layer_cfgs)
 
     return build
 
@@ -82,21 +113,34 @@ def _layer(module: nn.Module, site: Site) -> QuantizedLayer:
     )
 
 
-def _layer_from_conv_module(conv_module: ConvModule, site: Site) -> QuantizedLayer:
+def _layer_from_conv_module(conv_module: ConvModule, site: Site) -> QuantizedUnit:
+    """A ConvModule's conv and its ReLU as a `QuantizedLayer`; with GroupNorm, a `QuantizedConvNormAct`."""
     norm = conv_module.norm
-    if norm is not None and not isinstance(norm, nn.Identity):
-        raise ValueError(
+    with_group_norm = isinstance(norm, nn.GroupNorm)
+    if norm is not None and not isinstance(norm, nn.Identity) and not with_group_norm:
+        raise PlacementError(
             f"{site.name}: ConvModule with a {type(norm).__name__}: fold BatchNorm into the conv before quantizing"
         )
     if tuple(conv_module.order) != ("conv", "norm", "act"):
-        raise ValueError(f"{site.name}: ConvModule order {conv_module.order} is not supported (only conv, norm, act)")
+        raise PlacementError(
+            f"{site.name}: ConvModule order {conv_module.order} is not supported (only conv, norm, act)"
+        )
     activation = conv_module.activate
     if activation is not None and not isinstance(activation, (nn.ReLU, nn.Identity)):
-        raise ValueError(
+        raise PlacementError(
             f"{site.name}: ConvModule activation {type(activation).__name__} is not supported (only "
             "ReLU folds into a quantized layer)"
         )
     relu = site.relu_after or isinstance(activation, nn.ReLU)
+    if with_group_norm:
+        return QuantizedConvNormAct(
+            conv_module.conv,
+            norm,
+            nn.ReLU() if relu else None,
+            site.w_cfg,
+            site.a_cfg,
+            qoutput=site.quantize_output,
+        )
     return QuantizedLayer(
         conv_module.conv, nn.ReLU() if relu else None, site.w_cfg, site.a_cfg, qoutput=site.quantize_output
     )
@@ -112,18 +156,16 @@ QUANTIZED_FORMS: dict[type, Callable[[nn.Module, Site], QuantizedUnit]] = {
 }
 
 
-def _lookup(table: dict[type, Any], module: nn.Module) -> Optional[Any]:
+def lookup_by_type(table: dict[type, Any], module: nn.Module) -> Optional[Any]:
     """The entry of `module`'s most derived class that `table` names, or None."""
     return next((table[cls] for cls in type(module).__mro__ if cls in table), None)
 
 
 @dataclass(frozen=True)
 class _WalkContext:
-    w_cfg: QuantizerConfig
-    a_cfg: QuantizerConfig
+    resolver: SettingsResolver
     quantize_output: bool
     relu_after_each_child: bool = False
-    overrides: tuple[ModuleOverride, ...] = ()
     sites: list[str] = field(default_factory=list)  # every quantizable module met, wrapped or kept float
 
 
@@ -143,18 +185,26 @@ def quantize_detector(model: nn.Module, q_config: Union[QConfig, Mapping]) -> nn
     q_config = QConfig.from_mapping(q_config)
     for part in TRUNK:
         if not isinstance(getattr(model, part, None), nn.Module):
-            raise ValueError(
+            raise PlacementError(
                 f"{type(model).__name__} has no '{part}': only detectors with a backbone and a neck "
                 "(extract_feat = backbone + neck) can be quantized"
             )
-    overrides = (first_layer_override(model.backbone),) + q_config.overrides
-    context = _WalkContext(q_config.w_qconfig, q_config.a_qconfig, quantize_output=True, overrides=overrides)
+    resolver = SettingsResolver(
+        ModuleSettings(q_config.w_qconfig, q_config.a_qconfig),
+        (first_layer_override(model.backbone),) + q_config.overrides,
+        checked_from=1,
+    )
+    context = _WalkContext(resolver, quantize_output=True)
     parts = TRUNK + (HEADS if q_config.quant_head else ())
     for part in parts:
         module = getattr(model, part, None)
         if module is not None:
             _quantize_children(module, part + ".", context)
-    _apply_overrides(model, overrides, ModuleSettings(q_config.w_qconfig, q_config.a_qconfig), context.sites)
+    inner_layers = [
+        name for name, unit in model.named_modules() if isinstance(unit, QuantizedLayer) and name not in context.sites
+    ]
+    resolver.check_every_entry_matches(context.sites + inner_layers)
+    set_fast_path(model, q_config.recon.fast)
     return model
 
 
@@ -165,23 +215,25 @@ def _quantize_children(parent: nn.Module, prefix: str, context: _WalkContext) ->
     right after it (a folded BatchNorm, nn.Identity, in between) folds into it; a ReLU with no such layer before it
     stays as it is. The output flag of a child never changes its siblings'.
     """
-    roles = _lookup(CHILD_ROLES, parent) or {}
+    roles = lookup_by_type(CHILD_ROLES, parent) or {}
     previous = None
     for name, child in list(parent.named_children()):
         role = roles.get(name, PLAIN)
+        settings = context.resolver.settings(prefix + name)
         site = Site(
             prefix + name,
-            context.w_cfg,
-            context.a_cfg,
+            settings.w_cfg,
+            settings.a_cfg,
             quantize_output=context.quantize_output and not role.final_output,
             relu_after=context.relu_after_each_child or role.relu_after,
+            resolver=context.resolver,
         )
         if isinstance(child, QuantizedUnit):
-            raise ValueError(f"{site.name} is already quantized")
-        build = _lookup(QUANTIZED_FORMS, child)
+            raise PlacementError(f"{site.name} is already quantized")
+        build = lookup_by_type(QUANTIZED_FORMS, child)
         if build is not None:
             context.sites.append(site.name)
-            if is_kept_float(site.name, context.overrides):
+            if not settings.quantize:
                 previous = None  # kept float
                 continue
             unit = build(child, site)
@@ -194,17 +246,15 @@ def _quantize_children(parent: nn.Module, prefix: str, context: _WalkContext) ->
         elif isinstance(child, nn.Identity):
             continue  # a folded BatchNorm between a conv and its ReLU
         elif isinstance(child, _BatchNorm):
-            raise ValueError(
+            raise PlacementError(
                 f"{site.name} is a {type(child).__name__}: fold BatchNorm into the convs "
                 "(mmdet.utils.fuse_conv_bn / --fuse-conv-bn) before quantizing"
             )
         else:
             child_context = _WalkContext(
-                context.w_cfg,
-                context.a_cfg,
+                context.resolver,
                 site.quantize_output,
                 relu_after_each_child=role.relu_after_each,
-                overrides=context.overrides,
                 sites=context.sites,
             )
             _quantize_children(child, site.name + ".", child_context)
@@ -223,36 +273,8 @@ def first_layer_override(backbone: nn.Module) -> ModuleOverride:
         None,
     )
     if first is None:
-        raise ValueError(f"backbone {type(backbone).__name__} has no quantizable layer")
+        raise PlacementError(f"backbone {type(backbone).__name__} has no quantizable layer")
     return ModuleOverride(first, w_qconfig=(("bit", FIRST_LAYER_WEIGHT_BITS),))
-
-
-def _apply_overrides(
-    model: nn.Module, overrides: tuple[ModuleOverride, ...], base: ModuleSettings, sites: list[str]
-) -> None:
-    """Rebuild every quantizer whose module's effective settings differ from the q_config's sections.
-
-    `overrides` are the default first-layer entry and the q_config's entries; `sites` the quantizable modules met
-    by the walk. Every q_config entry must apply to one of them or to a layer inside a block.
-    """
-    inner_layers = []
-    for name, unit in model.named_modules():
-        if not isinstance(unit, QuantizedUnit):
-            continue
-        settings = effective_settings(name, base, overrides)
-        if not settings.quantize:
-            raise ValueError(
-                f"q_config overrides: quantize: False keeps whole units (layers or residual blocks) "
-                f"float; {name} is a part of one: name its unit instead"
-            )
-        if isinstance(unit, QuantizedLayer):
-            if name not in sites:
-                inner_layers.append(name)
-            if settings.w_cfg != base.w_cfg:
-                unit.module.weight_fake_quant = settings.w_cfg.build()
-        if unit.qoutput and settings.a_cfg != base.a_cfg:
-            unit.block_post_act_fake_quantize = settings.a_cfg.build()
-    check_every_entry_matches(overrides[1:], sites + inner_layers)  # the q_config's own, after the default entry
 
 
 def quantization_units(model: nn.Module) -> list[tuple[str, QuantizedUnit]]:

@@ -5,13 +5,16 @@ ranges are then averaged over ranks, so that every rank starts reconstruction fr
 see each weight once.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from mmdet.utils import all_reduce_mean_, get_dist_info
+from mmdet.utils.errors import UserError
+from qdrop.config.q_config import QConfig
 from qdrop.quantization import enable_calibration, enable_quantization, fake_quantizers, weight_quantized_layers
 
 
@@ -19,7 +22,7 @@ def _observer(quantizer: nn.Module) -> nn.Module:
     return quantizer.activation_post_process
 
 
-class NonFiniteCalibrationError(RuntimeError):
+class NonFiniteCalibrationError(UserError, RuntimeError):
     """The float model's activations, or a range or scale computed from them, hold NaN or Inf."""
 
 
@@ -127,3 +130,41 @@ def _describe(quantizer: nn.Module) -> tuple:
         quantizer.symmetric,
         quantizer.ch_axis,
     )
+
+
+def shares_calibration(first: QConfig, second: QConfig) -> bool:
+    """Whether a model calibrated under `first` can lend its activation ranges to one under `second`: activation
+    observers watch the float model, so only the activation quantizers, the images and the observed forward
+    (heads or not) matter, not the weights."""
+    return (first.a_qconfig, first.calibrate, first.quant_head) == (
+        second.a_qconfig,
+        second.calibrate,
+        second.quant_head,
+    )
+
+
+def run_calibration(
+    model: nn.Module,
+    batches: Sequence[dict],
+    q_config: QConfig,
+    device: torch.device,
+    calibrated: Optional[nn.Module] = None,
+    show_progress: bool = True,
+) -> None:
+    """Set every quantizer's range; afterwards fake quantization is on.
+
+    Args:
+        model: a quantized model.
+        batches: this rank's calibration batches (`img` (B, 3, H, W), `img_metas`).
+        q_config: the model's q_config (`quant_head` runs the heads while observing).
+        device: where the batches go.
+        calibrated: a model wrapped from the same detector and calibrated on the same batches under a q_config
+            that `shares_calibration` with `q_config`: its activation ranges are copied and only the weights are
+            observed.
+        show_progress: a progress bar on rank 0.
+    """
+    if calibrated is None:
+        calibrate(model, batches, device, run_heads=q_config.quant_head, show_progress=show_progress)
+    else:
+        copy_activation_calibration(calibrated, model)
+        observe_weights(model)

@@ -7,6 +7,8 @@ regulariser. With `drop_prob` p < 1 the unit's input and every activation quanti
 value with probability p, element-wise, else the float one.
 """
 
+import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -17,14 +19,21 @@ from torch import nn
 from tqdm import tqdm
 
 from mmdet.utils import all_reduce_mean_, get_dist_info
-from qdrop.analysis.report import UnitReconstruction
-from qdrop.model import quantization_units
-from qdrop.q_config import ReconConfig
-from qdrop.quantization import AdaRoundFakeQuantize, fake_quantizers, weight_quantized_layers
+from mmdet.utils.errors import UserError
+from qdrop.config.q_config import QConfig, ReconConfig
+from qdrop.model import quantization_units, quantize_detector
+from qdrop.ptq.cache import ReconCache
+from qdrop.ptq.capture import capture_input, capture_input_output, forward_order
+from qdrop.ptq.record import ReconstructionRecord, UnitReconstruction
+from qdrop.quantization import (
+    AdaRoundFakeQuantize,
+    disable_all,
+    fake_quantizers,
+    set_fast_path,
+    weight_quantized_layers,
+)
 from qdrop.quantization.functional import draw_keep
-from qdrop.quantization.fused import fast_path, fast_path_allowed, fast_path_enabled, mix
-from qdrop.solver.cache import ReconCache
-from qdrop.solver.capture import capture_input, capture_input_output, forward_order
+from qdrop.quantization.fused import mix
 
 ERROR_BATCH_SIZE = 8  # images per forward when measuring a unit's output error
 
@@ -93,7 +102,7 @@ def unit_output_error(unit: nn.Module, cache: ReconCache) -> float:
     return (total[0] / total[1]).item()
 
 
-class NonFiniteReconstructionError(RuntimeError):
+class NonFiniteReconstructionError(UserError, RuntimeError):
     """A unit's output error, loss or quantization parameters became NaN or Inf."""
 
 
@@ -130,10 +139,10 @@ def harden_weights(unit: nn.Module) -> None:
             quantizer.soft_targets = False
 
 
-def _mix(quant: torch.Tensor, fp: Optional[torch.Tensor], drop_prob: float) -> torch.Tensor:
+def _mix(quant: torch.Tensor, fp: Optional[torch.Tensor], drop_prob: float, fast: bool) -> torch.Tensor:
     if drop_prob >= 1.0:
         return quant
-    if fast_path_enabled():
+    if fast:
         return mix(quant, fp, drop_prob)
     return torch.where(draw_keep(quant, drop_prob), quant, fp)
 
@@ -148,11 +157,8 @@ def training_forward(
     amp_dtype = cfg.amp_torch_dtype
 
     def forward(quant_input: torch.Tensor, fp_input: Optional[torch.Tensor]) -> torch.Tensor:
-        with (
-            fast_path(cfg.fast),
-            torch.autocast(quant_input.device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
-        ):
-            return module(_mix(quant_input, fp_input, cfg.drop_prob))
+        with torch.autocast(quant_input.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return module(_mix(quant_input, fp_input, cfg.drop_prob, cfg.fast))
 
     return forward
 
@@ -173,8 +179,7 @@ def reconstruct_unit(
     seed: int,
     show_progress: bool = True,
     desc: str = "",
-    curve: Optional[list[tuple[int, float]]] = None,
-) -> tuple[float, float]:
+) -> tuple[float, float, tuple[tuple[int, float], ...]]:
     """Learn the unit's rounding and activation scales on its cached inputs and outputs.
 
     Args:
@@ -186,11 +191,11 @@ def reconstruct_unit(
         seed: seeds the image draw and the drop masks (e.g. `unit_seed(run seed, unit index, rank)`).
         show_progress: a progress bar on rank 0.
         desc: the progress bar's label.
-        curve: receives (step, reconstruction loss) every 50 steps and at the last step.
 
     Returns:
-        The last logged step's (reconstruction loss, loss with the rounding regulariser); NaN, NaN when the unit
-        has nothing learnable.
+        The last logged step's reconstruction loss and loss with the rounding regulariser (NaN, NaN when the unit
+        has nothing learnable), and the loss curve: (step, reconstruction loss) every 50 steps and at the last
+        step.
     """
     rank, _ = get_dist_info()
     torch.manual_seed(seed)
@@ -205,11 +210,12 @@ def reconstruct_unit(
     scale_params = [p for _, q in fake_quantizers(unit, "activation") for p in q.parameters()]
     scale_params += [p for _, q in weight_quantized_layers(unit) if id(q) not in adaround_ids for p in q.parameters()]
     if not rounding_params and not scale_params:
-        return math.nan, math.nan  # nothing learnable (fixed quantizers only)
+        return math.nan, math.nan, ()  # nothing learnable (fixed quantizers only)
     for param in rounding_params + scale_params:
         param.requires_grad_(True)
     optimizers, scheduler = [], None
-    fused_adam = fast_path_allowed(cfg.fast)  # one kernel per optimizer step; the same update up to float rounding
+    set_fast_path(unit, cfg.fast)
+    fused_adam = cfg.fast  # one kernel per optimizer step; the same update up to float rounding
     if rounding_params:
         optimizers.append(torch.optim.Adam(rounding_params, lr=cfg.round_lr, fused=fused_adam))
     if scale_params:
@@ -221,6 +227,7 @@ def reconstruct_unit(
     adaround_quantizers = [q for _, q in adaround]
     loss_value = reconstruction_value = math.nan
     forward = training_forward(unit, cfg)
+    curve: list[tuple[int, float]] = []
     bar = tqdm(range(cfg.iters), desc=desc, disable=not show_progress or rank != 0, leave=False, dynamic_ncols=True)
     for step in bar:
         images = torch.randperm(len(cache), generator=sampler)[: cfg.batch_size]
@@ -231,8 +238,7 @@ def reconstruct_unit(
         reconstruction_loss = error / positions
         loss = reconstruction_loss
         if step >= temperature.start and adaround_quantizers:
-            with fast_path(cfg.fast):
-                loss = loss + cfg.weight * rounding_regulariser(adaround_quantizers, temperature(step))
+            loss = loss + cfg.weight * rounding_regulariser(adaround_quantizers, temperature(step))
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=False)
         loss.backward()
@@ -244,8 +250,7 @@ def reconstruct_unit(
         if step % 50 == 0 or step == cfg.iters - 1:
             loss_value, reconstruction_value = loss.item(), reconstruction_loss.item()
             bar.set_postfix(loss=f"{loss_value:.4g}", rec=f"{reconstruction_value:.4g}")
-            if curve is not None:
-                curve.append((step, reconstruction_value))
+            curve.append((step, reconstruction_value))
             if not math.isfinite(loss_value):
                 bar.close()
                 raise NonFiniteReconstructionError(f"the loss became {loss_value} at step {step}")
@@ -254,7 +259,7 @@ def reconstruct_unit(
     _set_drop_prob(unit, 1.0)
     for param in unit.parameters():
         param.requires_grad_(False)
-    return reconstruction_value, loss_value
+    return reconstruction_value, loss_value, tuple(curve)
 
 
 def reconstruct(
@@ -269,8 +274,7 @@ def reconstruct(
     start_unit: int = 0,
     on_unit_done: Optional[Callable[[int, list[str]], None]] = None,
     show_progress: bool = True,
-    results: Optional[list[UnitReconstruction]] = None,
-) -> list[str]:
+) -> ReconstructionRecord:
     """Reconstruct every unit that extract_feat runs, in forward order, from `start_unit` on.
 
     Quantized heads (`quant_head: True`) are not reconstructed: they keep round-to-nearest weights and their
@@ -288,10 +292,10 @@ def reconstruct(
         start_unit: the units before it are reconstructed already.
         on_unit_done: called after each unit with (next unit, finished unit names), e.g. to save progress.
         show_progress: progress bars on rank 0.
-        results: receives each unit reconstructed in this call: output error before and after, loss curve.
 
     Returns:
-        The names of all units, in forward order.
+        The names of all units in forward order, and for each unit reconstructed in this call its output error
+        before and after and its loss curve.
     """
     if cfg.iters <= 0:
         raise ValueError(f"recon.iters={cfg.iters}: reconstruction needs at least one iteration")
@@ -299,6 +303,7 @@ def reconstruct(
     fp_units = dict(fp_model.named_modules())
     units = forward_order(q_model, quantization_units(q_model), images[0].to(device))
     log = logger.info if logger is not None else (lambda message: None)
+    reconstructed: list[UnitReconstruction] = []
     for index, (name, q_unit) in enumerate(units):
         if index < start_unit:
             continue
@@ -307,15 +312,13 @@ def reconstruct(
         try:
             error_before = unit_output_error(q_unit, cache)
             check_finite_unit(q_unit, error_before, "before reconstruction")
-            curve: list[tuple[int, float]] = []
-            rec_loss, loss = reconstruct_unit(
+            rec_loss, loss, curve = reconstruct_unit(
                 q_unit,
                 cache,
                 cfg,
                 seed=unit_seed(seed, index, rank),
                 show_progress=show_progress,
                 desc=f"recon {where}",
-                curve=curve,
             )
             error_after = unit_output_error(q_unit, cache)
             check_finite_unit(q_unit, error_after, "after reconstruction")
@@ -330,8 +333,94 @@ def reconstruct(
             f"cache {cache.nbytes() / 2**20:.1f} MiB)"
         )
         del cache
-        if results is not None:
-            results.append(UnitReconstruction(name, error_before, error_after, tuple(curve)))
+        reconstructed.append(UnitReconstruction(name, error_before, error_after, curve))
         if on_unit_done is not None:
             on_unit_done(index + 1, [unit_name for unit_name, _ in units[: index + 1]])
-    return [name for name, _ in units]
+    return ReconstructionRecord(tuple(name for name, _ in units), tuple(reconstructed))
+
+
+def float_reference(q_model: nn.Module) -> nn.Module:
+    """A copy of a quantized model whose quantizers all pass their input through: the float target of
+    reconstruction, with the same module names as the quantized model.
+
+    Args:
+        q_model: a model wrapped by `quantize_detector`.
+
+    Returns:
+        The copy, with gradients off.
+    """
+    fp_model = copy.deepcopy(q_model)
+    disable_all(fp_model)
+    for param in fp_model.parameters():
+        param.requires_grad_(False)
+    return fp_model
+
+
+def wrap(model: nn.Module, q_config: QConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Quantize a float detector in place and take its float reference.
+
+    Args:
+        model: the float detector (BatchNorm folded); it becomes the quantized one.
+        q_config: the quantizer settings.
+        device: where the quantized model goes.
+
+    Returns:
+        (the quantized model, its float reference with the same module names).
+    """
+    q_model = quantize_detector(model, q_config).to(device)
+    return q_model, float_reference(q_model)
+
+
+def run_reconstruction(
+    model: nn.Module,
+    reference: nn.Module,
+    batches: Sequence[dict],
+    q_config: QConfig,
+    *,
+    device: torch.device,
+    seed: int,
+    logger: Optional[logging.Logger] = None,
+    drop_prob: Optional[float] = None,
+    start_unit: int = 0,
+    on_unit_done: Optional[Callable[[int, list[str]], None]] = None,
+    show_progress: bool = True,
+) -> ReconstructionRecord:
+    """Reconstruct every unit in forward order (none when `recon.iters` is 0).
+
+    Args:
+        model: the calibrated quantized model, changed in place.
+        reference: its float reference, taken before any reconstruction.
+        batches: this rank's calibration batches (`img` (B, 3, H, W)).
+        q_config: `recon` holds the schedule.
+        device: the compute device.
+        seed: the run's seed.
+        logger: receives one line per unit.
+        drop_prob: replaces `recon.drop_prob` when given (1.0 is BRECQ).
+        start_unit: units before it are reconstructed already (a resumed run).
+        on_unit_done: called with (next unit, finished unit names) after each unit.
+        show_progress: progress bars on rank 0.
+
+    Returns:
+        The units in forward order and what reconstruction did to those reconstructed in this call (no unit
+        when `recon.iters` is 0).
+    """
+    recon = q_config.recon
+    if drop_prob is not None:
+        recon = dataclasses.replace(recon, drop_prob=drop_prob)
+    if recon.iters == 0:
+        if logger is not None:
+            logger.info("recon.iters is 0: no reconstruction (round-to-nearest weights, calibrated scales)")
+        return ReconstructionRecord()
+    images = [batch["img"] for batch in batches]
+    return reconstruct(
+        model,
+        reference,
+        images,
+        recon,
+        device=device,
+        seed=seed,
+        logger=logger,
+        start_unit=start_unit,
+        on_unit_done=on_unit_done,
+        show_progress=show_progress,
+    )

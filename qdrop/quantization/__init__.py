@@ -1,8 +1,9 @@
 """QDrop quantization core: fake-quant ops, observers, fake quantizers, quantized layers and blocks, state helpers."""
 
+from .builders import ActivationQuantizer, QuantizerConfig, WeightQuantizer
 from .fake_quant import AdaRoundFakeQuantize, FakeQuantizeBase, FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize
 from .layers import QConv2d, QLinear, QuantizedBlock, QuantizedLayer, QuantizedUnit, weight_quantized
-from .observer import (
+from .observers import (
     AvgMinMaxObserver,
     AvgMSEFastObserver,
     AvgMSEObserver,
@@ -11,13 +12,13 @@ from .observer import (
     MSEObserver,
     ObserverBase,
 )
-from .qconfig import ActivationQuantizer, QuantizerConfig, WeightQuantizer
 from .state import (
     disable_all,
     enable_calibration,
     enable_quantization,
     fake_quantizers,
     quantizer_kind,
+    set_fast_path,
     weight_quantized_layers,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "disable_all",
     "fake_quantizers",
     "quantizer_kind",
+    "set_fast_path",
     "weight_quantized_layers",
 ]

@@ -4,8 +4,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
-from . import fake_quant, observer
+from mmdet.utils.errors import UserError
+
+from . import fake_quant
 from .fake_quant import FakeQuantizeBase
+from .observers import observer
 
 QUANTIZERS = ("FixedFakeQuantize", "LSQFakeQuantize", "LSQPlusFakeQuantize", "AdaRoundFakeQuantize")
 OBSERVERS = (
@@ -17,6 +20,10 @@ OBSERVERS = (
     "AvgMSEFastObserver",
 )
 BIT_RANGE = (2, 8)
+
+
+class QuantizerConfigError(UserError, ValueError):
+    """A quantizer section (`a_qconfig`, `w_qconfig`, an override) names an unknown key, class or value."""
 
 
 @dataclass(frozen=True)
@@ -49,29 +56,31 @@ class QuantizerConfig:
             return cfg
         keys = [field.name for field in fields(cls)]
         if not isinstance(cfg, Mapping):
-            raise ValueError(f"{where}: expected a mapping with keys {keys}, got {type(cfg).__name__}")
+            raise QuantizerConfigError(f"{where}: expected a mapping with keys {keys}, got {type(cfg).__name__}")
         unknown = sorted(set(cfg) - set(keys))
         if unknown:
-            raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(keys)}")
+            raise QuantizerConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(keys)}")
         missing = [key for key in keys if key not in cfg]
         if missing:
-            raise ValueError(f"{where}.{missing[0]}: missing key; required keys: {', '.join(keys)}")
+            raise QuantizerConfigError(f"{where}.{missing[0]}: missing key; required keys: {', '.join(keys)}")
         if cfg["quantizer"] not in QUANTIZERS:
-            raise ValueError(
+            raise QuantizerConfigError(
                 f"{where}.quantizer: unknown value {cfg['quantizer']!r}; allowed values: {', '.join(QUANTIZERS)}"
             )
         if cfg["observer"] not in OBSERVERS:
-            raise ValueError(
+            raise QuantizerConfigError(
                 f"{where}.observer: unknown value {cfg['observer']!r}; allowed values: {', '.join(OBSERVERS)}"
             )
         bit = cfg["bit"]
         if isinstance(bit, bool) or not isinstance(bit, int) or not BIT_RANGE[0] <= bit <= BIT_RANGE[1]:
-            raise ValueError(f"{where}.bit: got {bit!r}; allowed values: integers {BIT_RANGE[0]}..{BIT_RANGE[1]}")
+            raise QuantizerConfigError(
+                f"{where}.bit: got {bit!r}; allowed values: integers {BIT_RANGE[0]}..{BIT_RANGE[1]}"
+            )
         if not isinstance(cfg["symmetric"], bool):
-            raise ValueError(f"{where}.symmetric: got {cfg['symmetric']!r}; allowed values: true, false")
+            raise QuantizerConfigError(f"{where}.symmetric: got {cfg['symmetric']!r}; allowed values: true, false")
         ch_axis = cfg["ch_axis"]
         if isinstance(ch_axis, bool) or not isinstance(ch_axis, int) or ch_axis < -1:
-            raise ValueError(
+            raise QuantizerConfigError(
                 f"{where}.ch_axis: got {ch_axis!r}; allowed values: -1 (per tensor) or a channel axis >= 0"
             )
         return cls(**{key: cfg[key] for key in keys})

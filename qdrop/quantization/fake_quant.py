@@ -14,14 +14,14 @@ from .functional import (
     round_ste,
 )
 from .fused import (
-    fast_path_enabled,
+    default_fast_path,
     fused_adaround_hard,
     fused_adaround_soft,
     fused_fake_quantize,
     fused_round_loss,
     mix,
 )
-from .observer import ObserverBase
+from .observers.observer import ObserverBase
 
 ROUND_MODES = ("learned_hard_sigmoid",)
 
@@ -43,6 +43,7 @@ class FakeQuantizeBase(nn.Module):
         self.observer_enabled = True
         self.fake_quant_enabled = True
         self.drop_prob = 1.0
+        self.fast = default_fast_path()  # the fused path (same forward values); `set_fast_path` switches a model
 
     def extra_repr(self) -> str:
         return (
@@ -91,7 +92,7 @@ class FakeQuantizeBase(nn.Module):
             return x
         if x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type):
             x = x.float()  # under autocast the convolutions run in low precision, the quantizers in float32
-        if fast_path_enabled():
+        if self.fast:
             return self._quantize_fused(x)
         x_q = self._quantize(x)
         if self.drop_prob < 1.0:
@@ -241,7 +242,7 @@ class AdaRoundFakeQuantize(FixedFakeQuantize):
 
     def round_loss(self, b: float) -> Tensor:
         """AdaRound's regulariser sum(1 - |2h - 1| ** b)."""
-        if fast_path_enabled() and self.alpha is not None:
+        if self.fast and self.alpha is not None:
             return fused_round_loss(self.alpha, b, self.zeta, self.gamma)
         return (1 - (2 * self.rectified_sigmoid() - 1).abs().pow(b)).sum()
 

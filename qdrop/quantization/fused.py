@@ -7,13 +7,12 @@ drawn inside the fused op by the plain path's :func:`~qdrop.quantization.functio
 random numbers, and applied as a 0/1 float mask, which on CPU costs a fraction of ``torch.where`` with a boolean
 mask.
 
-The fused path is on by default; ``QDROP_FAST=0`` in the environment switches it off for the whole process, and
-:func:`fast_path` switches it for a block of code (reconstruction uses ``recon.fast``).
+Each fake quantizer takes the fused path when its ``fast`` attribute is set: the q_config's ``recon.fast`` sets it
+on every quantizer of a model (``qdrop.quantization.set_fast_path``), so calibration, reconstruction and evaluation
+follow one switch; ``QDROP_FAST=0`` in the environment only changes its default.
 """
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from typing import Optional
 
@@ -23,35 +22,11 @@ from torch import Tensor
 from .functional import CACHE_BLOCK, broadcast_qparam, draw_keep
 
 FAST_ENV = "QDROP_FAST"
-_ENV_ALLOWS_FAST = os.environ.get(FAST_ENV, "1") != "0"
-_fast_enabled = _ENV_ALLOWS_FAST
 
 
-def fast_path_enabled() -> bool:
-    """Whether fake quantizers take the fused path."""
-    return _fast_enabled
-
-
-def fast_path_allowed(requested: bool) -> bool:
-    """Whether asking for the fast path (e.g. ``recon.fast``) gets it: ``QDROP_FAST=0`` refuses it."""
-    return bool(requested) and _ENV_ALLOWS_FAST
-
-
-def set_fast_path(enabled: bool) -> None:
-    """Switch the fused path on or off for the process (``QDROP_FAST=0`` keeps it off whatever is asked)."""
-    global _fast_enabled
-    _fast_enabled = fast_path_allowed(enabled)
-
-
-@contextmanager
-def fast_path(enabled: bool) -> Iterator[None]:
-    """Use the fused path (``enabled=True``) or the plain one inside the ``with`` block."""
-    previous = _fast_enabled
-    set_fast_path(enabled)
-    try:
-        yield
-    finally:
-        set_fast_path(previous)
+def default_fast_path() -> bool:
+    """The default of the fast-path switch (`recon.fast`, each quantizer's `fast`): on, unless ``QDROP_FAST=0``."""
+    return os.environ.get(FAST_ENV, "1") != "0"
 
 
 @cache

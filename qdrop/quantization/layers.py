@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .qconfig import ActivationQuantizer, QuantizerConfig, WeightQuantizer
+from .builders import ActivationQuantizer, QuantizerConfig, WeightQuantizer
 
 QuantizerSettings = Union[QuantizerConfig, Mapping[str, Any]]
 

@@ -77,3 +77,10 @@ def disable_all(model: nn.Module) -> None:
     for _, quantizer in fake_quantizers(model):
         quantizer.disable_observer()
         quantizer.disable_fake_quant()
+
+
+def set_fast_path(model: nn.Module, enabled: bool) -> None:
+    """Every quantizer takes the fused path (``enabled``) or the plain one: same forward values, the gradients equal
+    up to float rounding. `qdrop.model.quantize_detector` sets it from the q_config's ``recon.fast``."""
+    for _, quantizer in fake_quantizers(model):
+        quantizer.fast = bool(enabled)

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmdet.apis.train import set_random_seed
 from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.utils import get_dist_info
+from qdrop.solver.preflight import RunInputError
 
 CALIBRATION_BATCH_SIZE = 2  # images per calibration batch
 
@@ -37,10 +38,10 @@ def calibration_batches(cfg, num_images: int, seed: int, dataset: Optional[Datas
     rank, world = get_dist_info()
     per_rank = num_images // world
     if per_rank < 1:
-        raise ValueError(f"calibrate={num_images} is fewer than the {world} processes: each needs at least 1 image")
+        raise RunInputError(f"calibrate={num_images} is fewer than the {world} processes: each needs at least 1 image")
     dataset = build_dataset(cfg.data.train) if dataset is None else dataset
     if len(dataset) < num_images:
-        raise ValueError(f"calibrate={num_images} exceeds the {len(dataset)} images of the train set")
+        raise RunInputError(f"calibrate={num_images} exceeds the {len(dataset)} images of the train set")
     set_random_seed(seed + rank)
     loader = build_dataloader(
         dataset, CALIBRATION_BATCH_SIZE, workers_per_gpu=0, dist=world > 1, shuffle=True, seed=seed

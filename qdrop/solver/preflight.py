@@ -6,19 +6,25 @@ from typing import Optional
 from torch.utils.data import Dataset
 
 from mmdet.datasets import DATASETS, verify_dataset_images
-from qdrop.q_config import QConfig
+from mmdet.models.builder import check_model_types as check_types
+from mmdet.utils.errors import UserError
+from qdrop.config.q_config import QConfig
+
+
+class RunInputError(UserError, ValueError):
+    """An input of the run does not fit another (calibration size against processes or the train set)."""
 
 
 def check_calibration_split(q_config: QConfig, q_config_path: str, world_size: int) -> None:
     """`calibrate` must split evenly over the processes (each takes the same number of images).
 
     Raises:
-        ValueError: naming the q_config file, the value and the nearest multiples of `world_size`.
+        RunInputError: naming the q_config file, the value and the nearest multiples of `world_size`.
     """
     if q_config.calibrate % world_size:
         lower = q_config.calibrate - q_config.calibrate % world_size
         choices = f"{lower} or {lower + world_size}" if lower else str(world_size)
-        raise ValueError(
+        raise RunInputError(
             f"{q_config_path}: calibrate: {q_config.calibrate} images cannot be split evenly over "
             f"{world_size} processes; use a multiple of {world_size} (e.g. {choices})"
         )
@@ -28,11 +34,11 @@ def check_calibration_size(q_config: QConfig, q_config_path: str, train_set: Dat
     """The train split must hold at least `calibrate` images (after the dataset's own filtering).
 
     Raises:
-        ValueError: naming the q_config file, `calibrate`, the train set's size and its annotation file.
+        RunInputError: naming the q_config file, `calibrate`, the train set's size and its annotation file.
     """
     if len(train_set) < q_config.calibrate:
         source = getattr(train_set, "ann_file", "data.train")
-        raise ValueError(
+        raise RunInputError(
             f"{q_config_path}: calibrate: {q_config.calibrate} images requested but the train set "
             f"({source}) has {len(train_set)} usable images; lower calibrate to at most "
             f"{len(train_set)}"
@@ -58,3 +64,13 @@ def check_test_set(test_set: Dataset, show_progress: Optional[bool] = None) -> N
         ImageFileError: naming the annotation file and the missing or damaged images.
     """
     verify_dataset_images(test_set, progress=show_progress)
+
+
+def check_model_types(cfg, config_path: str) -> None:
+    """Every model type the config names (detector, backbone, neck, heads) is one the project implements (checked
+    before any data is read).
+
+    Raises:
+        UnsupportedModelError: naming the type, where it sits and the supported types.
+    """
+    check_types(cfg.model, config_path)

@@ -16,8 +16,9 @@ from torch import nn
 
 from mmdet.utils import CheckpointFileError, barrier, get_dist_info, read_checkpoint
 from mmdet.utils.atomic_io import atomic_torch_save
+from mmdet.utils.errors import UserError
+from qdrop.config.q_config import QConfig
 from qdrop.model.checkpoint import load_quantized_state, quantized_state_dict
-from qdrop.q_config import QConfig
 
 PROGRESS_FILE = "recon_progress.pth"
 _HASH_CHUNK_BYTES = 1 << 20
@@ -34,7 +35,7 @@ _FINGERPRINT_NAMES = {
 }
 
 
-class ProgressFileError(RuntimeError):
+class ProgressFileError(UserError, RuntimeError):
     """recon_progress.pth cannot be used: unreadable, or written by a run with other inputs."""
 
 

@@ -10,9 +10,7 @@ recon_progress.pth).
 """
 
 import argparse
-import json
 import logging
-import os
 import os.path as osp
 import sys
 import time
@@ -25,17 +23,26 @@ from mmengine.config import DictAction
 
 from mmdet.apis.train import set_random_seed
 from mmdet.datasets import build_dataset
-from mmdet.utils import barrier, default_device, get_dist_info, get_root_logger, init_dist, load_config
+from mmdet.utils import barrier, default_device, get_dist_info, init_dist, load_config
 from mmdet.utils.atomic_io import atomic_write_text
 from qdrop.analysis import RunRecord, StageTimer, command_line, peak_memory_mib, write_run_report
+from qdrop.config import QConfig, load_q_config
 from qdrop.model import format_placement_table, placement_table
 from qdrop.model.checkpoint import save_quantized_checkpoint
-from qdrop.q_config import QConfig, load_q_config
+from qdrop.ptq import run_calibration, run_reconstruction, wrap
+from qdrop.solver.command import add_debug_flag, run_command
 from qdrop.solver.data import build_test_loader, calibration_batches
-from qdrop.solver.detector import build_fp_detector
-from qdrop.solver.preflight import check_calibration_size, check_calibration_split, check_metric_names, check_test_set
+from qdrop.solver.detector import load_detector
+from qdrop.solver.evaluation import evaluate, write_eval_record
+from qdrop.solver.preflight import (
+    check_calibration_size,
+    check_calibration_split,
+    check_metric_names,
+    check_model_types,
+    check_test_set,
+)
 from qdrop.solver.progress import ReconProgress, run_fingerprint
-from qdrop.solver.steps import evaluate, run_calibration, run_reconstruction, wrap
+from qdrop.solver.work_dir import open_work_dir
 
 QUANTIZED_CHECKPOINT = "quantized.pth"
 PLACEMENT_FILE = "placement.txt"
@@ -66,6 +73,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help="seeds calibration sampling and reconstruction")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -89,26 +97,16 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     args.command = command_line(["qdrop/solver/quant_coco.py"] + list(sys.argv[1:] if argv is None else argv))
     q_config = load_q_config(args.q_config)
     cfg = load_config(args.config, args.cfg_options)
+    check_model_types(cfg, args.config)
     check_metric_names(cfg, args.eval)
     if args.launcher != "none":
         init_dist(args.launcher)
     rank, world = get_dist_info()
     check_calibration_split(q_config, args.q_config, world)
     work_dir = args.work_dir or osp.join("work_dirs", Path(args.config).stem + "_quant")
-    if rank == 0:
-        os.makedirs(work_dir, exist_ok=True)
-    barrier()
     timestamp = _shared_timestamp()
-    log_file = osp.join(work_dir, f"{timestamp}.log")
-    logger = get_root_logger(log_file=log_file)
-    try:
+    with open_work_dir(work_dir, timestamp) as logger:  # owned by this run; its log file while it runs
         return _run(args, cfg, q_config, work_dir, timestamp, logger)
-    finally:  # in-process callers (tests, notebooks) must not keep writing into this run's log
-        for handler in [
-            h for h in logger.handlers if isinstance(h, logging.FileHandler) and h.baseFilename == osp.abspath(log_file)
-        ]:
-            logger.removeHandler(handler)
-            handler.close()
 
 
 def _run(
@@ -129,7 +127,7 @@ def _run(
     progress = ReconProgress(work_dir, run_fingerprint(cfg, args.checkpoint, q_config, args.seed, world))
     progress.check()  # another run's or a damaged progress file is refused here, before anything is written
 
-    model = build_fp_detector(cfg, args.checkpoint, device, logger)
+    model = load_detector(cfg, args.checkpoint, device, kind="float", logger=logger).model
     if not args.fuse_conv_bn:
         logger.warning("--fuse-conv-bn not given: BatchNorm is folded anyway (quantized blocks need it)")
     model, fp_model = wrap(model, q_config, device)
@@ -154,8 +152,7 @@ def _run(
     def unit_done(done: int, names: list[str]) -> None:
         progress.save(model, next_unit=done, finished_units=names)
 
-    recon_results = []
-    units = run_reconstruction(
+    reconstruction = run_reconstruction(
         model,
         fp_model,
         batches,
@@ -165,7 +162,6 @@ def _run(
         logger=logger,
         start_unit=next_unit,
         on_unit_done=unit_done,
-        results=recon_results,
     )
     timer.lap("reconstruct")
     del fp_model
@@ -174,7 +170,7 @@ def _run(
             model,
             osp.join(work_dir, QUANTIZED_CHECKPOINT),
             q_config,
-            meta={"config": cfg.pretty_text, "finished_units": units},
+            meta={"config": cfg.pretty_text, "finished_units": list(reconstruction.units)},
         )
     barrier()
 
@@ -182,10 +178,7 @@ def _run(
     timer.lap("evaluate")
     if rank == 0:
         logger.info(f"metrics: {metric}")
-        atomic_write_text(
-            osp.join(work_dir, f"eval_{timestamp}.json"),
-            json.dumps({"config": args.config, "metric": metric}, indent=2),
-        )
+        write_eval_record(work_dir, timestamp, metric, config=args.config)
         written = write_run_report(
             work_dir,
             RunRecord(
@@ -195,7 +188,7 @@ def _run(
                 timer.seconds,
                 peak_memory_mib(device),
                 metric,
-                recon_results,
+                reconstruction.reconstructed,
                 placement_file=PLACEMENT_FILE,
             ),
         )
@@ -205,9 +198,8 @@ def _run(
 
 
 def cli() -> int:
-    """The `qdrop-quant` command: runs `main` on the command line; the exit status is 0 once it completes."""
-    main()
-    return 0
+    """The `qdrop-quant` command: `main` on the command line; errors about the input end as one message."""
+    return run_command(main)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import yaml
 
@@ -122,6 +123,83 @@ def faster_rcnn_cfg(depth: int = 50) -> dict:
     )
 
 
+DENSE_TEST_CFG = dict(
+    nms_pre=200, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=50
+)
+
+
+def _one_stage_cfg(detector: str, head: dict, depth: int = 18) -> dict:
+    """A tiny one-stage detector: ResNet, a 16-channel FPN with five levels, `head` (GroupNorm towers of two
+    convs, four groups)."""
+    return dict(
+        type=detector,
+        backbone=backbone_cfg(depth),
+        neck=dict(
+            type="FPN",
+            in_channels=stage_channels(depth),
+            out_channels=16,
+            start_level=1,
+            add_extra_convs="on_output",
+            num_outs=5,
+            relu_before_extra_convs=True,
+        ),
+        bbox_head=dict(
+            num_classes=NUM_CLASSES,
+            in_channels=16,
+            stacked_convs=2,
+            feat_channels=16,
+            norm_cfg=dict(type="GN", num_groups=4, requires_grad=True),
+            **head,
+        ),
+        train_cfg=None,
+        test_cfg=dict(DENSE_TEST_CFG),
+    )
+
+
+def fcos_cfg(norm_on_bbox: bool = True, depth: int = 18) -> dict:
+    """FCOS with the head options of configs/tiny/fcos_tiny_synth.py (`norm_on_bbox`, centerness on the
+    regression tower); `norm_on_bbox=False` gives the plain FCOS head (exp of the distances, centerness on the
+    classification tower)."""
+    head = dict(type="FCOSHead", strides=[8, 16, 32, 64, 128], norm_on_bbox=norm_on_bbox)
+    if norm_on_bbox:
+        head.update(centerness_on_reg=True, center_sampling=True, conv_bias=True)
+    return _one_stage_cfg("FCOS", head, depth)
+
+
+def atss_cfg(depth: int = 18) -> dict:
+    return _one_stage_cfg("ATSS", dict(type="ATSSHead"), depth)
+
+
+def gfl_cfg(depth: int = 18) -> dict:
+    return _one_stage_cfg("GFL", dict(type="GFLHead", reg_max=8), depth)
+
+
+def resnext_backbone_cfg() -> tuple[dict, list]:
+    """A narrow ResNeXt-50 (4 groups of width 4 per stage base) and its stage channels."""
+    backbone = dict(backbone_cfg(50), type="ResNeXt", groups=4, base_width=4, base_channels=8)
+    return backbone, [32, 64, 128, 256]
+
+
+def regnet_backbone_cfg() -> tuple[dict, list]:
+    """A RegNetX of four narrow stages (widths 16, 24, 32, 56; 8 channels per group) and its stage channels."""
+    backbone = dict(
+        type="RegNet",
+        arch=dict(w0=16, wa=8, wm=1.5, group_w=8, depth=5, bot_mul=1.0),
+        stem_channels=8,
+        out_indices=(0, 1, 2, 3),
+        norm_cfg=dict(type="BN", requires_grad=True),
+        norm_eval=False,
+    )
+    return backbone, [16, 24, 32, 56]
+
+
+def with_backbone(model_cfg: dict, backbone: tuple[dict, list]) -> dict:
+    """`model_cfg` with another backbone (config, stage channels) feeding its FPN."""
+    cfg = copy.deepcopy(model_cfg)
+    cfg["backbone"], cfg["neck"]["in_channels"] = copy.deepcopy(backbone[0]), list(backbone[1])
+    return cfg
+
+
 def fused_detector(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
     """A random-init detector with BatchNorm statistics made non-trivial, then folded."""
     torch.manual_seed(seed)
@@ -167,6 +245,19 @@ def q_config(w_bit: int = 4, a_bit: int = 4, quant_head: bool = False, **recon) 
 def random_batches(num_batches: int = 2, height: int = 64, width: int = 96, seed: int = 0) -> list:
     generator = torch.Generator().manual_seed(seed)
     return [{"img": torch.randn(2, 3, height, width, generator=generator)} for _ in range(num_batches)]
+
+
+def image_meta(height: int, width: int) -> dict:
+    """The test-time meta of an unscaled, unpadded (height, width) image."""
+    shape = (height, width, 3)
+    return dict(
+        img_shape=shape,
+        ori_shape=shape,
+        pad_shape=shape,
+        scale_factor=np.ones(4, dtype=np.float32),
+        flip=False,
+        batch_input_shape=(height, width),
+    )
 
 
 def write_tiny_config(path: Path, data_root: Path, model_cfg: Optional[dict] = None) -> Path:

@@ -5,6 +5,7 @@ import copy
 from torch.utils.data import DataLoader, Dataset
 
 from mmdet.datasets import build_dataloader, build_dataset
+from mmdet.utils.errors import ConfigValueError
 
 
 def build_train_loader(dataset: Dataset, cfg, distributed: bool, world_size: int) -> DataLoader:
@@ -29,7 +30,7 @@ def build_train_loader(dataset: Dataset, cfg, distributed: bool, world_size: int
         num_gpus=1,
     )
     if len(loader) == 0:
-        raise ValueError(
+        raise ConfigValueError(
             f"the training loader is empty: {len(dataset)} images, "
             f"samples_per_gpu={cfg.data.samples_per_gpu}, {world_size} process(es)"
         )

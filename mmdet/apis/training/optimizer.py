@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mmdet.models.detectors.base import parse_losses
+from mmdet.utils.errors import ConfigValueError
 
 
 def build_optimizer(model: nn.Module, optimizer_cfg: dict) -> torch.optim.Optimizer:
@@ -20,13 +21,13 @@ def build_optimizer(model: nn.Module, optimizer_cfg: dict) -> torch.optim.Optimi
     """
     options = dict(optimizer_cfg)
     if "paramwise_cfg" in options:
-        raise ValueError("optimizer.paramwise_cfg is not supported: every parameter shares one group")
+        raise ConfigValueError("optimizer.paramwise_cfg is not supported: every parameter shares one group")
     name = options.pop("type", None)
     optimizer_cls = getattr(torch.optim, str(name), None)
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        raise ValueError(f"optimizer.type must name a torch.optim optimizer (e.g. 'SGD'), got {name!r}")
+        raise ConfigValueError(f"optimizer.type must name a torch.optim optimizer (e.g. 'SGD'), got {name!r}")
     if "lr" not in options:
-        raise ValueError("optimizer.lr is required")
+        raise ConfigValueError("optimizer.lr is required")
     params = [p for p in model.parameters() if p.requires_grad]
     return optimizer_cls(params, **options)
 

@@ -14,24 +14,27 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mmdet.apis.test import evaluation_kwargs
+from mmdet.utils.errors import ConfigValueError
 
 
 def _int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be an integer, got {value!r}")
+        raise ConfigValueError(f"{key} must be an integer, got {value!r}")
     return value
 
 
 def _positive_int(value: Any, key: str) -> int:
     if _int(value, key) < 1:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        raise ConfigValueError(f"{key} must be a positive integer, got {value!r}")
     return value
 
 
 def _max_epochs(cfg) -> int:
     runner = dict(cfg.get("runner") or {})
     if runner.get("type", "EpochBasedRunner") != "EpochBasedRunner":
-        raise ValueError(f"runner.type {runner.get('type')!r} is not supported; use EpochBasedRunner with max_epochs")
+        raise ConfigValueError(
+            f"runner.type {runner.get('type')!r} is not supported; use EpochBasedRunner with max_epochs"
+        )
     return _positive_int(runner.get("max_epochs", cfg.get("total_epochs")), "runner.max_epochs")
 
 
@@ -40,7 +43,7 @@ def _grad_clip(cfg) -> Optional[dict]:
     hook_type = optimizer_config.pop("type", "OptimizerHook")
     grad_clip = optimizer_config.pop("grad_clip", None)
     if hook_type != "OptimizerHook" or optimizer_config:
-        raise ValueError(
+        raise ConfigValueError(
             f"optimizer_config supports only grad_clip (OptimizerHook); got type={hook_type!r} "
             f"and keys {sorted(optimizer_config)}"
         )
@@ -71,12 +74,14 @@ class TrainSettings:
             The settings; a `ValueError` names the config key of an unsupported or invalid value.
         """
         if cfg.get("resume_from"):
-            raise ValueError(
+            raise ConfigValueError(
                 f"resume_from={cfg.resume_from!r}: resuming is not supported (checkpoints hold no "
                 "optimizer state); use load_from to start from its weights"
             )
         if not cfg.get("work_dir"):
-            raise ValueError("cfg.work_dir must be set (tools/train.py sets it from --work-dir or the config name)")
+            raise ConfigValueError(
+                "cfg.work_dir must be set (tools/train.py sets it from --work-dir or the config name)"
+            )
         checkpoint_cfg = dict(cfg.get("checkpoint_config") or {})
         eval_cfg = dict(cfg.get("evaluation") or {})
         return cls(

@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 from typing import Callable, Optional, Union
 
+from mmdet.utils.errors import ConfigKeyError
+
 from ..builder import PIPELINES
 
 
@@ -15,7 +17,7 @@ class Compose:
         for transform in transforms:
             if isinstance(transform, dict):
                 if "type" not in transform:
-                    raise KeyError(f"pipeline step needs a 'type' key, got {dict(transform)}")
+                    raise ConfigKeyError(f"pipeline step needs a 'type' key, got {dict(transform)}")
                 transform = PIPELINES.build(dict(transform))
             elif not callable(transform):
                 raise TypeError(f"pipeline step must be a dict or a callable, got {type(transform).__name__}")

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mmdet.utils.errors import ConfigKeyError
+
 from ..builder import PIPELINES
 
 DEFAULT_META_KEYS = (
@@ -95,7 +97,7 @@ class Collect:
     def __call__(self, results: dict) -> dict:
         missing = [key for key in self.keys + self.meta_keys if key not in results]
         if missing:
-            raise KeyError(f"Collect: keys {missing} are not in the results (available: {sorted(results)})")
+            raise ConfigKeyError(f"Collect: keys {missing} are not in the results (available: {sorted(results)})")
         data = {"img_metas": {key: results[key] for key in self.meta_keys}}
         for key in self.keys:
             data[key] = results[key]

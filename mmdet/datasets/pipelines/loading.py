@@ -5,7 +5,10 @@ import os.path as osp
 import cv2
 import numpy as np
 
+from mmdet.utils.errors import ConfigValueError, InputFileNotFoundError
+
 from ..builder import PIPELINES
+from ..verify import ImageFileError
 
 _DECODE_FLAGS = {"color": cv2.IMREAD_COLOR, "grayscale": cv2.IMREAD_GRAYSCALE, "unchanged": cv2.IMREAD_UNCHANGED}
 
@@ -23,13 +26,13 @@ def _set_image(results: dict, img: np.ndarray, filename, ori_filename) -> dict:
 def read_image(filename: str, color_type: str = "color") -> np.ndarray:
     """Decode an image file with `cv2.imdecode` (IMREAD_COLOR by default: 3 channels, BGR, uint8)."""
     if color_type not in _DECODE_FLAGS:
-        raise ValueError(f"color_type must be one of {sorted(_DECODE_FLAGS)}, got '{color_type}'")
+        raise ConfigValueError(f"color_type must be one of {sorted(_DECODE_FLAGS)}, got '{color_type}'")
     if not osp.isfile(filename):
-        raise FileNotFoundError(f"image file not found: {filename}")
+        raise InputFileNotFoundError(f"image file not found: {filename}")
     buffer = np.fromfile(filename, dtype=np.uint8)
     img = cv2.imdecode(buffer, _DECODE_FLAGS[color_type])
     if img is None:
-        raise ValueError(f"OpenCV could not decode the image file {filename}")
+        raise ImageFileError(f"OpenCV could not decode the image file {filename}")
     return img
 
 

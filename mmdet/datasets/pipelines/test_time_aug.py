@@ -2,6 +2,8 @@
 
 from collections.abc import Sequence
 
+from mmdet.utils.errors import ConfigValueError
+
 from ..builder import PIPELINES
 from .compose import Compose
 from .transforms import as_scale_list
@@ -21,9 +23,9 @@ class MultiScaleFlipAug:
     ):
         scales = as_scale_list(img_scale)
         if len(scales) != 1:
-            raise ValueError(f"MultiScaleFlipAug supports exactly one img_scale, got {img_scale!r}")
+            raise ConfigValueError(f"MultiScaleFlipAug supports exactly one img_scale, got {img_scale!r}")
         if flip:
-            raise ValueError("MultiScaleFlipAug: flip=True (test-time flip augmentation) is not supported")
+            raise ConfigValueError("MultiScaleFlipAug: flip=True (test-time flip augmentation) is not supported")
         self.img_scale = scales[0]
         self.flip_direction = flip_direction
         self.transforms = Compose(transforms)

@@ -7,6 +7,8 @@ from typing import Optional, Union
 import cv2
 import numpy as np
 
+from mmdet.utils.errors import ConfigKeyError, ConfigValueError
+
 from ..builder import PIPELINES
 
 _INTERPOLATIONS = {
@@ -36,7 +38,7 @@ def as_scale_list(img_scale) -> list:
         return []
     scales = [img_scale] if _is_scale(img_scale) else list(img_scale)
     if not scales or not all(_is_scale(scale) for scale in scales):
-        raise ValueError(f"img_scale must be a (long, short) integer pair or a list of them, got {img_scale!r}")
+        raise ConfigValueError(f"img_scale must be a (long, short) integer pair or a list of them, got {img_scale!r}")
     return [tuple(scale) for scale in scales]
 
 
@@ -60,14 +62,14 @@ class Resize:
         interpolation: str = "bilinear",
     ):
         if multiscale_mode not in ("range", "value"):
-            raise ValueError(f"multiscale_mode must be 'range' or 'value', got '{multiscale_mode}'")
+            raise ConfigValueError(f"multiscale_mode must be 'range' or 'value', got '{multiscale_mode}'")
         if backend != "cv2":
-            raise ValueError(f"only the 'cv2' resize backend is available, got '{backend}'")
+            raise ConfigValueError(f"only the 'cv2' resize backend is available, got '{backend}'")
         if interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got '{interpolation}'")
+            raise ConfigValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got '{interpolation}'")
         self.img_scale = as_scale_list(img_scale)
         if multiscale_mode == "range" and len(self.img_scale) > 2:
-            raise ValueError(f"multiscale_mode='range' needs two scales (the bounds), got {len(self.img_scale)}")
+            raise ConfigValueError(f"multiscale_mode='range' needs two scales (the bounds), got {len(self.img_scale)}")
         self.multiscale_mode = multiscale_mode
         self.keep_ratio = keep_ratio
         self.bbox_clip_border = bbox_clip_border
@@ -77,7 +79,7 @@ class Resize:
         if "scale" in results:
             return tuple(results["scale"])
         if not self.img_scale:
-            raise KeyError("Resize has no img_scale and the results carry no 'scale' (set by MultiScaleFlipAug)")
+            raise ConfigKeyError("Resize has no img_scale and the results carry no 'scale' (set by MultiScaleFlipAug)")
         if len(self.img_scale) == 1:
             return self.img_scale[0]
         if self.multiscale_mode == "value":
@@ -123,7 +125,7 @@ _FLIP_AXES = {"horizontal": (1,), "vertical": (0,), "diagonal": (0, 1)}
 def flip_bboxes(bboxes: np.ndarray, img_shape: Sequence[int], direction: str) -> np.ndarray:
     """Mirror (x1, y1, x2, y2) boxes inside an image of shape (h, w, ...): x' = W - x (no -1)."""
     if direction not in _FLIP_AXES:
-        raise ValueError(f"flip direction must be one of {sorted(_FLIP_AXES)}, got '{direction}'")
+        raise ConfigValueError(f"flip direction must be one of {sorted(_FLIP_AXES)}, got '{direction}'")
     height, width = img_shape[:2]
     flipped = bboxes.copy()
     if direction in ("horizontal", "diagonal"):
@@ -146,7 +148,7 @@ class RandomFlip:
         self.directions = [direction] if isinstance(direction, str) else list(direction)
         for name in self.directions:
             if name not in _FLIP_AXES:
-                raise ValueError(f"flip direction must be one of {sorted(_FLIP_AXES)}, got '{name}'")
+                raise ConfigValueError(f"flip direction must be one of {sorted(_FLIP_AXES)}, got '{name}'")
         if flip_ratio is None:
             ratios = [0.0] * len(self.directions)
         elif isinstance(flip_ratio, (int, float)):
@@ -154,7 +156,7 @@ class RandomFlip:
         else:
             ratios = [float(r) for r in flip_ratio]
         if len(ratios) != len(self.directions) or any(r < 0 for r in ratios) or sum(ratios) > 1:
-            raise ValueError(f"flip_ratio {flip_ratio!r} does not fit directions {self.directions}")
+            raise ConfigValueError(f"flip_ratio {flip_ratio!r} does not fit directions {self.directions}")
         self.flip_ratio = flip_ratio
         self.probabilities = ratios + [1.0 - sum(ratios)]
 
@@ -200,7 +202,7 @@ class Normalize:
         self.mean = np.array(mean, dtype=np.float32)
         self.std = np.array(std, dtype=np.float32)
         if self.mean.shape != (3,) or self.std.shape != (3,):
-            raise ValueError(f"Normalize needs 3 mean and 3 std values, got mean={mean!r}, std={std!r}")
+            raise ConfigValueError(f"Normalize needs 3 mean and 3 std values, got mean={mean!r}, std={std!r}")
         self.to_rgb = to_rgb
 
     def __call__(self, results: dict) -> dict:
@@ -224,7 +226,7 @@ class Pad:
         pad_val: Union[float, dict] = 0,
     ):
         if (size is None) == (size_divisor is None):
-            raise ValueError(
+            raise ConfigValueError(
                 f"Pad needs exactly one of size / size_divisor, got size={size}, size_divisor={size_divisor}"
             )
         self.size = size
@@ -235,7 +237,7 @@ class Pad:
         if self.size is not None:
             target_h, target_w = self.size
             if target_h < height or target_w < width:
-                raise ValueError(f"Pad size {self.size} is smaller than the image ({height}, {width})")
+                raise ConfigValueError(f"Pad size {self.size} is smaller than the image ({height}, {width})")
             return target_h, target_w
         divisor = self.size_divisor
         return math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .functional import CACHE_BLOCK
+from ..functional import CACHE_BLOCK
 
 LP_NORM = 2.4
 NUM_RANGES = 100

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, nn
 
-from .functional import quant_range
+from ..functional import quant_range
 from .grid_search import grid_candidates, grid_search
 from .scalar_search import BoundedObjective, golden_search
 

@@ -15,7 +15,7 @@ import torch
 from helpers.coco_files import ann, write_tiny_coco
 from mmdet.apis import inference_detector, init_detector
 from mmdet.utils import save_checkpoint
-from qdrop.solver.evaluate_checkpoint import main as evaluate_checkpoint
+from qdrop.cli.test import main as evaluate_checkpoint
 
 TINY_CONFIG = """
 classes = ('cat', 'dog', 'bird')

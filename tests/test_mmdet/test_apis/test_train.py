@@ -11,7 +11,6 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmdet.apis.cli_train import parse_args
 from mmdet.apis.train import train_detector
 from mmdet.apis.training.log import LogWindow
 from mmdet.apis.training.optimizer import build_optimizer, train_step
@@ -21,6 +20,7 @@ from mmdet.datasets.synthetic import SYNTHETIC_CLASSES, make_synthetic_coco
 from mmdet.models import build_detector
 from mmdet.models.detectors.base import parse_losses
 from mmdet.utils import load_checkpoint, load_config
+from qdrop.cli.train import parse_args
 
 TINY_CONFIGS = ("configs/tiny/retinanet_tiny_synth.py", "configs/tiny/faster_rcnn_tiny_synth.py")
 SMALL_SCALE = (192, 128)
@@ -210,7 +210,7 @@ def test_qdrop_train_is_the_command_of_tools_train(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)  # parse_args sets it for the launcher
     scripts = entry_points()
     scripts = scripts.select(group="console_scripts") if hasattr(scripts, "select") else scripts["console_scripts"]
-    assert {script.name: script.value for script in scripts}["qdrop-train"] == "mmdet.apis.cli_train:main"
+    assert {script.name: script.value for script in scripts}["qdrop-train"] == "qdrop.cli.train:cli"
     args = parse_args(["configs/tiny/retinanet_tiny_synth.py", "--seed", "3", "--cfg-options", "runner.max_epochs=2"])
     assert (args.config, args.seed, args.cfg_options, args.launcher) == (
         "configs/tiny/retinanet_tiny_synth.py",

@@ -1,15 +1,27 @@
-"""load_checkpoint / save_checkpoint and fuse_conv_bn on small models."""
+"""load_checkpoint / save_checkpoint (weights-only loading) and fuse_conv_bn on small models."""
 
 import logging
+import os
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from mmdet.models.backbones import ResNet
 from mmdet.models.necks import FPN
-from mmdet.utils import CheckpointMismatchError, fuse_conv_bn, load_checkpoint, save_checkpoint
+from mmdet.utils import (
+    ALLOW_PICKLE_ENV,
+    CheckpointFileError,
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    UserError,
+    fuse_conv_bn,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 class TinyDetector(nn.Module):
@@ -146,3 +158,139 @@ def test_fuse_formula_and_lonely_bn():
     assert isinstance(parent.bn, nn.Identity)  # the ReLU in between does not clear the remembered conv
     torch.testing.assert_close(parent.conv.weight.detach(), weight * factor.view(3, 1, 1, 1))
     torch.testing.assert_close(parent.conv.bias.detach(), (bias - bn.running_mean) * factor + bn.bias.detach())
+
+
+class _RunsCode:
+    """Pickles as a call of ``exec`` that creates ``marker``: a harmless stand-in for a hostile shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"import pathlib; pathlib.Path({str(self.marker)!r}).touch()",)
+
+
+@pytest.fixture
+def hostile_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "downloaded.pth"
+    torch.save({"state_dict": TinyDetector().state_dict(), "meta": {"note": _RunsCode(marker)}}, path)
+    assert not marker.exists()
+    return path, marker
+
+
+@pytest.mark.parametrize("reader", ["read_checkpoint", "load_checkpoint"])
+def test_checkpoint_that_runs_code_is_refused(hostile_checkpoint, reader):
+    path, marker = hostile_checkpoint
+    with pytest.raises(UnsafeCheckpointError) as info:
+        if reader == "read_checkpoint":
+            read_checkpoint(str(path))
+        else:
+            load_checkpoint(TinyDetector(), str(path))
+    message = str(info.value)
+    assert str(path) in message and "exec" in info.value.offending_global and info.value.offending_global in message
+    assert "would execute code" in message and f"{ALLOW_PICKLE_ENV}=1" in message
+    assert isinstance(info.value, CheckpointFileError) and isinstance(info.value, UserError)
+    assert not marker.exists()
+
+
+def test_legacy_format_checkpoint_that_runs_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "old_style.pth"
+    torch.save({"meta": {"note": _RunsCode(marker)}}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match="exec"):
+        read_checkpoint(str(path))
+    assert not marker.exists()
+
+
+def test_os_system_global_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+
+    class Shell:
+        def __reduce__(self):
+            return os.system, ("true",)
+
+    path = tmp_path / "shell.pth"
+    torch.save({"meta": Shell()}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"the global (posix|nt)\.system"):
+        read_checkpoint(str(path))
+
+
+@pytest.mark.parametrize("value", ["0", "", "no"])
+def test_allow_pickle_must_be_switched_on(hostile_checkpoint, monkeypatch, value):
+    path, marker = hostile_checkpoint
+    monkeypatch.setenv(ALLOW_PICKLE_ENV, value)
+    with pytest.raises(UnsafeCheckpointError):
+        read_checkpoint(str(path))
+    assert not marker.exists()
+
+
+def test_allow_pickle_loads_a_trusted_file_with_a_warning_every_time(hostile_checkpoint, monkeypatch, caplog):
+    path, marker = hostile_checkpoint
+    monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger="mmdet"):
+        checkpoint = load_checkpoint(TinyDetector(), str(path))
+        read_checkpoint(str(path))
+    assert marker.exists() and "state_dict" in checkpoint
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [message for message in warnings if "full unpickling" in message]
+    assert len(warnings) == 2 and all(str(path) in w and ALLOW_PICKLE_ENV in w for w in warnings)
+
+
+def test_mmdetection_checkpoint_with_numpy_meta_loads_intact(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    model = TinyDetector()
+    _randomize_bn(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model(torch.randn(2, 3, 64, 64))[0].sum().backward()
+    optimizer.step()
+    meta = dict(
+        epoch=3,
+        iter=np.int64(5),
+        hook_msgs=dict(best_score=np.float64(0.4), best_ckpt="epoch_3.pth", last_ckpt="epoch_3.pth"),
+        CLASSES=("cat", "dog"),
+        mmdet_version="2.28.2",
+        config="model = dict(type='RetinaNet')",
+        extra=dict(mask=np.array([[1.5, 2.0]], dtype=np.float32), flag=np.bool_(True), dtype=np.dtype("int16")),
+    )
+    path = tmp_path / "epoch_3.pth"
+    torch.save(dict(meta=meta, state_dict=model.state_dict(), optimizer=optimizer.state_dict()), path)
+    with caplog.at_level(logging.WARNING, logger="mmdet"):
+        checkpoint = load_checkpoint(TinyDetector(), str(path))
+    assert "full unpickling" not in caplog.text
+    loaded = checkpoint["meta"]
+    assert loaded["iter"] == 5 and isinstance(loaded["iter"], np.int64) and loaded["epoch"] == 3
+    assert loaded["hook_msgs"]["best_score"] == 0.4 and isinstance(loaded["hook_msgs"]["best_score"], np.float64)
+    np.testing.assert_array_equal(loaded["extra"]["mask"], meta["extra"]["mask"])
+    assert loaded["extra"]["flag"] and loaded["extra"]["dtype"] == np.dtype("int16")
+    saved_state = optimizer.state_dict()["state"]
+    assert set(checkpoint["optimizer"]["state"]) == set(saved_state)
+    for index, state in saved_state.items():
+        torch.testing.assert_close(checkpoint["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"])
+
+
+def test_numpy_1_names_of_scalars_load(tmp_path, monkeypatch):
+    """Checkpoints written under numpy 1 name numpy.core.multiarray.scalar; numpy 2 writes numpy._core."""
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    path = tmp_path / "numpy1.pth"
+    torch.save({"meta": {"iter": np.int64(7), "best": np.float64(0.25)}}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    for name in (b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"):
+        path.write_bytes(data.replace(b"numpy._core.multiarray\n", name).replace(b"numpy.core.multiarray\n", name))
+        meta = read_checkpoint(str(path))["meta"]
+        assert meta["iter"] == 7 and meta["best"] == 0.25
+
+
+def test_a_checkpoint_without_a_dict_is_a_file_error(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(CheckpointFileError, match="holds a list; expected a dict"):
+        read_checkpoint(str(path))
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        read_checkpoint(str(tmp_path / "absent.pth"))
+    assert isinstance(info.value, UserError) and "absent.pth" in str(info.value)

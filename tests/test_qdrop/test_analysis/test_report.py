@@ -4,10 +4,15 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
-from qdrop.analysis import RunRecord, StageTimer, UnitReconstruction, command_line, peak_memory_mib, write_run_report
-from qdrop.model import Placement
+from helpers.qdrop_models import fcos_cfg, fused_detector, q_config
+from mmdet.models.utils import Scale
+from qdrop.analysis import RunRecord, StageTimer, command_line, peak_memory_mib, write_run_report
+from qdrop.model import Placement, placement_table, quantize_detector
+from qdrop.model.quantize import KEPT_FLOAT
+from qdrop.ptq import UnitReconstruction
 
 Q_CONFIG = {
     "a_qconfig": {"quantizer": "LSQFakeQuantize", "bit": 4},
@@ -136,3 +141,13 @@ def test_stage_timer_adds_up_repeated_stages_in_first_run_order():
 def test_peak_memory_reports_the_process():
     peaks = peak_memory_mib()
     assert list(peaks) == ["host max RSS"] and 10 < peaks["host max RSS"] < 10**6
+
+
+def test_report_names_the_parts_kept_float(tmp_path):
+    """A one-stage detector with `quant_head: True`: GroupNorm of the towers and the per-level Scales stay float."""
+    model = quantize_detector(fused_detector(fcos_cfg()), q_config(quant_head=True))
+    write_run_report(str(tmp_path), RunRecord("cmd", Q_CONFIG, placement_table(model)))
+    placement = _section((tmp_path / "report.md").read_text(), "Placement")
+    assert "Kept float: 9 parts." in placement
+    assert f"| GroupNorm | 4 | {KEPT_FLOAT[torch.nn.GroupNorm]} |" in placement
+    assert f"| Scale | 5 | {KEPT_FLOAT[Scale]} |" in placement

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from helpers.qdrop_models import fused_detector, q_config, random_batches, retinanet_cfg
+from helpers.qdrop_models import fcos_cfg, fused_detector, image_meta, q_config, random_batches, retinanet_cfg
 from qdrop.analysis.sensitivity import OutputError, quantize_only, top_units, unit_sensitivity
+from qdrop.config.q_config import QConfig
 from qdrop.model import quantization_units, quantize_detector
-from qdrop.q_config import QConfig
+from qdrop.ptq.calibration import calibrate
+from qdrop.ptq.capture import forward_order
 from qdrop.quantization import fake_quantizers
-from qdrop.solver.calibration import calibrate
-from qdrop.solver.capture import forward_order
 
 COARSE_UNIT = "backbone.layer2.0"
 
@@ -60,3 +60,19 @@ def test_the_float_model_has_no_output_error(calibrated):
     damage = OutputError(model, images, torch.device("cpu"))
     quantize_only(model, None)
     assert damage() == 0.0
+
+
+def test_one_stage_detector_with_quantized_head():
+    """FCOS with `quant_head: True`: the units extract_feat runs are ranked (the head's GroupNorm units do not change
+    the neck's features and are not among them); the whole model quantizes again afterwards."""
+    model = quantize_detector(fused_detector(fcos_cfg()), q_config(w_bit=4, a_bit=4, quant_head=True))
+    metas = [image_meta(64, 96)] * 2
+    batches = [dict(batch, img_metas=metas) for batch in random_batches(num_batches=1)]
+    calibrate(model, batches, torch.device("cpu"), run_heads=True)
+    images = [batch["img"] for batch in batches]
+    units = forward_order(model, quantization_units(model), images[0])
+    assert units[0][0] == "backbone.conv1" and units[-1][0].startswith("neck.fpn_convs.")
+    assert "bbox_head.cls_convs.0" in dict(quantization_units(model))
+    records = unit_sensitivity(model, units, OutputError(model, images, torch.device("cpu")))
+    assert len(records) == len(units) and all(record["score"] > 0 for record in records)
+    assert all(quantizer.fake_quant_enabled for _, quantizer in fake_quantizers(model))

@@ -1,12 +1,15 @@
-"""qdrop/solver/demo.py: its refusals, its table and how it splits the work between processes."""
+"""qdrop/cli/demo.py: its refusals, its table and how it splits the work between processes."""
 
 import pytest
 
-from qdrop.solver import demo
+from qdrop.cli import demo
+from qdrop.solver.command import run_command
 
 
 def test_demo_without_checkpoints_explains_and_fails(tmp_path, capsys):
-    assert demo.main(["--work-dir", str(tmp_path / "demo"), "--checkpoint-dir", str(tmp_path / "none")]) == 1
+    assert (
+        run_command(demo.main, ["--work-dir", str(tmp_path / "demo"), "--checkpoint-dir", str(tmp_path / "none")]) == 2
+    )
     message = capsys.readouterr().err
     assert "retinanet_tiny_synth.pth is missing" in message and "tools/train.py" in message
     assert not (tmp_path / "demo").exists()
@@ -17,7 +20,7 @@ def test_demo_without_checkpoints_explains_and_fails(tmp_path, capsys):
 def test_one_process_runs_each_model_whole():
     args = demo.parse_args(["--jobs", "1", "--work-dir", "wd"])
     jobs = demo.plan_jobs(args, "wd/demo.log")
-    assert [(job.model, job.settings) for job in jobs] == [(name, tuple(demo.SETTINGS)) for name in demo.MODELS]
+    assert [(job.model, job.settings) for job in jobs] == [(name, tuple(demo.SETTINGS)) for name in demo.DEFAULT_MODELS]
     assert all(job.show_progress for job in jobs)
     assert [job.report_dir for job in jobs] == ["wd/report_retinanet", None]
 
@@ -26,7 +29,7 @@ def test_several_processes_split_models_and_settings():
     args = demo.parse_args(["--jobs", "2", "--work-dir", "wd", "--threads", "1"])
     jobs = demo.plan_jobs(args, "wd/demo.log")
     assert sorted((job.model, job.settings) for job in jobs) == sorted(
-        (name, (setting,)) for name in demo.MODELS for setting in demo.SETTINGS
+        (name, (setting,)) for name in demo.DEFAULT_MODELS for setting in demo.SETTINGS
     )
     assert jobs[0].model == "faster_rcnn"  # the slowest model starts first
     assert not any(job.show_progress for job in jobs)
@@ -35,6 +38,18 @@ def test_several_processes_split_models_and_settings():
         ("retinanet", (demo.REPORTED_RUN.split()[0],), "wd/report_retinanet")
     ]
     assert {job.log_file for job in jobs} == {"wd/demo.log"}
+
+
+def test_the_tiny_fcos_is_chosen_by_name(tmp_path, capsys):
+    assert demo.DEFAULT_MODELS == ["retinanet", "faster_rcnn"]
+    args = demo.parse_args(["--models", "fcos", "--jobs", "1", "--work-dir", "wd", "--checkpoint-dir", "ckpt"])
+    (job,) = demo.plan_jobs(args, "wd/demo.log")
+    assert (job.model, job.checkpoint, job.report_dir) == ("fcos", "ckpt/fcos_tiny_synth.pth", "wd/report_fcos")
+    assert demo.MODELS["fcos"][0] == "configs/tiny/fcos_tiny_synth.py"
+    argv = ["--models", "fcos", "--work-dir", str(tmp_path / "demo"), "--checkpoint-dir", str(tmp_path / "none")]
+    assert run_command(demo.main, argv) == 2
+    message = capsys.readouterr().err
+    assert "fcos_tiny_synth.pth is missing" in message and "configs/tiny/fcos_tiny_synth.py" in message
 
 
 @pytest.mark.parametrize("flag", [["--jobs", "0"], ["--threads", "0"]])

@@ -1,5 +1,5 @@
-"""tools/deploy: export a quantized checkpoint and evaluate it in ONNX Runtime; the detections equal the PyTorch
-model's and so does the mAP."""
+"""tools/deploy (qdrop/cli): export a quantized checkpoint and evaluate it in ONNX Runtime; the detections equal the
+PyTorch model's and so does the mAP."""
 
 import glob
 import json
@@ -16,9 +16,10 @@ from mmdet.datasets import build_dataloader, build_dataset
 from mmdet.datasets.synthetic import make_synthetic_coco
 from mmdet.models import build_detector
 from mmdet.utils import load_config, save_checkpoint
-from qdrop.deploy import OnnxDetector, load_detector
+from qdrop.cli import compare_onnx, export_onnx, test_onnx
+from qdrop.deploy import OnnxDetector
 from qdrop.model import save_quantized_checkpoint
-from tools.deploy import compare_onnx, export_onnx, test_onnx
+from qdrop.solver.detector import load_detector
 
 
 def _retinanet_keeping_low_scores() -> dict:
@@ -64,7 +65,7 @@ def test_onnx_evaluation_equals_pytorch(tmp_path, checkpoints, name):
     cfg = prepare_test_config(load_config(str(config)))
     dataset = build_dataset(cfg.data.test)
     loader = build_dataloader(dataset, samples_per_gpu=1, workers_per_gpu=0, dist=False, shuffle=False)
-    model, is_quantized = load_detector(str(config), str(quantized))
+    model, is_quantized, _ = load_detector(load_config(str(config)), str(quantized))
     assert is_quantized
     expected = single_gpu_test(model, loader, show_progress=False)
     detector = OnnxDetector.from_file(build_detector(cfg.model), str(onnx_file), optimization="disable", threads=1)

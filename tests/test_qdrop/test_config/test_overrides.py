@@ -10,9 +10,9 @@ import yaml
 from helpers.qdrop_models import fused_detector, q_config, retinanet_cfg
 from mmdet.models import build_detector
 from mmdet.utils import fuse_conv_bn, load_config
+from qdrop.config.overrides import ModuleOverride
+from qdrop.config.q_config import QConfig, load_q_config
 from qdrop.model import placement_table, quantization_units, quantize_detector
-from qdrop.overrides import ModuleOverride
-from qdrop.q_config import QConfig, load_q_config
 
 # The placement table of exp/config.yaml on both tiny configs, recorded when the first layer's 8 bits were a
 # special case of the walk: (quantizer, tensor, bits, granularity, quantizer class, observer) per row.

@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from qdrop.q_config import QConfig, ReconConfig, load_q_config
+from qdrop.config.q_config import QConfig, ReconConfig, load_q_config
 from qdrop.quantization import QuantizerConfig
 
 PUBLISHED = {

@@ -9,18 +9,42 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, retinanet_cfg
+from helpers.qdrop_models import (
+    atss_cfg,
+    faster_rcnn_cfg,
+    fcos_cfg,
+    fused_detector,
+    gfl_cfg,
+    image_meta,
+    q_config,
+    random_batches,
+    regnet_backbone_cfg,
+    resnext_backbone_cfg,
+    retinanet_cfg,
+    with_backbone,
+)
+from mmdet.models.backbones import RegNetBottleneck, ResNeXtBottleneck
+from mmdet.models.dense_heads import Integral
 from mmdet.models.necks import FPN
+from mmdet.models.utils import Scale
+from qdrop.config.q_config import QConfig, load_q_config
 from qdrop.model import (
     QuantizedBasicBlock,
     QuantizedBottleneck,
+    QuantizedConvNormAct,
+    float_parts,
     format_placement_table,
+    load_quantized_state,
     placement_table,
     quantization_units,
     quantize_detector,
+    quantized_state_dict,
 )
-from qdrop.model.quantize import CHILD_ROLES, HEADS, TRUNK
-from qdrop.quantization import QuantizedLayer, disable_all
+from qdrop.model.quantize import CHILD_ROLES, HEADS, KEPT_FLOAT, TRUNK
+from qdrop.ptq.cache import ReconCache
+from qdrop.ptq.calibration import calibrate
+from qdrop.ptq.reconstruction import float_reference, reconstruct_unit, unit_output_error
+from qdrop.quantization import AdaRoundFakeQuantize, QuantizedLayer, disable_all, fake_quantizers
 
 
 def _relu(layer) -> bool:
@@ -155,7 +179,7 @@ def test_units_and_table():
 
 
 def _tiny_detectors():
-    return [fused_detector(faster_rcnn_cfg(50)), fused_detector(retinanet_cfg(18))]
+    return [fused_detector(cfg) for cfg in (faster_rcnn_cfg(50), retinanet_cfg(18), fcos_cfg(), atss_cfg(), gfl_cfg())]
 
 
 def test_child_roles_name_existing_children_and_functional_relus():
@@ -184,7 +208,27 @@ def _head_outputs(model, feats, rois):
     return model.bbox_head(feats)
 
 
-@pytest.mark.parametrize("model_cfg", [faster_rcnn_cfg(50), retinanet_cfg(18)], ids=["faster_r50", "retina_r18"])
+def _retinanet_gn_head() -> dict:
+    """RetinaNet with GroupNorm towers, as configs/tiny/retinanet_tiny_synth.py."""
+    cfg = retinanet_cfg(18)
+    cfg["bbox_head"]["norm_cfg"] = dict(type="GN", num_groups=4, requires_grad=True)
+    return cfg
+
+
+FULL_MODELS = {
+    "faster_r50": faster_rcnn_cfg(50),
+    "retina_r18": retinanet_cfg(18),
+    "retina_gn_head": _retinanet_gn_head(),
+    "fcos": fcos_cfg(),
+    "fcos_exp": fcos_cfg(norm_on_bbox=False),
+    "atss": atss_cfg(),
+    "gfl": gfl_cfg(),
+    "retina_resnext": with_backbone(retinanet_cfg(18), resnext_backbone_cfg()),
+    "retina_regnet": with_backbone(retinanet_cfg(18), regnet_backbone_cfg()),
+}
+
+
+@pytest.mark.parametrize("model_cfg", list(FULL_MODELS.values()), ids=list(FULL_MODELS))
 def test_folded_relus_sit_where_the_float_model_applies_them(model_cfg):
     """With every quantizer off, a fully quantized detector computes the float detector's outputs: no ReLU was
     folded where mmdet's forward applies none."""
@@ -198,3 +242,164 @@ def test_folded_relus_sit_where_the_float_model_applies_them(model_cfg):
         expected, actual = _head_outputs(float_model, expected_feats, rois), _head_outputs(model, feats, rois)
     torch.testing.assert_close(feats, expected_feats)
     torch.testing.assert_close(actual, expected)
+
+
+# ----------------------------------------------------------------------------------------- the one-stage family
+ONE_STAGE = {"fcos": fcos_cfg(), "atss": atss_cfg(), "gfl": gfl_cfg()}
+# The head's final convs: outputs of the detector, weight-quantized without an output quantizer.
+FINAL_CONVS = {
+    "fcos": ("conv_cls", "conv_reg", "conv_centerness"),
+    "atss": ("atss_cls", "atss_reg", "atss_centerness"),
+    "gfl": ("gfl_cls", "gfl_reg"),
+}
+
+
+def _published_q_config(repo_root, quant_head: bool) -> QConfig:
+    published = load_q_config(repo_root / "exp" / "config.yaml")
+    return QConfig.from_mapping({**published.to_dict(), "quant_head": quant_head}, "exp/config.yaml")
+
+
+def _towers(head) -> list:
+    return list(head.cls_convs) + list(head.reg_convs)
+
+
+@pytest.mark.parametrize("name", sorted(ONE_STAGE))
+def test_one_stage_published_placement_keeps_the_head_float(repo_root, name):
+    model = quantize_detector(fused_detector(ONE_STAGE[name]), load_q_config(repo_root / "exp" / "config.yaml"))
+    assert not any(isinstance(m, (QuantizedLayer, QuantizedConvNormAct)) for m in model.bbox_head.modules())
+    rows = _rows_by_name(model)
+    assert rows["backbone.conv1.module.weight_fake_quant"].bits == 8
+    assert rows["backbone.layer1.0.conv1.module.weight_fake_quant"].bits == 2
+    assert not any(row.startswith("bbox_head") for row in rows)
+    assert all(isinstance(m, QuantizedLayer) and not m.qoutput for m in model.neck.fpn_convs)
+    assert [(part.module, part.kind) for part in float_parts(model)] == [("bbox_head", type(model.bbox_head).__name__)]
+
+
+@pytest.mark.parametrize("name", sorted(ONE_STAGE))
+def test_one_stage_quant_head_placement(repo_root, name):
+    float_model = fused_detector(ONE_STAGE[name])
+    model = quantize_detector(copy.deepcopy(float_model), _published_q_config(repo_root, quant_head=True))
+    head = model.bbox_head
+    for tower_conv in _towers(head):
+        assert isinstance(tower_conv, QuantizedConvNormAct) and tower_conv.qoutput and _relu(tower_conv)
+        assert isinstance(tower_conv.norm, nn.GroupNorm) and tower_conv.module.weight_fake_quant.bit == 2
+    for final in FINAL_CONVS[name]:
+        layer = getattr(head, final)
+        assert isinstance(layer, QuantizedLayer) and not layer.qoutput and layer.activation is None
+    assert all(isinstance(scale, Scale) for scale in head.scales)
+    assert name != "gfl" or isinstance(head.integral, Integral)
+    rows = _rows_by_name(model)
+    assert rows["bbox_head.cls_convs.0.block_post_act_fake_quantize"].module == "bbox_head.cls_convs.0"
+    assert rows["bbox_head.reg_convs.1.module.weight_fake_quant"].module == "bbox_head.reg_convs.1"
+    assert not any(r.startswith(tuple(f"bbox_head.{c}.block_post_act" for c in FINAL_CONVS[name])) for r in rows)
+
+    kept = {part.module: part for part in float_parts(model)}
+    norms = {f"bbox_head.{tower}.{i}.norm" for tower in ("cls_convs", "reg_convs") for i in range(2)}
+    scales = {f"bbox_head.scales.{i}" for i in range(5)}
+    assert set(kept) == norms | scales | ({"bbox_head.integral"} if name == "gfl" else set())
+    assert kept["bbox_head.cls_convs.0.norm"].reason == KEPT_FLOAT[nn.GroupNorm]
+    table = format_placement_table(placement_table(model)).splitlines()
+    float_lines = [line.split() for line in table[2:-1] if line.split()[2] == "float"]
+    assert sorted(line[0] for line in float_lines) == sorted(kept)
+    assert table[-1].endswith(f"; {len(kept)} parts kept float (tensor 'float')")
+
+    # the checkpoint keys of the GroupNorm units, and a state that loads into a freshly wrapped model
+    state = quantized_state_dict(model)
+    assert {"bbox_head.cls_convs.0.module.weight", "bbox_head.cls_convs.0.norm.weight"} <= set(state)
+    fresh = quantize_detector(copy.deepcopy(float_model), _published_q_config(repo_root, quant_head=True))
+    load_quantized_state(fresh, state)
+
+
+@pytest.mark.parametrize("name", sorted(ONE_STAGE))
+def test_one_stage_quantized_forward_after_calibration(name):
+    model = quantize_detector(fused_detector(ONE_STAGE[name]), q_config(w_bit=4, a_bit=4, quant_head=True))
+    metas = [image_meta(64, 96)] * 2
+    batches = [dict(batch, img_metas=metas) for batch in random_batches(num_batches=1)]
+    calibrate(model, batches, torch.device("cpu"), run_heads=True, show_progress=False)
+    for _, quantizer in fake_quantizers(model.bbox_head):
+        assert quantizer.fake_quant_enabled and bool(torch.isfinite(quantizer.scale).all())
+    with torch.no_grad():
+        results = model.simple_test(batches[0]["img"], metas)
+    assert len(results) == 2 and len(results[0]) == model.bbox_head.num_classes
+
+
+def test_group_norm_unit_calibrates_and_reconstructs():
+    """One reconstruction step on a tower unit of a quantized FCOS head: its AdaRound and LSQ parameters move, the
+    output error stays finite, the weights end hard-rounded."""
+    model = quantize_detector(fused_detector(fcos_cfg()), q_config(w_bit=2, a_bit=4, quant_head=True, iters=1))
+    metas = [image_meta(64, 96)] * 2
+    batches = [dict(batch, img_metas=metas) for batch in random_batches(num_batches=2)]
+    calibrate(model, batches, torch.device("cpu"), run_heads=True, show_progress=False)
+    reference = float_reference(model)
+    unit, fp_unit = model.bbox_head.reg_convs[1], reference.bbox_head.reg_convs[1]
+    assert isinstance(unit, QuantizedConvNormAct)
+    assert "bbox_head.reg_convs.1" in dict(quantization_units(model))  # a unit of its own, the norm inside it
+    recon = QConfig.from_mapping(q_config(w_bit=2, a_bit=4, quant_head=True, iters=1)).recon
+    cache = ReconCache(torch.device("cpu"), keep_on_device=True, keep_fp_input=recon.drop_prob < 1.0)
+    for batch in batches:
+        quant_input = _unit_input(model, unit, batch["img"])
+        fp_input = _unit_input(reference, fp_unit, batch["img"])
+        with torch.no_grad():
+            cache.add(quant_input, fp_input, fp_unit(fp_input))
+    error_before = unit_output_error(unit, cache)
+    scale_before = unit.block_post_act_fake_quantize.scale.detach().clone()
+    weight_quantizer = unit.module.weight_fake_quant
+    assert isinstance(weight_quantizer, AdaRoundFakeQuantize)
+    rec_loss, loss, curve = reconstruct_unit(unit, cache, recon, seed=0, show_progress=False)
+    assert np.isfinite(rec_loss) and np.isfinite(loss) and curve[0][0] == 0
+    assert not torch.equal(unit.block_post_act_fake_quantize.scale.detach(), scale_before)
+    assert not weight_quantizer.soft_targets and weight_quantizer.alpha is not None
+    error_after = unit_output_error(unit, cache)
+    assert np.isfinite(error_before) and np.isfinite(error_after) and error_after > 0
+
+
+def _unit_input(model, unit, img) -> torch.Tensor:
+    """The input `unit` receives during the head's forward on `img`."""
+    captured = []
+    handle = unit.register_forward_pre_hook(lambda _module, args: captured.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model.bbox_head(model.extract_feat(img))
+    finally:
+        handle.remove()
+    return captured[0]  # the first level
+
+
+@pytest.mark.parametrize(
+    "backbone, block_type",
+    [(resnext_backbone_cfg(), ResNeXtBottleneck), (regnet_backbone_cfg(), RegNetBottleneck)],
+    ids=["resnext", "regnet"],
+)
+def test_resnext_and_regnet_blocks_become_quantized_bottlenecks(repo_root, backbone, block_type):
+    float_model = fused_detector(with_backbone(retinanet_cfg(18), backbone))
+    float_blocks = [m for m in float_model.backbone.modules() if type(m) is block_type]
+    model = quantize_detector(copy.deepcopy(float_model), load_q_config(repo_root / "exp" / "config.yaml"))
+    layers = [getattr(model.backbone, name) for name in model.backbone.res_layers]
+    blocks = [block for layer in layers for block in layer]
+    assert len(blocks) == len(float_blocks) and all(isinstance(block, QuantizedBottleneck) for block in blocks)
+    assert [b.conv2.module.groups for b in blocks] == [b.conv2.groups for b in float_blocks]
+    assert any(b.conv2.module.groups > 1 for b in blocks)
+    stem = model.backbone.conv1
+    assert isinstance(stem, QuantizedLayer) and _relu(stem) and stem.module.weight_fake_quant.bit == 8
+    assert hasattr(model.backbone, "maxpool") == (block_type is ResNeXtBottleneck)  # RegNet: no max-pool
+    assert float_parts(model)[0].module == "bbox_head"
+
+
+def test_overrides_reach_the_group_norm_units():
+    config = QConfig.from_mapping(
+        {
+            **q_config(w_bit=4, quant_head=True),
+            "overrides": [
+                {"modules": "bbox_head.cls_convs.*", "w_qconfig": {"bit": 3}},
+                {"modules": "bbox_head.reg_convs.0", "quantize": False},
+            ],
+        },
+        "test.yaml",
+    )
+    model = quantize_detector(fused_detector(fcos_cfg()), config)
+    rows = _rows_by_name(model)
+    assert rows["bbox_head.cls_convs.1.module.weight_fake_quant"].bits == 3
+    assert rows["bbox_head.reg_convs.1.module.weight_fake_quant"].bits == 4
+    assert type(model.bbox_head.reg_convs[0]).__name__ == "ConvModule"
+    kept = {part.module: part.reason for part in float_parts(model)}
+    assert "overrides" in kept["bbox_head.reg_convs.0"]

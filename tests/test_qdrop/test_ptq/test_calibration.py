@@ -9,13 +9,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg
+from qdrop.config.q_config import QConfig, ReconConfig
 from qdrop.model import quantize_detector
-from qdrop.q_config import QConfig, ReconConfig
+from qdrop.ptq import float_reference, run_calibration, shares_calibration, wrap
+from qdrop.ptq.calibration import calibrate
+from qdrop.ptq.reconstruction import build_cache, reconstruct_unit, unit_seed
 from qdrop.quantization import fake_quantizers
-from qdrop.solver.calibration import calibrate
-from qdrop.solver.detector import float_reference
-from qdrop.solver.recon import build_cache, reconstruct_unit, unit_seed
-from qdrop.solver.steps import run_calibration, shares_calibration, wrap
 
 CPU = torch.device("cpu")
 

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, random_batches
+from qdrop.config.q_config import QConfig
 from qdrop.model import quantize_detector
-from qdrop.q_config import QConfig
+from qdrop.ptq import float_reference
+from qdrop.ptq.calibration import calibrate
+from qdrop.ptq.reconstruction import build_cache, reconstruct_unit, unit_output_error
 from qdrop.quantization import LSQFakeQuantize, MinMaxObserver, fake_quantizers
-from qdrop.quantization.fused import fast_path
-from qdrop.solver.calibration import calibrate
-from qdrop.solver.detector import float_reference
-from qdrop.solver.recon import build_cache, reconstruct_unit, unit_output_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 UNIT = "backbone.layer1.0"
@@ -57,8 +56,8 @@ def test_fused_quantizer_on_device_matches_plain():
     for fast in (False, True):
         q, inp = copy.deepcopy(quantizer), x.clone().requires_grad_(True)
         torch.manual_seed(0)
-        with fast_path(fast):
-            out = q(inp)
+        q.fast = fast
+        out = q(inp)
         out.square().sum().backward()
         results.append((out.detach(), inp.grad, q.scale.grad))
     assert torch.equal(results[0][0], results[1][0])

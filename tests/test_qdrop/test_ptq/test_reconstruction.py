@@ -7,15 +7,12 @@ import pytest
 import torch
 
 from helpers.qdrop_models import faster_rcnn_cfg, fused_detector, q_config, random_batches, retinanet_cfg
+from qdrop.config.q_config import ReconConfig
 from qdrop.model import quantize_detector
-from qdrop.q_config import ReconConfig
-from qdrop.quantization import AdaRoundFakeQuantize, MSEObserver, fake_quantizers
-from qdrop.quantization.functional import fake_quantize
-from qdrop.solver.cache import ReconCache
-from qdrop.solver.calibration import calibrate
-from qdrop.solver.detector import float_reference
-from qdrop.solver.progress import ProgressFileError, ReconProgress
-from qdrop.solver.recon import (
+from qdrop.ptq import float_reference
+from qdrop.ptq.cache import ReconCache
+from qdrop.ptq.calibration import calibrate
+from qdrop.ptq.reconstruction import (
     TemperatureDecay,
     build_cache,
     reconstruct,
@@ -23,6 +20,9 @@ from qdrop.solver.recon import (
     rounding_regulariser,
     unit_output_error,
 )
+from qdrop.quantization import AdaRoundFakeQuantize, MSEObserver, fake_quantizers
+from qdrop.quantization.functional import fake_quantize
+from qdrop.solver.progress import ProgressFileError, ReconProgress
 
 CPU = torch.device("cpu")
 
@@ -69,7 +69,7 @@ def test_fast_and_plain_reconstruction_agree():
         cfg = dataclasses.replace(ReconConfig.from_mapping(config["recon"]), fast=fast)
         unit = copy.deepcopy(_unit(model, name))
         cache = build_cache(model, fp_model, _unit(model, name), _unit(fp_model, name), images, cfg, CPU)
-        loss, _ = reconstruct_unit(unit, cache, cfg, seed=0, show_progress=False)
+        loss, _, _ = reconstruct_unit(unit, cache, cfg, seed=0, show_progress=False)
         learned[fast] = (loss, unit_output_error(unit, cache), {k: v.clone() for k, v in unit.state_dict().items()})
     (plain_loss, plain_error, plain_state), (fast_loss, fast_error, fast_state) = learned[False], learned[True]
     assert fast_loss == pytest.approx(plain_loss, rel=1e-4) and fast_error == pytest.approx(plain_error, rel=1e-4)

@@ -10,15 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.qdrop_models import fused_detector, q_config, retinanet_cfg
+from qdrop.model import quantize_detector
 from qdrop.quantization import (
     AdaRoundFakeQuantize,
     FixedFakeQuantize,
     LSQFakeQuantize,
     LSQPlusFakeQuantize,
     MinMaxObserver,
+    fake_quantizers,
+    set_fast_path,
 )
 from qdrop.quantization.functional import draw_keep
-from qdrop.quantization.fused import fast_path, fast_path_enabled, mix
+from qdrop.quantization.fused import mix
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ACTIVATION_QUANTIZERS = [FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize]
@@ -61,12 +65,12 @@ def _run(quantizer, x: torch.Tensor, fast: bool, seed: int = 7):
     """Forward and backward of a copy of `quantizer` on a copy of `x` with a fixed random upstream gradient."""
     quantizer = copy.deepcopy(quantizer)
     x = x.clone().requires_grad_(True)
-    with fast_path(fast):
-        torch.manual_seed(seed)
-        out = quantizer(x)
-        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        if out.requires_grad:  # AdaRound's hard weight depends on nothing learnable
-            (out * upstream).sum().backward()
+    quantizer.fast = fast
+    torch.manual_seed(seed)
+    out = quantizer(x)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    if out.requires_grad:  # AdaRound's hard weight depends on nothing learnable
+        (out * upstream).sum().backward()
     grads = {name: _zeros_if_none(param.grad, param) for name, param in quantizer.named_parameters()}
     return out.detach(), _zeros_if_none(x.grad, x), grads
 
@@ -151,7 +155,8 @@ def test_no_grad_forward_matches_plain():
     outputs = []
     for fast in (False, True):
         torch.manual_seed(3)
-        with fast_path(fast), torch.no_grad():
+        quantizer.fast = fast
+        with torch.no_grad():
             outputs.append(quantizer(x))
     assert torch.equal(outputs[0], outputs[1])
 
@@ -186,22 +191,36 @@ def test_draw_keep_masks_are_independent_of_position():
     assert abs((keep[1:] * keep[:-1]).mean().item() - 0.25) < 3e-3
 
 
-def test_fast_path_switches():
-    with fast_path(False):
-        assert not fast_path_enabled()
-        with fast_path(True):
-            assert fast_path_enabled() or os.environ.get("QDROP_FAST") == "0"
-        assert not fast_path_enabled()
+def test_one_switch_from_the_q_config_reaches_every_quantizer():
+    """recon.fast sets the path of every quantizer of the wrapped model: calibration, reconstruction and evaluation
+    follow it."""
+    for fast in (False, True):
+        settings = q_config(w_bit=4, a_bit=4)
+        settings["recon"]["fast"] = fast
+        model = quantize_detector(fused_detector(retinanet_cfg(18)), settings)
+        flags = {quantizer.fast for _, quantizer in fake_quantizers(model)}
+        assert flags == {fast}
+        set_fast_path(model, not fast)
+        assert {quantizer.fast for _, quantizer in fake_quantizers(model)} == {not fast}
 
 
-def test_environment_switch_forces_plain_path():
+def test_environment_sets_only_the_default():
+    """QDROP_FAST=0 makes the plain path the default of recon.fast and of new quantizers; a q_config that names
+    recon.fast still decides."""
     code = (
-        "from qdrop.quantization.fused import fast_path, fast_path_enabled\n"
-        "with fast_path(True):\n    print(fast_path_enabled())\n"
+        "from qdrop.config import QConfig\n"
+        "from qdrop.quantization import LSQFakeQuantize, MinMaxObserver\n"
+        "import yaml\n"
+        "base = yaml.safe_load(open('exp/config.yaml'))\n"
+        "print(QConfig.from_mapping(base).recon.fast, LSQFakeQuantize(MinMaxObserver).fast)\n"
+        "base['recon']['fast'] = True\n"
+        "print(QConfig.from_mapping(base).recon.fast)\n"
     )
-    env = dict(os.environ, QDROP_FAST="0", PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    env = dict(os.environ, QDROP_FAST="0")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert result.stdout.split() == ["False", "False", "True"]
 
 
 @pytest.mark.parametrize("b", [20.0, 7.5, 2.0])
@@ -219,8 +238,8 @@ def test_round_loss_matches_plain(b, shape):
     results = []
     for fast in (False, True):
         q = copy.deepcopy(quantizer)
-        with fast_path(fast):
-            loss = q.round_loss(b)
+        q.fast = fast
+        loss = q.round_loss(b)
         loss.backward()
         results.append((loss.detach(), q.alpha.grad))
     assert torch.equal(results[0][0], results[1][0])
@@ -237,8 +256,8 @@ def test_quantizer_called_twice_in_one_graph(quantizer_cls):
     grads = []
     for fast in (False, True):
         quantizer = copy.deepcopy(reference)
-        with fast_path(fast):
-            loss = quantizer(first).square().sum() + quantizer(second).square().sum()
-            loss.backward()
+        quantizer.fast = fast
+        loss = quantizer(first).square().sum() + quantizer(second).square().sum()
+        loss.backward()
         grads.append(quantizer.scale.grad.clone())
     torch.testing.assert_close(grads[1], grads[0])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.optimize import minimize_scalar
 
-from helpers.plain_search import plain_grid_search
+from plain_search import plain_grid_search
 from qdrop.quantization import (
     AvgMinMaxObserver,
     AvgMSEFastObserver,
@@ -13,9 +13,9 @@ from qdrop.quantization import (
     MSEFastObserver,
     MSEObserver,
 )
-from qdrop.quantization.grid_search import grid_candidates
-from qdrop.quantization.mse_objective import lp_error
-from qdrop.quantization.scalar_search import ExactObjective, golden_search
+from qdrop.quantization.observers.grid_search import grid_candidates
+from qdrop.quantization.observers.mse_objective import lp_error
+from qdrop.quantization.observers.scalar_search import ExactObjective, golden_search
 
 ALL_OBSERVERS = [MinMaxObserver, AvgMinMaxObserver, MSEObserver, AvgMSEObserver, MSEFastObserver, AvgMSEFastObserver]
 

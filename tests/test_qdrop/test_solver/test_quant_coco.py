@@ -21,8 +21,8 @@ from helpers.qdrop_models import (
 from mmdet.apis import single_gpu_test
 from mmdet.models import build_detector
 from mmdet.utils import CheckpointMismatchError, load_config, save_checkpoint
+from qdrop.config.q_config import load_q_config
 from qdrop.model import is_quantized_checkpoint_file, load_quantized_checkpoint
-from qdrop.q_config import load_q_config
 from qdrop.solver import quant_coco
 from qdrop.solver.data import build_test_loader
 
@@ -143,5 +143,6 @@ def test_exp_configs_load():
 def test_console_scripts_point_at_the_command_modules():
     scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
     assert scripts["qdrop-quant"] == "qdrop.solver.quant_coco:cli"
-    assert scripts["qdrop-test"] == "qdrop.solver.evaluate_checkpoint:cli"
-    assert scripts["qdrop-demo"] == "qdrop.solver.demo:main"
+    assert scripts["qdrop-test"] == "qdrop.cli.test:cli"
+    assert scripts["qdrop-demo"] == "qdrop.cli.demo:cli"
+    assert scripts["qdrop-train"] == "qdrop.cli.train:cli"

@@ -27,13 +27,13 @@ from helpers.qdrop_models import (
 from mmdet.datasets import ImageFileError
 from mmdet.models import build_detector
 from mmdet.utils import NonFiniteWeightsError, UnknownConfigKeyError, save_checkpoint
-from qdrop.q_config import QConfig, load_q_config
+from qdrop.config.q_config import QConfig, load_q_config
+from qdrop.ptq import run_calibration, run_reconstruction, wrap
+from qdrop.ptq.calibration import NonFiniteCalibrationError
+from qdrop.ptq.reconstruction import NonFiniteReconstructionError
 from qdrop.solver import quant_coco
-from qdrop.solver.calibration import NonFiniteCalibrationError
 from qdrop.solver.preflight import check_calibration_split
 from qdrop.solver.progress import PROGRESS_FILE, ProgressFileError, ReconProgress
-from qdrop.solver.recon import NonFiniteReconstructionError
-from qdrop.solver.steps import run_calibration, run_reconstruction, wrap
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RECORDS = ("q_config.yaml", "placement.txt", "retinanet_tiny.py")
@@ -79,7 +79,7 @@ def no_model_build(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the detector was built before the bad input was reported")
 
-    monkeypatch.setattr(quant_coco, "build_fp_detector", refuse)
+    monkeypatch.setattr(quant_coco, "load_detector", refuse)
 
 
 # ------------------------------------------------------------------------- case 1, 2, 6: fingerprint and records
