@@ -25,7 +25,7 @@ read -r HAS_CUDA TORCH_VERSION GPU_NAME <<<"$PROBE"
 if [ "$FORCE_CPU" = 0 ] && [ "$HAS_CUDA" = cuda ]; then
   DEVICE=cuda
   TESTS=(tests/test_qdrop/test_ptq/test_device_paths.py tests/test_qdrop/test_quantization/test_fast_path.py
-         tests/test_qdrop/test_solver/test_recon.py)
+         tests/test_qdrop/test_ptq/test_reconstruction.py)
   SPEED=(--size 800x1344 --variants plain fast fast+bf16 --steps 10 --repeats 5)
   RECON=(--size 800x1344 --reconstruct 2 --iters 500)
 else

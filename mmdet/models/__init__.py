@@ -19,7 +19,17 @@ from .builder import (
     build_roi_extractor,
     build_shared_head,
 )
-from .detectors import ATSS, FCOS, GFL, BaseDetector, FasterRCNN, RetinaNet, SingleStageDetector, TwoStageDetector
+from .detectors import (
+    ATSS,
+    FCOS,
+    GFL,
+    BaseDetector,
+    CascadeRCNN,
+    FasterRCNN,
+    RetinaNet,
+    SingleStageDetector,
+    TwoStageDetector,
+)
 from .necks import FPN
 
 __all__ = [
@@ -39,6 +49,7 @@ __all__ = [
     "build_roi_extractor",
     "build_shared_head",
     "BaseDetector",
+    "CascadeRCNN",
     "FasterRCNN",
     "ATSS",
     "FCOS",

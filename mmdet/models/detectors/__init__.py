@@ -1,5 +1,6 @@
 from .atss import ATSS
 from .base import BaseDetector
+from .cascade_rcnn import CascadeRCNN
 from .faster_rcnn import FasterRCNN
 from .fcos import FCOS
 from .gfl import GFL
@@ -7,4 +8,14 @@ from .retinanet import RetinaNet
 from .single_stage import SingleStageDetector
 from .two_stage import TwoStageDetector
 
-__all__ = ["ATSS", "BaseDetector", "FasterRCNN", "FCOS", "GFL", "RetinaNet", "SingleStageDetector", "TwoStageDetector"]
+__all__ = [
+    "ATSS",
+    "BaseDetector",
+    "CascadeRCNN",
+    "FasterRCNN",
+    "FCOS",
+    "GFL",
+    "RetinaNet",
+    "SingleStageDetector",
+    "TwoStageDetector",
+]

@@ -130,6 +130,51 @@ class Shared2FCBBoxHead(nn.Module):
             losses["loss_bbox"] = bbox_pred[positive].sum()
         return losses
 
+    # ----------------------------------------------------------------------------------------------- refinement
+    def regress_by_class(
+        self, rois: torch.Tensor, labels: torch.Tensor, bbox_pred: torch.Tensor, img_meta: Mapping
+    ) -> torch.Tensor:
+        """Move `rois` by their predicted deltas: `(N, 4)` boxes or `(N, 5)` RoIs (the batch index is kept).
+
+        Class-specific heads use the 4 deltas of each RoI's `labels` entry; class-agnostic heads their only 4. The
+        new boxes are clipped to `img_meta["img_shape"]`.
+        """
+        if rois.size(-1) not in (4, 5):
+            raise ValueError(f"regress_by_class: rois must be (N, 4) or (N, 5), got {tuple(rois.shape)}")
+        if not self.reg_class_agnostic:
+            columns = labels.long()[:, None] * 4 + torch.arange(4, device=labels.device)
+            bbox_pred = bbox_pred.gather(1, columns)
+        if bbox_pred.size(-1) != 4:
+            raise ValueError(f"regress_by_class: expected 4 deltas per RoI, got {tuple(bbox_pred.shape)}")
+        boxes = rois if rois.size(-1) == 4 else rois[:, 1:]
+        new_boxes = self.bbox_coder.decode(boxes, bbox_pred, max_shape=img_meta["img_shape"])
+        if rois.size(-1) == 4:
+            return new_boxes
+        return torch.cat([rois[:, :1], new_boxes], dim=1)
+
+    def refine_bboxes(
+        self,
+        rois: torch.Tensor,
+        labels: torch.Tensor,
+        bbox_preds: torch.Tensor,
+        pos_is_gts: Sequence[torch.Tensor],
+        img_metas: Sequence[Mapping],
+    ) -> list[torch.Tensor]:
+        """The next stage's proposals during training: each image's sampled RoIs moved by their deltas
+        (`regress_by_class`), without the positives that were gt boxes (`pos_is_gts`, positives come first).
+
+        Returns one `(n_i, 4)` tensor per image, in the RoIs' order.
+        """
+        refined = []
+        for img_id, img_meta in enumerate(img_metas):
+            inds = torch.nonzero(rois[:, 0] == img_id, as_tuple=False).flatten()
+            boxes = self.regress_by_class(rois[inds, 1:], labels[inds], bbox_preds[inds], img_meta)
+            keep = torch.ones(inds.numel(), dtype=torch.bool, device=rois.device)
+            is_gt = pos_is_gts[img_id].bool().to(rois.device)
+            keep[: is_gt.numel()] = ~is_gt
+            refined.append(boxes[keep])
+        return refined
+
     # ----------------------------------------------------------------------------------------------- inference
     def get_bboxes(
         self,
