@@ -57,3 +57,20 @@ def test_demo_refuses_zero_jobs_or_threads(flag, capsys):
     with pytest.raises(SystemExit):
         demo.parse_args(flag)
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_demo_script_ends_through_the_command_wrapper(tmp_path):
+    """exp/demo.py, started from another directory: a missing checkpoint is one message and exit status 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[3] / "exp" / "demo.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--work-dir", str(tmp_path / "demo"), "--checkpoint-dir", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "retinanet_tiny_synth.pth is missing" in result.stderr and "Traceback" not in result.stderr
