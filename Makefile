@@ -27,8 +27,9 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# A data set made before the instance masks were added is made again (same images and boxes, now with masks).
 data: install
-	test -f $(SYNTH_DIR)/annotations/instances_val2017.json || $(PY) tools/make_synthetic_coco.py $(SYNTH_DIR)
+	grep -qs '"segmentation"' $(SYNTH_DIR)/annotations/instances_val2017.json || $(PY) tools/make_synthetic_coco.py $(SYNTH_DIR)
 
 demo: data
 	$(PY) exp/demo.py --work-dir work_dirs/demo

@@ -8,6 +8,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from mmdet.core.mask import encode_results
 from mmdet.datasets.samplers import DistributedTestSampler, interleave_shards
 from mmdet.utils import get_dist_info, to_device
 
@@ -58,14 +59,16 @@ def _run(model: nn.Module, data_loader, progress: Optional[tqdm], step: int) -> 
     for batch in data_loader:
         with torch.no_grad():
             batch_results = model(return_loss=False, rescale=True, **to_device(batch, device))
-        results.extend(batch_results)
+        # A mask detector's image-sized masks become COCO RLE at once: light to keep and to gather.
+        results.extend(encode_results(batch_results))
         if progress is not None:
             progress.update(len(batch_results) * step)
     return results
 
 
 def single_gpu_test(model: nn.Module, data_loader, show_progress: bool = True) -> list:
-    """Per-image results (lists of per-class (k, 5) arrays) in loader order, with `rescale=True`."""
+    """Per-image results (lists of per-class (k, 5) arrays) in loader order, with `rescale=True`. A mask detector's
+    result is the tuple (that list, per-class lists of masks), each mask RLE-encoded (pycocotools dicts)."""
     progress = tqdm(total=len(data_loader.dataset), desc="test") if show_progress else None
     try:
         return _run(model, data_loader, progress, step=1)

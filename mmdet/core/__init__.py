@@ -24,6 +24,7 @@ from .builder import (
     build_prior_generator,
     build_sampler,
 )
+from .mask import encode_mask, encode_mask_results, encode_results, mask_target, segmentation_to_bitmap
 from .post_processing import batched_nms, multiclass_nms, sorted_topk
 
 __all__ = [
@@ -48,6 +49,11 @@ __all__ = [
     "build_bbox_coder",
     "build_prior_generator",
     "build_sampler",
+    "encode_mask",
+    "encode_mask_results",
+    "encode_results",
+    "mask_target",
+    "segmentation_to_bitmap",
     "batched_nms",
     "multiclass_nms",
     "sorted_topk",

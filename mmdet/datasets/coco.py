@@ -1,4 +1,4 @@
-"""CocoDataset: COCO-format json + images, mmdetection 2.28 parsing, filtering and bbox evaluation."""
+"""CocoDataset: COCO-format json + images, mmdetection 2.28 parsing, filtering and bbox / segm evaluation."""
 
 import contextlib
 import difflib
@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import Dataset
 
+from mmdet.core.mask import encode_mask, is_mask_result
 from mmdet.utils.errors import ConfigKeyError, InputFileNotFoundError, UserError
 
 from .builder import DATASETS
@@ -121,6 +122,7 @@ COCO_METRIC_INDEX = {
 }
 DEFAULT_METRIC_ITEMS = {
     "bbox": ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"),
+    "segm": ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"),
     "proposal": ("AR@100", "AR@300", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"),
 }
 
@@ -299,8 +301,9 @@ class CocoDataset(Dataset):
         return self._parse_ann_info(self.data_infos[idx], anns)
 
     def _parse_ann_info(self, img_info: dict, anns: list[dict]) -> dict:
-        """Boxes [x1, y1, x2, y2] float32 and labels int64; crowd boxes go to `bboxes_ignore`."""
-        bboxes, labels, bboxes_ignore = [], [], []
+        """Boxes [x1, y1, x2, y2] float32 and labels int64; crowd boxes go to `bboxes_ignore`. `masks` holds the
+        `segmentation` of each kept box (None where an annotation has none), in box order."""
+        bboxes, labels, bboxes_ignore, masks = [], [], [], []
         for ann in anns:
             if ann.get("ignore", False):
                 continue
@@ -319,15 +322,18 @@ class CocoDataset(Dataset):
             else:
                 bboxes.append(box)
                 labels.append(self.cat2label[ann["category_id"]])
+                masks.append(ann.get("segmentation"))
         return dict(
             bboxes=np.array(bboxes, dtype=np.float32).reshape(-1, 4),
             labels=np.array(labels, dtype=np.int64),
             bboxes_ignore=np.array(bboxes_ignore, dtype=np.float32).reshape(-1, 4),
+            masks=masks,
         )
 
     def pre_pipeline(self, results: dict) -> dict:
         results["img_prefix"] = self.img_prefix
         results["bbox_fields"] = []
+        results["mask_fields"] = []
         return results
 
     def prepare_train_img(self, idx: int) -> Optional[dict]:
@@ -375,11 +381,24 @@ class CocoDataset(Dataset):
                 f"results has {len(results)} entries but the dataset ({self.ann_file}) has {len(self)} images"
             )
         for i, result in enumerate(results):
-            if not (isinstance(result, (list, tuple)) and len(result) == len(self.cat_ids)):
+            if is_mask_result(result):
+                dets, segms = result
+                if isinstance(segms, tuple):
+                    segms = segms[0]
+                ok = len(dets) == len(self.cat_ids) and len(segms) == len(self.cat_ids)
+                ok = ok and all(len(s) == len(np.asarray(d).reshape(-1, 5)) for d, s in zip(dets, segms))
+                if not ok:
+                    raise ValueError(
+                        f"result {i} must be (boxes, masks): {len(self.cat_ids)} per-class (k, 5) arrays and "
+                        f"{len(self.cat_ids)} per-class lists of k masks, got {result!r:.120}"
+                    )
+            elif not (isinstance(result, (list, tuple)) and len(result) == len(self.cat_ids)):
                 raise ValueError(
-                    f"result {i} must be a list of {len(self.cat_ids)} per-class (k, 5) arrays, "
-                    f"got {type(result).__name__} {result!r:.80}"
+                    f"result {i} must be a list of {len(self.cat_ids)} per-class (k, 5) arrays "
+                    f"(or a (boxes, masks) tuple), got {type(result).__name__} {result!r:.80}"
                 )
+        if len({is_mask_result(result) for result in results}) > 1:
+            raise ValueError("results mix (boxes, masks) tuples of mask detectors with box-only results")
 
     def _det2json(self, results: list) -> list[dict]:
         json_results = []
@@ -398,13 +417,48 @@ class CocoDataset(Dataset):
                     )
         return json_results
 
+    def _segm2json(self, results: list) -> list[dict]:
+        """COCO segm records of `(boxes, masks)` results: the RLE (counts as str), the detection's box (xywh) and
+        its score (the box score, or the mask scores of a `(masks, scores)` pair)."""
+        json_results = []
+        for idx, (dets, segms) in enumerate(results):
+            img_id = self.img_ids[idx]
+            scores = None
+            if isinstance(segms, tuple):
+                segms, scores = segms
+            for label, class_dets in enumerate(dets):
+                class_dets = np.asarray(class_dets, dtype=np.float32).reshape(-1, 5)
+                for i, (x1, y1, x2, y2, box_score) in enumerate(class_dets.tolist()):
+                    rle = segms[label][i]
+                    rle = dict(rle) if isinstance(rle, dict) else encode_mask(rle)
+                    if isinstance(rle["counts"], bytes):
+                        rle["counts"] = rle["counts"].decode()
+                    json_results.append(
+                        dict(
+                            image_id=img_id,
+                            bbox=[x1, y1, x2 - x1, y2 - y1],
+                            score=box_score if scores is None else float(scores[label][i]),
+                            category_id=self.cat_ids[label],
+                            segmentation=rle,
+                        )
+                    )
+        return json_results
+
     def results2json(self, results: list, outfile_prefix: str) -> dict:
-        """Write `<prefix>.bbox.json` (xywh boxes, COCO category ids); returns {'bbox': path, 'proposal': path}."""
+        """Write `<prefix>.bbox.json` (xywh boxes, COCO category ids) and, for `(boxes, masks)` results,
+        `<prefix>.segm.json` (RLE masks); returns {'bbox': path, 'proposal': path[, 'segm': path]}."""
         self._check_results(results)
+        with_masks = len(results) > 0 and all(is_mask_result(result) for result in results)
+        box_results = [result[0] for result in results] if with_masks else results
         path = f"{outfile_prefix}.bbox.json"
         with open(path, "w") as f:
-            json.dump(self._det2json(results), f)
-        return {"bbox": path, "proposal": path}
+            json.dump(self._det2json(box_results), f)
+        files = {"bbox": path, "proposal": path}
+        if with_masks:
+            files["segm"] = f"{outfile_prefix}.segm.json"
+            with open(files["segm"], "w") as f:
+                json.dump(self._segm2json(results), f)
+        return files
 
     def format_results(self, results: list, jsonfile_prefix: Optional[str] = None):
         """(result files, temp dir or None); the temp dir must be cleaned up by the caller."""
@@ -443,8 +497,19 @@ class CocoDataset(Dataset):
         try:
             for name in metrics:
                 print_log(f"Evaluating {name}...", logger)
+                if name not in result_files:
+                    raise ConfigKeyError(
+                        f"metric '{name}' needs mask results (per image a (boxes, masks) tuple, as a mask "
+                        "detector gives); these results have boxes only"
+                    )
+                if name == "segm":
+                    self._check_gt_segmentations()
                 with open(result_files[name]) as f:
                     detections = json.load(f)
+                if name == "segm":
+                    # Without a box, pycocotools takes each result's area from its mask (mmdetection's choice).
+                    for detection in detections:
+                        detection.pop("bbox", None)
                 items = list(metric_items) if metric_items is not None else list(DEFAULT_METRIC_ITEMS[name])
                 if not detections:
                     print_log("The results of the whole dataset are empty: every metric is 0.", logger)
@@ -453,8 +518,8 @@ class CocoDataset(Dataset):
                     stats = self._run_cocoeval(detections, name, proposal_nums, iou_thrs, classwise, logger)
                 for item in items:
                     eval_results[f"{name}_{item}"] = round(float(stats[COCO_METRIC_INDEX[item]]), 4)
-                if name == "bbox":
-                    eval_results["bbox_mAP_copypaste"] = " ".join(f"{value:.4f}" for value in stats[:6])
+                if name in ("bbox", "segm"):
+                    eval_results[f"{name}_mAP_copypaste"] = " ".join(f"{value:.4f}" for value in stats[:6])
         finally:
             if tmp_dir is not None:
                 tmp_dir.cleanup()
@@ -463,7 +528,7 @@ class CocoDataset(Dataset):
     def _run_cocoeval(self, detections, metric, proposal_nums, iou_thrs, classwise, logger) -> np.ndarray:
         with contextlib.redirect_stdout(io.StringIO()):
             coco_det = self.coco.loadRes(detections)
-        coco_eval = COCOeval(self.coco, coco_det, "bbox")
+        coco_eval = COCOeval(self.coco, coco_det, "segm" if metric == "segm" else "bbox")
         coco_eval.params.catIds = self.cat_ids
         coco_eval.params.imgIds = self.img_ids
         coco_eval.params.maxDets = list(proposal_nums)
@@ -476,9 +541,21 @@ class CocoDataset(Dataset):
             coco_eval.accumulate()
             coco_eval.summarize()
         print_log("\n" + buffer.getvalue(), logger)
-        if classwise and metric == "bbox":
+        if classwise and metric in ("bbox", "segm"):
             print_log("\n" + self._classwise_table(coco_eval), logger)
         return coco_eval.stats
+
+    def _check_gt_segmentations(self) -> None:
+        missing = [
+            ann["id"]
+            for ann in self.coco.dataset["annotations"]
+            if ann.get("category_id") in self.cat2label and ann.get("segmentation") is None
+        ]
+        if missing:
+            raise AnnotationFileError(
+                f"{self.ann_file}: 'segm' evaluation needs a 'segmentation' in every annotation; "
+                f"{len(missing)} lack one (ids {missing[:5]}{' ...' if len(missing) > 5 else ''})"
+            )
 
     def _classwise_table(self, coco_eval: COCOeval) -> str:
         """Per-class AP: mean precision over IoUs and recall points, area 'all', the last maxDets."""

@@ -9,7 +9,13 @@ images of a split do not depend on how many follow.
 
 Boxes are the tight extent of each object's *visible* pixels; an object that a later one would hide
 beyond `MAX_OCCLUDED_FRACTION` is not drawn at all, so every drawn shape is annotated. The `area` field
-is the box area (there are no segmentations), which is what COCO's small/medium/large split then uses.
+is the box area, which is what COCO's small/medium/large split then uses (for boxes and masks alike).
+
+Every annotation also carries its instance mask as COCO polygons (`segmentation`): exactly the object's visible
+pixels, traced along pixel edges from the renderer's record of which object is on top where (see
+`mask_polygons`), so pycocotools rasterises them back to those pixels bit for bit and the box is the tight box
+of the mask. Tracing draws nothing and consumes no random numbers: the images and boxes are the same bytes as
+before masks were added.
 """
 
 import json
@@ -155,6 +161,21 @@ def _shape_mask(points: np.ndarray, filled: bool, thickness: int, height: int, w
 
 def render_image(width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, list[float]]]]:
     """Draw one image; returns it (BGR uint8) and its objects as (category id, [x, y, w, h]) of visible pixels."""
+    image, categories, owner = _render(width, height, rng)
+    return image, list(zip(categories, visible_boxes(owner, len(categories))))
+
+
+def render_image_and_masks(
+    width: int, height: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[tuple[int, list[float]]], list[np.ndarray]]:
+    """`render_image` (the same draws, the same image) plus each object's visible pixels as a bool (H, W) mask."""
+    image, categories, owner = _render(width, height, rng)
+    masks = [owner == index for index in range(len(categories))]
+    return image, list(zip(categories, visible_boxes(owner, len(categories)))), masks
+
+
+def _render(width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """The image, the category id of each drawn object and the (H, W) map of the object on top (-1: background)."""
     image = _background(height, width, rng)
     background_mean = image.reshape(-1, 3).mean(axis=0)
     owner = np.full((height, width), -1, np.int32)  # index of the object on top at each pixel
@@ -185,8 +206,7 @@ def render_image(width: int, height: int, rng: np.random.Generator) -> tuple[np.
         categories.append(category_id)
         image[mask] = colour
     image += rng.normal(0, 4, size=image.shape)
-    objects = list(zip(categories, visible_boxes(owner, len(categories))))
-    return np.clip(np.round(image), 0, 255).astype(np.uint8), objects
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), categories, owner
 
 
 def visible_boxes(owner: np.ndarray, num_objects: int) -> list[list[float]]:
@@ -213,6 +233,66 @@ def occludes_too_much(mask: np.ndarray, owner: np.ndarray, full_areas: list[int]
     return bool((hidden_total > MAX_OCCLUDED_FRACTION * np.array(full_areas)).any())
 
 
+# ----------------------------------------------------------------------------------------------- masks
+def mask_polygons(mask: np.ndarray) -> list[list[int]]:
+    """COCO polygons of a bool (H, W) mask that pycocotools rasterises back to exactly its pixels.
+
+    The outlines run along pixel edges (integer corners; pixel (row r, column c) covers [c, c + 1] x [r, r + 1])
+    with the mask on the right of every edge (image coordinates, y down): outer outlines turn clockwise on screen,
+    outlines of holes the other way. All outlines of the mask make one polygon: after each outline a straight
+    bridge leads from its first corner to the next outline's, and the bridges are walked back at the end. A bridge
+    walked both ways adds nothing: pycocotools fills a polygon by the parity of its edge crossings in each pixel
+    column (the bridge crosses a column twice at the same place), and a non-zero winding fill sees the holes
+    turning the other way. The shoelace area of the polygon is the pixel count. An empty mask gives [].
+    """
+    mask = np.asarray(mask, dtype=bool)
+    height, width = mask.shape
+    padded = np.zeros((height + 2, width + 2), dtype=bool)
+    padded[1:-1, 1:-1] = mask
+    stride = width + 1  # corner (x, y) is node y * stride + x
+    # On the horizontal line y: pixels below (row y) and above (row y - 1); (y, x) of each unit edge.
+    below, above = padded[1:, 1:-1], padded[:-1, 1:-1]
+    tops = np.argwhere(below & ~above)  # edge (x, y) -> (x + 1, y)
+    bottoms = np.argwhere(above & ~below)  # edge (x + 1, y) -> (x, y)
+    # On the vertical line x: pixels right (column x) and left (column x - 1).
+    right, left = padded[1:-1, 1:], padded[1:-1, :-1]
+    lefts = np.argwhere(right & ~left)  # edge (x, y + 1) -> (x, y)
+    rights = np.argwhere(left & ~right)  # edge (x, y) -> (x, y + 1)
+
+    def node(corners: np.ndarray, dx: int, dy: int) -> np.ndarray:
+        return (corners[:, 0] + dy) * stride + corners[:, 1] + dx
+
+    starts = np.concatenate([node(tops, 0, 0), node(bottoms, 1, 0), node(lefts, 0, 1), node(rights, 0, 0)])
+    ends = np.concatenate([node(tops, 1, 0), node(bottoms, 0, 0), node(lefts, 0, 0), node(rights, 0, 1)])
+    order = np.argsort(starts, kind="stable")
+    outgoing: dict[int, list[int]] = {}
+    for start, end in zip(starts[order].tolist(), ends[order].tolist()):
+        outgoing.setdefault(start, []).append(end)
+
+    # Every corner has as many edges in as out, so a walk can only end where it began.
+    outlines = []
+    for first, pending in outgoing.items():
+        while pending:
+            walk = [first]
+            corner = pending.pop()
+            while corner != first:
+                walk.append(corner)
+                corner = outgoing[corner].pop()
+            points = np.stack([np.array(walk) % stride, np.array(walk) // stride], axis=1)
+            # Keep the corners where the outline turns.
+            turns = np.any((points - np.roll(points, 1, axis=0)) != (np.roll(points, -1, axis=0) - points), axis=1)
+            outlines.append(points[turns])
+    if not outlines:
+        return []
+    if len(outlines) == 1:
+        return [outlines[0].reshape(-1).tolist()]
+    parts = []
+    for points in outlines:
+        parts += [points, points[:1]]  # each outline closed back to its first corner
+    parts += [points[:1] for points in outlines[-2:0:-1]]  # back along the bridges (the last one closes itself)
+    return [np.concatenate(parts).reshape(-1).tolist()]
+
+
 # ----------------------------------------------------------------------------------------------- data set
 def _image_size(rng: np.random.Generator) -> tuple[int, int]:
     while True:
@@ -228,7 +308,7 @@ def _write_split(out_dir: Path, split: str, num_images: int, seed: int, first_an
     for index in range(num_images):
         rng = np.random.default_rng([seed, _SPLIT_INDEX[split], index])
         width, height = _image_size(rng)
-        pixels, objects = render_image(width, height, rng)
+        pixels, objects, masks = render_image_and_masks(width, height, rng)
         image_id = index + 1
         file_name = f"{image_id:012d}.jpg"
         ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -236,7 +316,7 @@ def _write_split(out_dir: Path, split: str, num_images: int, seed: int, first_an
             raise RuntimeError(f"OpenCV could not encode {image_dir / file_name} as JPEG")
         (image_dir / file_name).write_bytes(encoded.tobytes())
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for category_id, bbox in objects:
+        for (category_id, bbox), mask in zip(objects, masks):
             annotations.append(
                 {
                     "id": first_ann_id + len(annotations),
@@ -244,6 +324,7 @@ def _write_split(out_dir: Path, split: str, num_images: int, seed: int, first_an
                     "category_id": category_id,
                     "bbox": bbox,
                     "area": bbox[2] * bbox[3],
+                    "segmentation": mask_polygons(mask),
                     "iscrowd": 0,
                 }
             )

@@ -51,8 +51,9 @@ MODELS = {  # name: (config under the project root, checkpoint file name under -
     "retinanet": ("configs/tiny/retinanet_tiny_synth.py", "retinanet_tiny_synth.pth"),
     "faster_rcnn": ("configs/tiny/faster_rcnn_tiny_synth.py", "faster_rcnn_tiny_synth.pth"),
     "fcos": ("configs/tiny/fcos_tiny_synth.py", "fcos_tiny_synth.pth"),
+    "mask_rcnn": ("configs/tiny/mask_rcnn_tiny_synth.py", "mask_rcnn_tiny_synth.pth"),
 }
-DEFAULT_MODELS = ["retinanet", "faster_rcnn"]  # what `make demo` runs; --models fcos adds the tiny FCOS
+DEFAULT_MODELS = ["retinanet", "faster_rcnn"]  # what `make demo` runs; --models fcos mask_rcnn adds the others
 SETTINGS = {"W4A4": "exp/demo/w4a4.yaml", "W2A4": "exp/demo/w2a4.yaml"}  # under the project root
 COLUMNS = (
     ["FP"]
@@ -128,6 +129,16 @@ def _missing_checkpoints(args) -> list[str]:
     return problems
 
 
+def metric_names(cfg) -> list[str]:
+    """The metrics the demo reports for a config: bbox, and segm for detectors with a mask head."""
+    return ["bbox", "segm"] if (cfg.model.get("roi_head") or {}).get("mask_head") else ["bbox"]
+
+
+def row_name(model: str, metric: str) -> str:
+    """The table row of a model's metric: the model's name for bbox, '<model> segm' for masks."""
+    return model if metric == "bbox" else f"{model} {metric}"
+
+
 def run_model(
     name: str,
     root: str,
@@ -137,10 +148,10 @@ def run_model(
     report_dir: Optional[str] = None,
     show_progress: bool = True,
     settings: Sequence[str] = tuple(SETTINGS),
-) -> dict[str, float]:
-    """bbox mAP of the columns of `settings` for one model (with FP when the first setting is among them);
-    settings with the same activation quantizers share a calibration. With `report_dir`, the run report of the
-    REPORTED_RUN column goes there; `show_progress` draws progress bars."""
+) -> dict[str, dict[str, float]]:
+    """mAP of the columns of `settings` for one model (with FP when the first setting is among them), one row per
+    metric (bbox; segm too for Mask R-CNN); settings with the same activation quantizers share a calibration. With
+    `report_dir`, the run report of the REPORTED_RUN column goes there; `show_progress` draws progress bars."""
     config_path, _ = MODELS[name]
     cfg = load_config(osp.join(root, config_path))
     if not os.environ.get("MMDET_DATASETS"):  # the data set's relative paths are relative to the project root
@@ -149,14 +160,19 @@ def run_model(
     set_random_seed(seed)
     fp_model = load_detector(cfg, checkpoint, device, kind="float", logger=logger).model
     test_data = build_test_loader(cfg)
+    metrics = metric_names(cfg)
+    rows: dict[str, dict[str, float]] = {row_name(name, metric): {} for metric in metrics}
 
-    def mean_ap(model, column: str) -> float:
+    def mean_ap(model, column: str) -> None:
         started = time.time()
-        metric = evaluate(model, test_data, cfg, ["bbox"], show_progress=show_progress)
-        logger.info(f"{name} {column}: bbox_mAP {metric['bbox_mAP']:.4f} (evaluated in {time.time() - started:.0f} s)")
-        return metric["bbox_mAP"]
+        result = evaluate(model, test_data, cfg, metrics, show_progress=show_progress)
+        scores = ", ".join(f"{metric}_mAP {result[f'{metric}_mAP']:.4f}" for metric in metrics)
+        logger.info(f"{name} {column}: {scores} (evaluated in {time.time() - started:.0f} s)")
+        for metric in metrics:
+            rows[row_name(name, metric)][column] = result[f"{metric}_mAP"]
 
-    row = {"FP": mean_ap(fp_model, "FP")} if next(iter(SETTINGS)) in settings else {}
+    if next(iter(SETTINGS)) in settings:
+        mean_ap(fp_model, "FP")
     calibrated = None  # (model, its q_config) of the first calibration
     for setting in settings:
         q_config = load_q_config(osp.join(root, SETTINGS[setting]))
@@ -170,7 +186,7 @@ def run_model(
             calibrated = (q_model, q_config)
         calibrate_seconds = time.time() - started
         logger.info(f"{name} {setting}: calibrated in {calibrate_seconds:.0f} s")
-        row[f"{setting} none"] = mean_ap(q_model, f"{setting} none")
+        mean_ap(q_model, f"{setting} none")
         for variant, drop_prob in (("BRECQ", 1.0), ("QDrop", q_config.recon.drop_prob)):
             model = copy.deepcopy(q_model)
             started = time.time()
@@ -187,7 +203,7 @@ def run_model(
             )
             reconstruct_seconds = time.time() - started
             logger.info(f"{name} {setting} {variant}: reconstructed in {reconstruct_seconds:.0f} s")
-            row[f"{setting} {variant}"] = mean_ap(model, f"{setting} {variant}")
+            mean_ap(model, f"{setting} {variant}")
             if report_dir is not None and f"{setting} {variant}" == REPORTED_RUN:
                 record = RunRecord(
                     f"python exp/demo.py ({name}, column {REPORTED_RUN})",
@@ -195,14 +211,14 @@ def run_model(
                     placement_table(model),
                     {"calibrate": calibrate_seconds, "reconstruct": reconstruct_seconds},
                     peak_memory_mib(device),
-                    {"bbox_mAP": row[REPORTED_RUN]},
+                    {f"{metric}_mAP": rows[row_name(name, metric)][REPORTED_RUN] for metric in metrics},
                     reconstruction.reconstructed,
                 )
                 write_run_report(report_dir, record)
             if setting == "W4A4" and variant == "QDrop":  # the same model exported to ONNX, run in ONNX Runtime
-                row["ONNX W4A4 QDrop"] = mean_ap(OnnxDetector.from_model(model), "ONNX W4A4 QDrop")
+                mean_ap(OnnxDetector.from_model(model), "ONNX W4A4 QDrop")
             del model
-    return row
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,12 +265,12 @@ def plan_jobs(args: argparse.Namespace, log_file: str) -> list[DemoJob]:
     ]
 
 
-def run_job(job: DemoJob) -> dict[str, float]:
+def run_job(job: DemoJob) -> dict[str, dict[str, float]]:
     """`run_model` for a job, with its thread count and log file (the body of each demo process)."""
     torch.set_num_threads(job.threads)
     logger = get_root_logger(log_file=job.log_file)
     started = time.time()
-    row = run_model(
+    rows = run_model(
         job.model,
         job.root,
         job.checkpoint,
@@ -265,7 +281,7 @@ def run_job(job: DemoJob) -> dict[str, float]:
         settings=job.settings,
     )
     logger.info(f"{job.model} {'+'.join(job.settings)}: done in {time.time() - started:.0f} s")
-    return row
+    return rows
 
 
 def format_table(summary: dict[str, dict[str, float]]) -> str:
@@ -274,7 +290,9 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
     lines = [" | ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in [header] + rows]
     lines.insert(1, "-+-".join("-" * width for width in widths))
-    return "bbox mAP (%) on the synthetic val set\n" + "\n".join(lines)
+    masks = any(name.endswith(" segm") for name in summary)
+    title = "bbox mAP (%; rows '<model> segm': mask mAP)" if masks else "bbox mAP (%)"
+    return f"{title} on the synthetic val set\n" + "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
@@ -284,7 +302,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
         argv: the command-line arguments (default: sys.argv[1:]).
 
     Returns:
-        The table: bbox mAP by model and column.
+        The table: mAP by row (a model's bbox, '<model> segm' for its masks) and column.
 
     Raises:
         DemoInputError: a tiny checkpoint is missing (the message says how to make it).
@@ -300,16 +318,18 @@ def main(argv: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
     report_dir = report_dir_of(args)
     jobs = plan_jobs(args, log_file)
     if args.jobs == 1:
-        rows = [run_job(job) for job in jobs]
+        results = [run_job(job) for job in jobs]
     else:
         logger.info(f"{len(jobs)} jobs in {args.jobs} processes of {args.threads} thread(s); progress bars are off")
         # spawn: a fresh interpreter per process, as forking a process that has used torch's thread pools may hang.
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(run_job, jobs))
-    summary = {name: {} for name in args.models}
-    for job, row in zip(jobs, rows):
-        summary[job.model].update(row)
-    summary = {name: {column: row[column] for column in COLUMNS} for name, row in summary.items()}
+            results = list(pool.map(run_job, jobs))
+    merged: dict[str, dict[str, float]] = {}
+    for model_rows in results:
+        for name, row in model_rows.items():
+            merged.setdefault(name, {}).update(row)
+    order = [row_name(model, metric) for model in args.models for metric in ("bbox", "segm")]
+    summary = {name: {column: merged[name][column] for column in COLUMNS} for name in order if name in merged}
     table = (
         format_table(summary)
         + "\n"

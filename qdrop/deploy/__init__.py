@@ -7,14 +7,18 @@ from .dependencies import INSTALL_HINT, import_onnx, import_onnxruntime
 from .export import (
     BOX_HEAD,
     DEFAULT_OPSET,
+    MASK_HEAD,
     NETWORK,
+    box_head_part,
     box_head_path,
     export_detector,
+    graph_parts,
+    graph_path,
     is_two_stage,
     save_graphs,
 )
 from .qdq import QuantParams, integer_type, integer_weight, quant_params
-from .runtime import OnnxDetector, OnnxGraphError, create_session, session_options
+from .runtime import GraphHead, OnnxDetector, OnnxGraphError, create_session, roi_head_on_graphs, session_options
 
 __all__ = [
     "INSTALL_HINT",
@@ -22,17 +26,23 @@ __all__ = [
     "import_onnxruntime",
     "BOX_HEAD",
     "DEFAULT_OPSET",
+    "MASK_HEAD",
     "NETWORK",
+    "box_head_part",
     "box_head_path",
     "export_detector",
+    "graph_parts",
+    "graph_path",
     "is_two_stage",
     "save_graphs",
     "QuantParams",
     "integer_type",
     "integer_weight",
     "quant_params",
+    "GraphHead",
     "OnnxDetector",
     "OnnxGraphError",
     "create_session",
+    "roi_head_on_graphs",
     "session_options",
 ]

@@ -15,7 +15,18 @@ from qdrop.quantization import fake_quantizers
 from qdrop.quantization.functional import broadcast_qparam
 
 from .dependencies import import_onnx
-from .export import dense_output_kinds, is_two_stage
+from .export import (
+    BOX_HEAD,
+    BOX_HEAD_IO,
+    MASK_HEAD,
+    MASK_HEAD_IO,
+    box_head_part,
+    box_heads,
+    box_roi_extractors,
+    dense_output_kinds,
+    has_mask_head,
+    is_two_stage,
+)
 from .runtime import OnnxDetector, create_session
 
 # An element counts as sitting on a rounding tie when PyTorch's x / scale lies this close (in steps) to k + 1/2:
@@ -64,8 +75,12 @@ def network_outputs(model: nn.Module, img: torch.Tensor) -> dict[str, torch.Tens
 def compare_outputs(
     model: nn.Module, detector: OnnxDetector, img: torch.Tensor, img_metas: list[dict], step: float = 0.0
 ) -> list[OutputDifference]:
-    """Every network-graph output and, for a two-stage detector, the box-head graph's outputs on the PyTorch
-    model's own proposals, against the PyTorch model.
+    """Every network-graph output and, for a two-stage detector, every head graph's outputs on the RoI features of
+    the PyTorch model's own proposals, against the PyTorch model.
+
+    The head graphs' outputs are named as in the graphs for the (first) box head (``cls_score``, ``bbox_pred``) and
+    ``<part>/<output>`` for the others (Cascade R-CNN's ``bbox_head1/cls_score``, Mask R-CNN's
+    ``mask_head/mask_pred``). Every stage of Cascade R-CNN sees the same proposals, pooled by its own extractor.
 
     Args:
         model: the PyTorch detector (quantized or float, BatchNorm folded, on the CPU, eval mode).
@@ -84,11 +99,11 @@ def compare_outputs(
         raise ValueError(f"the network graph lacks outputs {missing}; it has {sorted(got)}")
     differences = [_difference(name, got[name], expected[name], step) for name in expected]
     if is_two_stage(model):
-        differences += _box_head_differences(model, detector, expected, img, img_metas, step)
+        differences += _head_differences(model, detector, expected, img, img_metas, step)
     return differences
 
 
-def _box_head_differences(
+def _head_differences(
     model: nn.Module,
     detector: OnnxDetector,
     expected: dict[str, torch.Tensor],
@@ -98,18 +113,31 @@ def _box_head_differences(
 ) -> list[OutputDifference]:
     model.set_batch_input_shape(img, img_metas)
     levels = len(model.rpn_head.prior_generator.strides)
+    roi_head = model.roi_head
     with torch.no_grad():
         proposals = model.rpn_head.get_bboxes(
             [expected[f"rpn_cls_{i}"] for i in range(levels)],
             [expected[f"rpn_reg_{i}"] for i in range(levels)],
             img_metas,
         )
-        extractor = model.roi_head.bbox_roi_extractor
-        feats = [expected[f"feat_{i}"] for i in range(extractor.num_inputs)]
-        roi_feats = extractor(feats, bbox2roi(proposals))  # (N, C, 7, 7)
-        cls_score, bbox_pred = model.roi_head.bbox_head(roi_feats)
-    got_cls, got_reg = detector.box_head_outputs(roi_feats)
-    return [_difference("cls_score", got_cls, cls_score, step), _difference("bbox_pred", got_reg, bbox_pred, step)]
+    rois = bbox2roi(proposals)
+    feats = [expected[f"feat_{i}"] for i in range(model.neck.num_outs)]
+    heads = [
+        (box_head_part(stage), extractor, head, BOX_HEAD_IO)
+        for stage, (extractor, head) in enumerate(zip(box_roi_extractors(roi_head), box_heads(roi_head)))
+    ]
+    if has_mask_head(model):
+        heads.append((MASK_HEAD, roi_head.mask_roi_extractor, roi_head.mask_head, MASK_HEAD_IO))
+    differences = []
+    for part, extractor, head, (_, output_names) in heads:
+        with torch.no_grad():
+            roi_feats = extractor(feats[: extractor.num_inputs], rois)  # (N, C, 7, 7); masks: (N, C, 14, 14)
+            want = head(roi_feats)
+        want = want if isinstance(want, tuple) else (want,)
+        got = detector.head_outputs(part, roi_feats)
+        prefix = "" if part == BOX_HEAD else f"{part}/"
+        differences += [_difference(prefix + name, g, w, step) for name, g, w in zip(output_names, got, want)]
+    return differences
 
 
 def _difference(name: str, got: torch.Tensor, want: torch.Tensor, step: float) -> OutputDifference:

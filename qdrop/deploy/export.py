@@ -2,10 +2,19 @@
 
 A single-stage detector is one graph: ``img`` -> its dense head's raw outputs per level, ``cls_score_<l>``,
 ``bbox_pred_<l>`` and, for FCOS and ATSS, ``centerness_<l>`` (GFL's ``bbox_pred_<l>`` are the scaled bin logits; FCOS's
-are the eval-mode distances). Faster R-CNN is two:
-the network graph ``img`` -> FPN levels ``feat_<l>`` and the RPN's ``rpn_cls_<l>``, ``rpn_reg_<l>``, and the box-head
-graph ``roi_feats`` (N, C, 7, 7) -> ``cls_score``, ``bbox_pred``; proposals, their NMS and RoI pooling run in
-between in the project's own code.
+are the eval-mode distances). A two-stage detector has the network graph ``img`` -> FPN levels ``feat_<l>`` and the
+RPN's ``rpn_cls_<l>``, ``rpn_reg_<l>``, and one graph per RoI head part; proposals, their NMS, RoI pooling and the
+heads' post-processing run in between in the project's own code (`qdrop.deploy.runtime.OnnxDetector`).
+
+Graphs and files, for ``--out FILE.onnx`` (`graph_path`):
+
+* ``network`` -> ``FILE.onnx``: backbone, FPN, RPN.
+* ``bbox_head`` -> ``FILE.bbox_head.onnx``: the box head (Faster R-CNN, Mask R-CNN), or the first stage's box head of
+  Cascade R-CNN; later stages ``i`` are ``bbox_head<i>`` -> ``FILE.bbox_head<i>.onnx`` (``FILE.bbox_head1.onnx``,
+  ``FILE.bbox_head2.onnx``). Each is ``roi_feats`` (N, C, 7, 7) -> ``cls_score`` (N, K + 1), ``bbox_pred`` (N, 4K
+  or 4 when class-agnostic).
+* ``mask_head`` -> ``FILE.mask_head.onnx`` (Mask R-CNN): ``mask_roi_feats`` (N, C, 14, 14) -> ``mask_pred`` (N, K,
+  28, 28), the mask logits.
 """
 
 import os.path as osp
@@ -23,13 +32,62 @@ from .network import NetworkWriter
 DEFAULT_OPSET = 21
 NETWORK = "network"
 BOX_HEAD = "bbox_head"
+MASK_HEAD = "mask_head"
+# A RoI head graph's input and outputs by kind of head.
+BOX_HEAD_IO = ("roi_feats", ("cls_score", "bbox_pred"))
+MASK_HEAD_IO = ("mask_roi_feats", ("mask_pred",))
+
+
+def graph_path(network_path: str, part: str) -> str:
+    """Where the graph ``part`` of a detector sits next to its network graph ``network_path`` (FILE.onnx ->
+    FILE.onnx for the network, FILE.<part>.onnx for a head: FILE.bbox_head.onnx, FILE.bbox_head1.onnx,
+    FILE.mask_head.onnx)."""
+    if part == NETWORK:
+        return network_path
+    stem, ext = osp.splitext(network_path)
+    return f"{stem}.{part}{ext or '.onnx'}"
 
 
 def box_head_path(network_path: str) -> str:
-    """Where the box-head graph of a two-stage detector sits next to ``network_path`` (FILE.onnx ->
+    """Where the (first) box-head graph of a two-stage detector sits next to ``network_path`` (FILE.onnx ->
     FILE.bbox_head.onnx)."""
-    stem, ext = osp.splitext(network_path)
-    return f"{stem}.{BOX_HEAD}{ext or '.onnx'}"
+    return graph_path(network_path, BOX_HEAD)
+
+
+def box_head_part(stage: int) -> str:
+    """The graph name of stage ``stage``'s box head: ``bbox_head`` for the first (the only one outside Cascade
+    R-CNN), ``bbox_head<stage>`` after it."""
+    return BOX_HEAD if stage == 0 else f"{BOX_HEAD}{stage}"
+
+
+def box_heads(roi_head: nn.Module) -> list[nn.Module]:
+    """The RoI head's box heads in stage order (one, or Cascade R-CNN's ModuleList)."""
+    heads = roi_head.bbox_head
+    return list(heads) if isinstance(heads, nn.ModuleList) else [heads]
+
+
+def box_roi_extractors(roi_head: nn.Module) -> list[nn.Module]:
+    """The RoI extractor of each box head, in stage order."""
+    extractors = roi_head.bbox_roi_extractor
+    return list(extractors) if isinstance(extractors, nn.ModuleList) else [extractors]
+
+
+def has_mask_head(model: nn.Module) -> bool:
+    return is_two_stage(model) and bool(getattr(model.roi_head, "with_mask", False))
+
+
+def head_graph_parts(model: nn.Module) -> list[str]:
+    """The names of a detector's RoI head graphs, in the order they run: the box heads' (``bbox_head``,
+    ``bbox_head1``, ...), then ``mask_head`` with a mask branch; none for a single-stage detector."""
+    if not is_two_stage(model):
+        return []
+    parts = [box_head_part(stage) for stage in range(len(box_heads(model.roi_head)))]
+    return parts + ([MASK_HEAD] if has_mask_head(model) else [])
+
+
+def graph_parts(model: nn.Module) -> list[str]:
+    """Every graph of the detector: ``network``, then `head_graph_parts`."""
+    return [NETWORK] + head_graph_parts(model)
 
 
 def is_two_stage(model: nn.Module) -> bool:
@@ -59,7 +117,9 @@ def network_output_names(model: nn.Module) -> list[str]:
 def export_detector(
     model: nn.Module, opset: int = DEFAULT_OPSET, shape: Optional[Sequence[int]] = None
 ) -> dict[str, object]:
-    """The detector's graphs as ONNX ModelProtos: {'network': ...} and, for two-stage detectors, {'bbox_head': ...}.
+    """The detector's graphs as ONNX ModelProtos by part (`graph_parts`): {'network': ...} and, for two-stage
+    detectors, one per RoI head part ('bbox_head', Cascade R-CNN's 'bbox_head1', 'bbox_head2', Mask R-CNN's
+    'mask_head').
 
     Args:
         model: a detector with BatchNorm folded, float or quantized (calibrated).
@@ -96,24 +156,42 @@ def export_detector(
         )
     }
     if is_two_stage(model):
-        graphs[BOX_HEAD] = _box_head_graph(model, opset)
+        for stage, head in enumerate(box_heads(model.roi_head)):
+            graphs[box_head_part(stage)] = _box_head_graph(model, head, box_head_part(stage), opset)
+        if has_mask_head(model):
+            graphs[MASK_HEAD] = _mask_head_graph(model, opset)
     return graphs
 
 
-def _box_head_graph(model: nn.Module, opset: int):
+def _box_head_graph(model: nn.Module, head: nn.Module, part: str, opset: int):
     onnx = import_onnx()
-    head = model.roi_head.bbox_head
     graph = GraphBuilder(opset)
     writer = NetworkWriter(graph, model)
-    cls_score, bbox_pred = writer.box_head(head, "roi_feats")
-    outputs = [_rename(graph, cls_score, "cls_score"), _rename(graph, bbox_pred, "bbox_pred")]
+    input_name, output_names = BOX_HEAD_IO
+    cls_score, bbox_pred = writer.box_head(head, input_name)
+    outputs = [_rename(graph, tensor, name) for tensor, name in zip((cls_score, bbox_pred), output_names)]
     float_info = onnx.helper.make_tensor_value_info
     size = head.roi_feat_size
-    roi_feats = float_info("roi_feats", onnx.TensorProto.FLOAT, ["num_rois", head.in_channels, size, size])
+    roi_feats = float_info(input_name, onnx.TensorProto.FLOAT, ["num_rois", head.in_channels, size, size])
     return graph.model(
         [roi_feats],
         [float_info(o, onnx.TensorProto.FLOAT, [None, None]) for o in outputs],
-        f"{type(model).__name__}_bbox_head",
+        f"{type(model).__name__}_{part}",
+    )
+
+
+def _mask_head_graph(model: nn.Module, opset: int):
+    onnx = import_onnx()
+    head = model.roi_head.mask_head
+    graph = GraphBuilder(opset)
+    writer = NetworkWriter(graph, model)
+    input_name, (output_name,) = MASK_HEAD_IO
+    mask_pred = _rename(graph, writer.mask_head(head, input_name), output_name)
+    float_info = onnx.helper.make_tensor_value_info
+    height, width = head.roi_feat_size
+    mask_feats = float_info(input_name, onnx.TensorProto.FLOAT, ["num_rois", head.in_channels, height, width])
+    return graph.model(
+        [mask_feats], [float_info(mask_pred, onnx.TensorProto.FLOAT, [None] * 4)], f"{type(model).__name__}_{MASK_HEAD}"
     )
 
 
@@ -123,11 +201,9 @@ def _rename(graph: GraphBuilder, tensor: str, output: str) -> str:
 
 
 def save_graphs(graphs: dict[str, object], path: str) -> dict[str, str]:
-    """Write the network graph to ``path`` and a box-head graph next to it; returns {part: file}."""
+    """Write the network graph to ``path`` and every head graph next to it (`graph_path`); returns {part: file}."""
     onnx = import_onnx()
-    files = {NETWORK: path}
-    if BOX_HEAD in graphs:
-        files[BOX_HEAD] = box_head_path(path)
+    files = {part: graph_path(path, part) for part in graphs}
     for part, file in files.items():
         onnx.save(graphs[part], file)
     return files

@@ -65,11 +65,12 @@ class GraphBuilder:
         return self.node("DequantizeLinear", [q, scale, zero_point], f"{prefix}/dequantize", **attributes)
 
     def dequantized_weight(self, ints: np.ndarray, params: QuantParams, prefix: str) -> str:
-        """An integer weight initializer of the quantizer's type feeding a DequantizeLinear on axis 0."""
+        """An integer weight initializer of the quantizer's type feeding a DequantizeLinear on the weight's
+        output-channel axis ``params.axis`` (0; 1 for a transposed conv)."""
         self._check_opset(params, prefix)
         weight = self.constant(f"{prefix}/weight_int", ints, params.onnx_type)
         scale, zero_point = self._qparams(params, prefix)
-        return self.node("DequantizeLinear", [weight, scale, zero_point], f"{prefix}/weight", axis=0)
+        return self.node("DequantizeLinear", [weight, scale, zero_point], f"{prefix}/weight", axis=params.axis)
 
     def _qparams(self, params: QuantParams, prefix: str):
         shape = params.scale.shape if params.per_channel else ()  # a per-tensor pair takes scalars

@@ -1,5 +1,5 @@
-"""The detector's network (ResNet / ResNeXt / RegNet, FPN, dense heads, box head) written into a GraphBuilder module
-by module.
+"""The detector's network (ResNet / ResNeXt / RegNet, FPN, dense heads, box head, FCN mask head) written into a
+GraphBuilder module by module.
 
 Quantized layers and blocks keep their quantizers: every enabled activation quantizer becomes a QDQ pair and every
 enabled weight quantizer an integer initializer with a DequantizeLinear; everything else is float (GroupNorm, the
@@ -16,10 +16,11 @@ from mmdet.models.backbones import RegNet
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmdet.models.dense_heads import ATSSHead, FCOSHead, GFLHead, RetinaHead, RPNHead
 from mmdet.models.necks import FPN
+from mmdet.models.roi_heads import FCNMaskHead
 from mmdet.models.utils import Scale
 from mmdet.models.utils.conv_module import ConvModule
 from qdrop.model import QuantizedBasicBlock, QuantizedBottleneck, QuantizedConvNormAct
-from qdrop.quantization import FakeQuantizeBase, QConv2d, QLinear, QuantizedLayer
+from qdrop.quantization import WEIGHT_QUANTIZED_TYPES, FakeQuantizeBase, QuantizedLayer
 
 from .graph import GraphBuilder
 from .qdq import integer_weight, quant_params
@@ -55,7 +56,7 @@ class NetworkWriter:
             return self.float_residual(module, x)
         if isinstance(module, ConvModule):
             return self.conv_module(module, x)
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             return self.weighted(module, x)
         if isinstance(module, nn.ReLU):
             return self.relu(x, self.name_of(module))
@@ -129,12 +130,14 @@ class NetworkWriter:
         return x
 
     def weighted(self, module: nn.Module, x: str) -> str:
-        """Conv or Gemm; a QConv2d/QLinear with its fake quantizer on takes its integer weight through
-        DequantizeLinear."""
+        """Conv, ConvTranspose or Gemm; a QConv2d/QConvTranspose2d/QLinear with its fake quantizer on takes its
+        integer weight through DequantizeLinear on the weight's output-channel axis (1 for ConvTranspose)."""
         name = self.name_of(module)
         quantizer = getattr(module, "weight_fake_quant", None)
-        if isinstance(module, (QConv2d, QLinear)) and quantizer.fake_quant_enabled:
-            ints, params = integer_weight(module.weight, quantizer, f"{name}.weight_fake_quant")
+        if isinstance(module, WEIGHT_QUANTIZED_TYPES) and quantizer.fake_quant_enabled:
+            ints, params = integer_weight(
+                module.weight, quantizer, f"{name}.weight_fake_quant", channel_axis=module.OUTPUT_CHANNEL_AXIS
+            )
             weight = self.graph.dequantized_weight(ints, params, name)
         else:
             weight = self.graph.constant(f"{name}/weight", module.weight.detach().cpu().numpy())
@@ -149,16 +152,18 @@ class NetworkWriter:
                 "explicit zero padding is written"
             )
         pad_h, pad_w = module.padding
-        return self.graph.node(
-            "Conv",
-            inputs,
-            name,
+        attributes = dict(
             kernel_shape=list(module.kernel_size),
             strides=list(module.stride),
             pads=[pad_h, pad_w, pad_h, pad_w],
             dilations=list(module.dilation),
             group=module.groups,
         )
+        if isinstance(module, nn.ConvTranspose2d):
+            return self.graph.node(
+                "ConvTranspose", inputs, name, output_padding=list(module.output_padding), **attributes
+            )
+        return self.graph.node("Conv", inputs, name, **attributes)
 
     def activation_quantizer(self, quantizer: FakeQuantizeBase, x: str) -> str:
         if not quantizer.fake_quant_enabled:
@@ -362,3 +367,16 @@ class NetworkWriter:
         for fc in head.shared_fcs:
             x = self.relu(self.module(fc, x), f"{self.name_of(fc)}/relu")
         return self.module(head.fc_cls, x), self.module(head.fc_reg, x)
+
+    def mask_head(self, head: FCNMaskHead, mask_feats: str) -> str:
+        """FCNMaskHead: the convs (conv + ReLU) on the (N, C, 14, 14) RoI features, the 2x ConvTranspose2d
+        ``upsample`` and the ReLU the head applies after it, then the 1x1 ``conv_logits``: (N, K, 28, 28) logits."""
+        if head.upsample is not None and head.upsample_method != "deconv":
+            raise ValueError(
+                f"ONNX export: {self.name_of(head)} upsamples with {head.upsample_method!r}; only 'deconv' (a "
+                "ConvTranspose2d, mmdetection's default) or no upsampling is written"
+            )
+        x = self._tower(head.convs, mask_feats)
+        if head.upsample is not None:
+            x = self.relu(self.module(head.upsample, x), f"{self.name_of(head.upsample)}/relu")
+        return self.module(head.conv_logits, x)

@@ -75,29 +75,34 @@ def quant_params(quantizer: FakeQuantizeBase, name: str, channels_axis: int) -> 
     return QuantParams(scale, zero_point, channels_axis, (qmin, qmax), onnx_type, type_range)
 
 
-def integer_weight(weight: torch.Tensor, quantizer: FakeQuantizeBase, name: str) -> tuple[np.ndarray, QuantParams]:
-    """The weight as the integers its fake quantizer maps it to, with per-output-channel parameters (axis 0).
+def integer_weight(
+    weight: torch.Tensor, quantizer: FakeQuantizeBase, name: str, channel_axis: int = 0
+) -> tuple[np.ndarray, QuantParams]:
+    """The weight as the integers its fake quantizer maps it to, with per-output-channel parameters along
+    ``channel_axis`` (0 for conv and linear weights, 1 for a transposed conv's (in, out, kh, kw) weight).
 
     AdaRound quantizers with a learned ``alpha`` use clamp(floor(w / s) + (alpha >= 0) + z, qmin, qmax); every
     other quantizer rounds to nearest: clamp(round(w / s) + z, qmin, qmax). A per-tensor scale is repeated for
     every output channel, which dequantizes to the same values.
 
     Args:
-        weight: (C_out, ...) float weight.
+        weight: float weight with its output channels on ``channel_axis``.
         quantizer: its calibrated weight quantizer.
         name: the quantizer's qualified name, for error messages.
+        channel_axis: the weight's output-channel axis; a per-channel quantizer must run along it.
 
     Returns:
-        ((C_out, ...) int64 array of values in [qmin, qmax], the per-channel parameters on axis 0).
+        (int64 array of values in [qmin, qmax], weight's shape; the per-channel parameters on ``channel_axis``).
     """
-    params = quant_params(quantizer, name, channels_axis=0)
-    if params.per_channel and quantizer.ch_axis != 0:
+    params = quant_params(quantizer, name, channels_axis=channel_axis)
+    if params.per_channel and quantizer.ch_axis != channel_axis:
         raise ValueError(
-            f"{name}: per-channel weight quantizers must use ch_axis 0 (output channels) to export, "
-            f"got ch_axis {quantizer.ch_axis}"
+            f"{name}: per-channel weight quantizers must run along the weight's output channels (axis "
+            f"{channel_axis}) to export, got ch_axis {quantizer.ch_axis}"
         )
-    channels = weight.shape[0]
-    shape = (channels,) + (1,) * (weight.dim() - 1)  # broadcast over the kernel dimensions
+    channels = weight.shape[channel_axis]
+    shape = [1] * weight.dim()
+    shape[channel_axis] = channels  # broadcast over the other axes
     scale = torch.from_numpy(np.broadcast_to(params.scale, (channels,)).copy()).reshape(shape)
     zero_point = torch.from_numpy(np.broadcast_to(params.zero_point, (channels,)).copy()).reshape(shape).float()
     w = weight.detach().float().cpu()
@@ -111,7 +116,7 @@ def integer_weight(weight: torch.Tensor, quantizer: FakeQuantizeBase, name: str)
     per_channel = QuantParams(
         scale.reshape(-1).numpy(),
         zero_point.reshape(-1).numpy().astype(np.int64),
-        0,
+        channel_axis,
         params.quant_range,
         params.onnx_type,
         params.type_range,

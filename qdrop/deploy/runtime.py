@@ -1,23 +1,30 @@
 """A detector whose network runs in ONNX Runtime and whose pre- and post-processing are the project's own."""
 
 import copy
+import itertools
 import os.path as osp
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmdet.core import bbox2result, bbox2roi
+from mmdet.core import bbox2result
 from mmdet.utils.errors import UserError
 
 from .dependencies import import_onnx, import_onnxruntime
 from .export import (
     BOX_HEAD,
+    BOX_HEAD_IO,
+    MASK_HEAD,
+    MASK_HEAD_IO,
     NETWORK,
-    box_head_path,
+    box_head_part,
     dense_output_kinds,
     export_detector,
+    graph_parts,
+    graph_path,
     is_two_stage,
     network_output_names,
 )
@@ -84,35 +91,107 @@ class OnnxGraphError(UserError, ValueError):
     """An ONNX file is missing or does not fit the detector of the config."""
 
 
+def run_head_graph(session, io: tuple[str, Sequence[str]], feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A RoI head graph's outputs (CPU tensors, in the order of ``io[1]``) for pooled RoI features ``feats``."""
+    input_name, output_names = io
+    values = session.run(
+        list(output_names), {input_name: np.ascontiguousarray(feats.detach().cpu().numpy(), dtype=np.float32)}
+    )
+    return tuple(torch.from_numpy(value) for value in values)
+
+
+class GraphHead(nn.Module):
+    """A RoI head part (a box head or the mask head) whose forward runs its ONNX graph; its other attributes and
+    methods (``get_bboxes``, ``regress_by_class``, ``get_seg_masks``, ``num_classes``, ...) are the PyTorch head's.
+
+    Args:
+        head: the PyTorch head (kept, not changed).
+        session: the ONNX Runtime session of its graph.
+        io: (the graph's input name, its output names in the order of the head's forward).
+    """
+
+    def __init__(self, head: nn.Module, session, io: tuple[str, Sequence[str]]):
+        super().__init__()
+        self.head = head
+        self.session = session
+        self.input_name, self.output_names = io[0], list(io[1])
+
+    def forward(self, feats: torch.Tensor):
+        """The graph's outputs for the pooled RoI features, as CPU tensors: one tensor, or a tuple of them."""
+        outputs = run_head_graph(self.session, (self.input_name, self.output_names), feats)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def __getattr__(self, name: str):
+        # nn.Module's lookup (parameters, buffers, sub-modules) first, then the PyTorch head's attributes; the head is
+        # read from _modules directly so that a lookup before __init__ has registered it cannot recurse.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            head = self.__dict__.get("_modules", {}).get("head")
+            if head is None:
+                raise
+            return getattr(head, name)
+
+
+def roi_head_on_graphs(roi_head: nn.Module, sessions: dict[str, object]) -> nn.Module:
+    """A copy of ``roi_head`` whose box heads (every Cascade R-CNN stage) and mask head run their graphs
+    (`GraphHead`), so that the RoI head's own test code (proposal pooling, Cascade R-CNN's refinement between stages
+    and score averaging, the mask branch and its pasting) runs unchanged around them.
+
+    The copy shares every parameter and buffer with ``roi_head``; ``roi_head`` itself is not changed.
+
+    Args:
+        roi_head: a StandardRoIHead (with or without a mask head) or CascadeRoIHead.
+        sessions: the head graphs' sessions by part (``bbox_head``, ``bbox_head1``, ..., ``mask_head``).
+    """
+    # A deep copy whose memo maps every tensor to itself: new modules (so the heads can be swapped in the copy's own
+    # containers), the same weights.
+    shared = {id(tensor): tensor for tensor in itertools.chain(roi_head.parameters(), roi_head.buffers())}
+    view = copy.deepcopy(roi_head, shared)
+    if isinstance(view.bbox_head, nn.ModuleList):
+        for stage, head in enumerate(view.bbox_head):
+            view.bbox_head[stage] = GraphHead(head, sessions[box_head_part(stage)], BOX_HEAD_IO)
+    else:
+        view.bbox_head = GraphHead(view.bbox_head, sessions[BOX_HEAD], BOX_HEAD_IO)
+    if getattr(view, "with_mask", False):
+        view.mask_head = GraphHead(view.mask_head, sessions[MASK_HEAD], MASK_HEAD_IO)
+    return view
+
+
 class OnnxDetector(nn.Module):
     """The detector ``model`` (built from the same config) with its network replaced by ONNX Runtime sessions.
 
     Called like a detector in test mode (``model(img=..., img_metas=..., return_loss=False, rescale=True)``):
     the network graph gives the heads' raw outputs, then the heads' own ``get_bboxes`` (priors, decoding, NMS; with
-    FCOS's and ATSS's centerness as the third list);
-    for Faster R-CNN, proposals and RoI pooling run in PyTorch between the network and box-head graphs.
+    FCOS's and ATSS's centerness as the third list). For two-stage detectors the RPN's proposals come from the
+    network graph's outputs and the RoI head's own ``simple_test`` runs with its heads on their graphs
+    (`roi_head_on_graphs`): RoI pooling, Cascade R-CNN's refinement between stages and score averaging, Mask R-CNN's
+    mask RoI pooling and pasting run in PyTorch between the graphs, and Mask R-CNN returns ``(bbox_results,
+    segm_results)`` per image as the PyTorch detector does.
 
     Args:
-        model: the PyTorch detector; only its heads' post-processing and the RoI extractor are used.
-        sessions: {'network': session} and, for two-stage detectors, {'bbox_head': session}.
+        model: the PyTorch detector; only its heads' post-processing and the RoI extractors are used.
+        sessions: one per graph of `qdrop.deploy.export.graph_parts`: {'network': session} and, for two-stage
+            detectors, 'bbox_head' (Cascade R-CNN: also 'bbox_head1', 'bbox_head2', ...) and Mask R-CNN's
+            'mask_head'.
     """
 
     def __init__(self, model: nn.Module, sessions: dict[str, object]):
         super().__init__()
         self.detector = model.eval()
         self.sessions = dict(sessions)
-        expected = {NETWORK, BOX_HEAD} if is_two_stage(model) else {NETWORK}
+        expected = set(graph_parts(model))
         if set(self.sessions) != expected:
             raise ValueError(
                 f"{type(model).__name__} needs ONNX graphs {sorted(expected)}, got {sorted(self.sessions)}"
             )
+        self.graph_roi_head = roi_head_on_graphs(model.roi_head, self.sessions) if is_two_stage(model) else None
 
     @classmethod
     def from_file(cls, model: nn.Module, onnx_path: str, optimization: str = "all", threads: int = 0) -> "OnnxDetector":
-        """Sessions for ``onnx_path`` (and its box-head graph FILE.bbox_head.onnx for two-stage detectors)."""
-        files = {NETWORK: onnx_path}
-        if is_two_stage(model):
-            files[BOX_HEAD] = box_head_path(onnx_path)
+        """Sessions for ``onnx_path`` and, for two-stage detectors, its head graphs next to it (FILE.bbox_head.onnx;
+        Cascade R-CNN's FILE.bbox_head1.onnx, ...; Mask R-CNN's FILE.mask_head.onnx)."""
+        files = {part: graph_path(onnx_path, part) for part in graph_parts(model)}
         for path in files.values():
             if not osp.isfile(path):
                 raise OnnxGraphError(f"{path}: no such ONNX file (write it with tools/deploy/export_onnx.py)")
@@ -149,12 +228,15 @@ class OnnxDetector(nn.Module):
         values = session.run(names, {"img": np.ascontiguousarray(img.detach().cpu().numpy(), dtype=np.float32)})
         return {name: torch.from_numpy(value) for name, value in zip(names, values)}
 
+    def head_outputs(self, part: str, feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs of the head graph ``part`` for pooled RoI features: a box head's (cls_score (N, K + 1),
+        bbox_pred (N, 4K) or (N, 4)) for (N, C, 7, 7) features, the mask head's (mask_pred (N, K, 28, 28),) for
+        (N, C, 14, 14) ones."""
+        return run_head_graph(self.sessions[part], MASK_HEAD_IO if part == MASK_HEAD else BOX_HEAD_IO, feats)
+
     def box_head_outputs(self, roi_feats: torch.Tensor):
-        """(cls_score (N, K + 1), bbox_pred (N, 4K)) of the box-head graph for (N, C, 7, 7) RoI features."""
-        cls_score, bbox_pred = self.sessions[BOX_HEAD].run(
-            ["cls_score", "bbox_pred"], {"roi_feats": np.ascontiguousarray(roi_feats.numpy(), dtype=np.float32)}
-        )
-        return torch.from_numpy(cls_score), torch.from_numpy(bbox_pred)
+        """(cls_score (N, K + 1), bbox_pred (N, 4K)) of the (first) box-head graph for (N, C, 7, 7) RoI features."""
+        return self.head_outputs(BOX_HEAD, roi_feats)
 
     def forward(self, img, img_metas, return_loss: bool = False, rescale: bool = False):
         if return_loss:
@@ -173,38 +255,11 @@ class OnnxDetector(nn.Module):
         return [bbox2result(bboxes, labels, head.num_classes) for bboxes, labels in results]
 
     def _two_stage(self, outputs: dict[str, torch.Tensor], img_metas: list[dict], rescale: bool) -> list:
-        detector = self.detector
-        roi_head = detector.roi_head
-        proposals = detector.rpn_head.get_bboxes(_levels(outputs, "rpn_cls_"), _levels(outputs, "rpn_reg_"), img_metas)
-        feats = _levels(outputs, "feat_")
-        rois = bbox2roi(proposals)  # (N, 5): image index, x1, y1, x2, y2
-        num_classes = roi_head.num_classes
-        if rois.size(0) == 0:
-            return [
-                bbox2result(rois.new_zeros((0, 5)), rois.new_zeros((0,), dtype=torch.long), num_classes)
-                for _ in img_metas
-            ]
-        roi_feats = roi_head.bbox_roi_extractor(feats[: roi_head.bbox_roi_extractor.num_inputs], rois)
-        cls_score, bbox_pred = self.box_head_outputs(roi_feats)
-        counts = [p.size(0) for p in proposals]
-        results = []
-        for meta, img_rois, img_scores, img_deltas in zip(
-            img_metas, rois.split(counts), cls_score.split(counts), bbox_pred.split(counts)
-        ):
-            if img_rois.size(0) == 0:
-                bboxes, labels = rois.new_zeros((0, 5)), rois.new_zeros((0,), dtype=torch.long)
-            else:
-                bboxes, labels = roi_head.bbox_head.get_bboxes(
-                    img_rois,
-                    img_scores,
-                    img_deltas,
-                    meta["img_shape"],
-                    meta["scale_factor"],
-                    rescale=rescale,
-                    cfg=roi_head.test_cfg,
-                )
-            results.append(bbox2result(bboxes, labels, num_classes))
-        return results
+        """The RPN's proposals from the network graph's outputs, then the RoI head's test path on the graphs."""
+        proposals = self.detector.rpn_head.get_bboxes(
+            _levels(outputs, "rpn_cls_"), _levels(outputs, "rpn_reg_"), img_metas
+        )
+        return self.graph_roi_head.simple_test(_levels(outputs, "feat_"), proposals, img_metas, rescale=rescale)
 
 
 def _levels(outputs: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:

@@ -3,13 +3,16 @@
 Backbone and neck are always quantized, the heads only with `quant_head: True`. Two tables decide the placement:
 
 * `QUANTIZED_FORMS`: module type -> its quantized form. A ResNet BasicBlock/Bottleneck (ResNeXt's and RegNet's
-  blocks are Bottlenecks) becomes one quantized block; a ConvModule, conv or linear one `QuantizedLayer` (a
-  ConvModule's ReLU folds into it), a ConvModule with GroupNorm one `QuantizedConvNormAct` (the norm computes in
-  float between the weight-quantized conv and the activation). Other modules are walked into; an `nn.ReLU`
-  registered right after a wrapped conv/linear folds into that layer.
+  blocks are Bottlenecks) becomes one quantized block; a ConvModule, conv, transposed conv or linear one
+  `QuantizedLayer` (a ConvModule's ReLU folds into it), a ConvModule with GroupNorm one `QuantizedConvNormAct` (the
+  norm computes in float between the weight-quantized conv and the activation). Other modules are walked into; an
+  `nn.ReLU` registered right after a wrapped conv/linear folds into that layer.
 * `CHILD_ROLES`: parent module type -> what its forward does with some of its children that the module tree does
-  not show: a functional ReLU after a child (folded into the child's layer), or outputs that are final (FPN levels,
-  class scores, box deltas or distances, centerness), below which no output quantizer is placed.
+  not show: a ReLU after a child (functional, or the parent's own ReLU module called on the child's output; folded
+  into the child's layer), a ReLU module that the forward calls elsewhere than after the child registered before it
+  (never folded by registration order), or outputs that are final (FPN levels, class scores, box deltas or
+  distances, centerness, mask logits), below which no output quantizer is placed. The parents inside a ModuleList
+  (Cascade R-CNN's stages `roi_head.bbox_head.{i}`) are looked up by their own type like any other.
 
 A third, `KEPT_FLOAT`, names the module types that stay float inside the quantized parts and why (GroupNorm, the
 per-level Scale, GFL's Integral); placement.txt lists them (qdrop.model.placement.float_parts).
@@ -29,7 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmdet.models.backbones import BasicBlock, Bottleneck
 from mmdet.models.dense_heads import ATSSHead, FCOSHead, GFLHead, Integral, RetinaHead, RPNHead
 from mmdet.models.necks import FPN
-from mmdet.models.roi_heads import Shared2FCBBoxHead
+from mmdet.models.roi_heads import FCNMaskHead, Shared2FCBBoxHead
 from mmdet.models.utils import Scale
 from mmdet.models.utils.conv_module import ConvModule
 from qdrop.config.errors import QConfigError
@@ -45,14 +48,16 @@ from qdrop.quantization import QuantizedLayer, QuantizedUnit, QuantizerConfig, s
 class ChildRole:
     """What a parent's forward does with one of its children, beyond calling it."""
 
-    relu_after: bool = False  # F.relu on the child's output
+    relu_after: bool = False  # a ReLU on the child's output (F.relu, or the parent's ReLU module)
     relu_after_each: bool = False  # F.relu on the output of each module of this container
     final_output: bool = False  # a detector output or an FPN level: no output quantizer in or below the child
+    applied_elsewhere: bool = False  # a ReLU module the forward calls where another role says: never folded
 
 
 RELU_AFTER = ChildRole(relu_after=True)
 RELU_AFTER_EACH = ChildRole(relu_after_each=True)
 FINAL_OUTPUT = ChildRole(final_output=True)
+APPLIED_ELSEWHERE = ChildRole(applied_elsewhere=True)
 PLAIN = ChildRole()
 
 # Parent type -> {child attribute: role}; looked up along the parent's class hierarchy (most derived first).
@@ -64,6 +69,8 @@ CHILD_ROLES: dict[type, dict[str, ChildRole]] = {
     FCOSHead: {"conv_cls": FINAL_OUTPUT, "conv_reg": FINAL_OUTPUT, "conv_centerness": FINAL_OUTPUT},
     ATSSHead: {"atss_cls": FINAL_OUTPUT, "atss_reg": FINAL_OUTPUT, "atss_centerness": FINAL_OUTPUT},
     GFLHead: {"gfl_cls": FINAL_OUTPUT, "gfl_reg": FINAL_OUTPUT},
+    # `relu` (registered after conv_logits) follows the 2x ConvTranspose2d `upsample` only: folded there.
+    FCNMaskHead: {"upsample": RELU_AFTER, "conv_logits": FINAL_OUTPUT, "relu": APPLIED_ELSEWHERE},
 }
 # Module type -> why it stays float where the rest of its part is quantized; looked up along the class hierarchy.
 KEPT_FLOAT: dict[type, str] = {
@@ -113,6 +120,17 @@ def _layer(module: nn.Module, site: Site) -> QuantizedLayer:
     )
 
 
+def _transposed_conv_layer(module: nn.ConvTranspose2d, site: Site) -> QuantizedLayer:
+    """A ConvTranspose2d as a `QuantizedLayer`; its weight quantizer runs along the weight's output-channel axis 1
+    (`QConvTranspose2d`)."""
+    if module.groups != 1 and site.w_cfg.ch_axis >= 0:
+        raise PlacementError(
+            f"{site.name}: a grouped ConvTranspose2d (groups={module.groups}) cannot be quantized per output channel; "
+            "give it w_qconfig ch_axis -1 (per tensor) in the q_config's overrides"
+        )
+    return _layer(module, site)
+
+
 def _layer_from_conv_module(conv_module: ConvModule, site: Site) -> QuantizedUnit:
     """A ConvModule's conv and its ReLU as a `QuantizedLayer`; with GroupNorm, a `QuantizedConvNormAct`."""
     norm = conv_module.norm
@@ -152,6 +170,7 @@ QUANTIZED_FORMS: dict[type, Callable[[nn.Module, Site], QuantizedUnit]] = {
     Bottleneck: _residual_block(QuantizedBottleneck),
     ConvModule: _layer_from_conv_module,
     nn.Conv2d: _layer,
+    nn.ConvTranspose2d: _transposed_conv_layer,
     nn.Linear: _layer,
 }
 
@@ -212,8 +231,9 @@ def _quantize_children(parent: nn.Module, prefix: str, context: _WalkContext) ->
     """Wrap the quantizable children of `parent` (qualified names start with `prefix`), recursing into others.
 
     `previous` is the last layer wrapped among `parent`'s direct children, so that an `nn.ReLU` child registered
-    right after it (a folded BatchNorm, nn.Identity, in between) folds into it; a ReLU with no such layer before it
-    stays as it is. The output flag of a child never changes its siblings'.
+    right after it (a folded BatchNorm, nn.Identity, in between) folds into it; a ReLU with no such layer before it,
+    or one whose role says the forward applies it elsewhere, stays as it is. The output flag of a child never
+    changes its siblings'.
     """
     roles = lookup_by_type(CHILD_ROLES, parent) or {}
     previous = None
@@ -240,7 +260,7 @@ def _quantize_children(parent: nn.Module, prefix: str, context: _WalkContext) ->
             setattr(parent, name, unit)
             previous = unit if isinstance(unit, QuantizedLayer) and unit.activation is None else None
         elif isinstance(child, nn.ReLU):
-            if previous is not None:
+            if previous is not None and not role.applied_elsewhere:
                 previous.activation = nn.ReLU()
             previous = None
         elif isinstance(child, nn.Identity):

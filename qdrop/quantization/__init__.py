@@ -2,7 +2,16 @@
 
 from .builders import ActivationQuantizer, QuantizerConfig, WeightQuantizer
 from .fake_quant import AdaRoundFakeQuantize, FakeQuantizeBase, FixedFakeQuantize, LSQFakeQuantize, LSQPlusFakeQuantize
-from .layers import QConv2d, QLinear, QuantizedBlock, QuantizedLayer, QuantizedUnit, weight_quantized
+from .layers import (
+    WEIGHT_QUANTIZED_TYPES,
+    QConv2d,
+    QConvTranspose2d,
+    QLinear,
+    QuantizedBlock,
+    QuantizedLayer,
+    QuantizedUnit,
+    weight_quantized,
+)
 from .observers import (
     AvgMinMaxObserver,
     AvgMSEFastObserver,
@@ -40,7 +49,9 @@ __all__ = [
     "QuantizerConfig",
     "weight_quantized",
     "QConv2d",
+    "QConvTranspose2d",
     "QLinear",
+    "WEIGHT_QUANTIZED_TYPES",
     "QuantizedUnit",
     "QuantizedLayer",
     "QuantizedBlock",

@@ -2,13 +2,14 @@
 
 Words used throughout the package:
 
-* layer: one conv or linear with a fake-quantized weight, its folded activation (ReLU or none) and, optionally, an
-  output quantizer (`QuantizedLayer`);
+* layer: one conv, transposed conv or linear with a fake-quantized weight, its folded activation (ReLU or none)
+  and, optionally, an output quantizer (`QuantizedLayer`);
 * block: several layers computed together, e.g. a residual block (subclasses of `QuantizedBlock`);
 * unit: what reconstruction optimises at once, a layer or a block (`QuantizedUnit`, the base of both). A unit may
   sit inside another (a block's layers); the outermost ones are reconstructed.
 """
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -22,6 +23,8 @@ QuantizerSettings = Union[QuantizerConfig, Mapping[str, Any]]
 
 class QConv2d(nn.Conv2d):
     """nn.Conv2d whose weight passes through ``weight_fake_quant``; keeps ``weight``/``bias`` names."""
+
+    OUTPUT_CHANNEL_AXIS = 0  # of the (out, in / groups, kh, kw) weight
 
     def __init__(self, conv: nn.Conv2d, w_cfg: QuantizerSettings):
         super().__init__(
@@ -45,8 +48,67 @@ class QConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
 
 
+class QConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d whose weight passes through ``weight_fake_quant``; keeps ``weight``/``bias`` names.
+
+    Its weight is laid out (in, out / groups, kh, kw), so the output channels run along axis 1. A q_config's
+    per-output-channel weight setting (``ch_axis: 0``, the output-channel axis of a conv's (out, in, kh, kw) weight)
+    therefore builds this layer's quantizer with ``ch_axis`` 1 (``OUTPUT_CHANNEL_AXIS``): one scale per output
+    channel; a per-tensor setting stays per tensor. A grouped transposed conv holds only out / groups channels on
+    axis 1, so it is quantized per tensor only.
+    """
+
+    OUTPUT_CHANNEL_AXIS = 1
+
+    def __init__(self, conv: nn.ConvTranspose2d, w_cfg: QuantizerSettings):
+        cfg = QuantizerConfig.from_mapping(w_cfg, "w_qconfig")
+        if cfg.ch_axis not in (-1, 0):
+            raise ValueError(
+                f"QConvTranspose2d: w_qconfig.ch_axis {cfg.ch_axis}; allowed values: -1 (per tensor), 0 (per output "
+                "channel, axis 1 of the transposed conv's weight)"
+            )
+        if cfg.ch_axis == 0 and conv.groups != 1:
+            raise ValueError(
+                f"QConvTranspose2d: a grouped ConvTranspose2d (groups={conv.groups}) holds out / groups channels on "
+                "its weight's axis 1 and cannot be quantized per output channel; use ch_axis -1 (per tensor)"
+            )
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            output_padding=conv.output_padding,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            dilation=conv.dilation,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        self.weight = conv.weight
+        self.bias = conv.bias
+        if cfg.ch_axis == 0:
+            cfg = dataclasses.replace(cfg, ch_axis=self.OUTPUT_CHANNEL_AXIS)
+        self.weight_fake_quant = WeightQuantizer(cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv_transpose2d(
+            x,
+            self.weight_fake_quant(self.weight),
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+
 class QLinear(nn.Linear):
     """nn.Linear whose weight passes through ``weight_fake_quant``; keeps ``weight``/``bias`` names."""
+
+    OUTPUT_CHANNEL_AXIS = 0  # of the (out, in) weight
 
     def __init__(self, linear: nn.Linear, w_cfg: QuantizerSettings):
         super().__init__(
@@ -64,21 +126,34 @@ class QLinear(nn.Linear):
         return F.linear(x, self.weight_fake_quant(self.weight), self.bias)
 
 
-def weight_quantized(module: nn.Module, w_cfg: QuantizerSettings) -> Union[QConv2d, QLinear]:
-    """The weight-quantized counterpart of a conv or linear, sharing its parameters.
+# The weight-quantized layer types: their quantizer is ``weight_fake_quant``, their output channels run along
+# ``OUTPUT_CHANNEL_AXIS`` of the weight.
+WEIGHT_QUANTIZED_TYPES = (QConv2d, QConvTranspose2d, QLinear)
+WeightQuantizedModule = Union[QConv2d, QConvTranspose2d, QLinear]
+
+
+def weight_quantized(module: nn.Module, w_cfg: QuantizerSettings) -> WeightQuantizedModule:
+    """The weight-quantized counterpart of a conv, transposed conv or linear, sharing its parameters.
 
     Args:
-        module: an ``nn.Conv2d`` or ``nn.Linear``.
-        w_cfg: the weight quantizer's settings (``w_qconfig``).
+        module: an ``nn.Conv2d``, ``nn.ConvTranspose2d`` or ``nn.Linear``.
+        w_cfg: the weight quantizer's settings (``w_qconfig``; ``ch_axis`` 0 means per output channel, which is
+            axis 1 of a transposed conv's weight).
 
     Returns:
-        A ``QConv2d`` or ``QLinear`` holding ``module``'s ``weight`` and ``bias`` and a new ``weight_fake_quant``.
+        A ``QConv2d``, ``QConvTranspose2d`` or ``QLinear`` holding ``module``'s ``weight`` and ``bias`` and a new
+        ``weight_fake_quant``.
     """
     if isinstance(module, nn.Conv2d):
         return QConv2d(module, w_cfg)
+    if isinstance(module, nn.ConvTranspose2d):
+        return QConvTranspose2d(module, w_cfg)
     if isinstance(module, nn.Linear):
         return QLinear(module, w_cfg)
-    raise ValueError(f"weight_quantized: cannot quantize {type(module).__name__}; allowed types: nn.Conv2d, nn.Linear")
+    raise ValueError(
+        f"weight_quantized: cannot quantize {type(module).__name__}; allowed types: nn.Conv2d, nn.ConvTranspose2d, "
+        "nn.Linear"
+    )
 
 
 class QuantizedUnit(nn.Module):
@@ -100,8 +175,8 @@ class QuantizedUnit(nn.Module):
 
 
 class QuantizedLayer(QuantizedUnit):
-    """A weight-quantized conv/linear (``module``), its folded ``activation`` (ReLU or None) and, if ``qoutput``,
-    an output quantizer."""
+    """A weight-quantized conv/transposed conv/linear (``module``), its folded ``activation`` (ReLU or None) and, if
+    ``qoutput``, an output quantizer."""
 
     def __init__(
         self,

@@ -1,16 +1,15 @@
 """Finding the fake quantizers of a model, and switching their observers and fake quantization on and off by kind.
 
-A weight quantizer is the ``weight_fake_quant`` of a `QConv2d`/`QLinear`; every other fake quantizer quantizes an
-activation.
+A weight quantizer is the ``weight_fake_quant`` of a `QConv2d`/`QConvTranspose2d`/`QLinear`; every other fake
+quantizer quantizes an activation.
 """
 
 from collections.abc import Iterator
-from typing import Union
 
 from torch import nn
 
 from .fake_quant import FakeQuantizeBase
-from .layers import QConv2d, QLinear
+from .layers import WEIGHT_QUANTIZED_TYPES, WeightQuantizedModule
 
 KINDS = ("activation", "weight", "all")
 
@@ -45,14 +44,15 @@ def fake_quantizers(model: nn.Module, kind: str = "all") -> Iterator[tuple[str, 
             yield name, module
 
 
-def weight_quantized_layers(model: nn.Module) -> Iterator[tuple[Union[QConv2d, QLinear], FakeQuantizeBase]]:
-    """Every weight-quantized conv/linear below ``model`` with its weight quantizer, in registration order.
+def weight_quantized_layers(model: nn.Module) -> Iterator[tuple[WeightQuantizedModule, FakeQuantizeBase]]:
+    """Every weight-quantized conv/transposed conv/linear below ``model`` with its weight quantizer, in registration
+    order.
 
     Returns:
-        An iterator of (``QConv2d`` or ``QLinear``, its ``weight_fake_quant``).
+        An iterator of (``QConv2d``, ``QConvTranspose2d`` or ``QLinear``, its ``weight_fake_quant``).
     """
     for module in model.modules():
-        if isinstance(module, (QConv2d, QLinear)):
+        if isinstance(module, WEIGHT_QUANTIZED_TYPES):
             yield module, module.weight_fake_quant
 
 

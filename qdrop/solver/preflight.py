@@ -50,11 +50,18 @@ def check_metric_names(cfg, metrics: Sequence[str]) -> None:
 
     Raises:
         KeyError: an unsupported metric (see `CocoDataset.check_metrics`).
+        RunInputError: 'segm' for a detector without a mask head.
     """
     dataset_cls = DATASETS.get(cfg.data.test.type)
     check_metrics = getattr(dataset_cls, "check_metrics", None)
     if check_metrics is not None:
         check_metrics(list(metrics))
+    roi_head = cfg.model.get("roi_head") or {}
+    if "segm" in metrics and not roi_head.get("mask_head"):
+        raise RunInputError(
+            f"--eval segm: the {cfg.model.type} of this config predicts no masks (no roi_head.mask_head); "
+            "evaluate bbox only"
+        )
 
 
 def check_test_set(test_set: Dataset, show_progress: Optional[bool] = None) -> None:

@@ -123,6 +123,47 @@ def faster_rcnn_cfg(depth: int = 50) -> dict:
     )
 
 
+def cascade_rcnn_cfg(depth: int = 50) -> dict:
+    """The tiny Faster R-CNN with Cascade R-CNN's RoI head: three class-agnostic Shared2FCBBoxHead stages, each with
+    its own RoI extractor (one config repeated) and coder stds."""
+    cfg = faster_rcnn_cfg(depth)
+    single = cfg["roi_head"]
+    stds = ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
+    heads = []
+    for stage_stds in stds:
+        head = copy.deepcopy(single["bbox_head"])
+        head["reg_class_agnostic"] = True
+        head["bbox_coder"] = dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=list(stage_stds))
+        heads.append(head)
+    cfg["type"] = "CascadeRCNN"
+    cfg["roi_head"] = dict(
+        type="CascadeRoIHead",
+        num_stages=3,
+        stage_loss_weights=[1, 0.5, 0.25],
+        bbox_roi_extractor=single["bbox_roi_extractor"],
+        bbox_head=heads,
+    )
+    return cfg
+
+
+def mask_rcnn_cfg(depth: int = 50) -> dict:
+    """The tiny Faster R-CNN with Mask R-CNN's mask branch: a 14x14 mask RoI extractor and an FCNMaskHead of two
+    16-channel convs, the 2x ConvTranspose2d upsample and 28x28 mask logits."""
+    cfg = faster_rcnn_cfg(depth)
+    cfg["type"] = "MaskRCNN"
+    cfg["roi_head"]["mask_roi_extractor"] = dict(
+        type="SingleRoIExtractor",
+        roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=0),
+        out_channels=16,
+        featmap_strides=[4, 8, 16, 32],
+    )
+    cfg["roi_head"]["mask_head"] = dict(
+        type="FCNMaskHead", num_convs=2, in_channels=16, conv_out_channels=16, num_classes=NUM_CLASSES
+    )
+    cfg["test_cfg"]["rcnn"]["mask_thr_binary"] = 0.5
+    return cfg
+
+
 DENSE_TEST_CFG = dict(
     nms_pre=200, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=50
 )

@@ -60,7 +60,7 @@ class ImageToTensor:
 
 @PIPELINES.register_module()
 class DefaultFormatBundle:
-    """Image -> CHW tensor; gt boxes (float32, N x 4) and labels (int64, N) -> tensors.
+    """Image -> CHW tensor; gt boxes (float32, N x 4), labels (int64, N) and masks (uint8, N x H x W) -> tensors.
 
     Also fills `pad_shape`, `scale_factor` and `img_norm_cfg` when an earlier step did not (as mmdetection)."""
 
@@ -80,6 +80,8 @@ class DefaultFormatBundle:
                 results[key] = to_tensor(np.asarray(results[key], dtype=np.float32).reshape(-1, 4))
         if "gt_labels" in results:
             results["gt_labels"] = to_tensor(np.asarray(results["gt_labels"], dtype=np.int64).reshape(-1))
+        if "gt_masks" in results:
+            results["gt_masks"] = to_tensor(np.asarray(results["gt_masks"], dtype=np.uint8))
         return results
 
     def __repr__(self) -> str:

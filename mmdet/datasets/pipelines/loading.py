@@ -1,11 +1,13 @@
 """Image and annotation loading: OpenCV decode, BGR uint8 HWC."""
 
 import os.path as osp
+import warnings
 
 import cv2
 import numpy as np
 
-from mmdet.utils.errors import ConfigValueError, InputFileNotFoundError
+from mmdet.core.mask import segmentation_to_bitmap
+from mmdet.utils.errors import ConfigValueError, InputFileNotFoundError, UserError
 
 from ..builder import PIPELINES
 from ..verify import ImageFileError
@@ -70,13 +72,36 @@ class LoadImageFromWebcam(LoadImageFromFile):
         return _set_image(results, img, None, None)
 
 
+class AnnotationMaskError(UserError, ValueError):
+    """An annotation that mask training needs has no usable `segmentation`."""
+
+
 @PIPELINES.register_module()
 class LoadAnnotations:
-    """Copy boxes and labels from `results['ann_info']` (CocoDataset.get_ann_info) into the results."""
+    """Copy boxes and labels from `results['ann_info']` (CocoDataset.get_ann_info) into the results.
 
-    def __init__(self, with_bbox: bool = True, with_label: bool = True):
+    `with_mask=True` also rasterises each object's COCO `segmentation` (polygons, or RLE compressed or not) with
+    pycocotools on the `img_info` height x width canvas: `gt_masks`, a uint8 (num_gts, H, W) array of 0/1 that the
+    geometric transforms resize, flip and pad with the image.
+
+    Masks are always bitmaps. `poly2mask=False` (mmdetection keeps polygons through the pipeline and cuts the mask
+    targets out of them) is accepted so that such configs run, with a warning: the polygons are rasterised here as
+    well, which changes the training targets slightly and nothing at test time.
+    """
+
+    def __init__(
+        self, with_bbox: bool = True, with_label: bool = True, with_mask: bool = False, poly2mask: bool = True
+    ):
+        if with_mask and not poly2mask:
+            warnings.warn(
+                "LoadAnnotations(poly2mask=False): polygon masks are rasterised to bitmaps on loading, as with "
+                "poly2mask=True; mask targets may differ slightly from mmdetection's polygon cropping",
+                stacklevel=2,
+            )
         self.with_bbox = with_bbox
         self.with_label = with_label
+        self.with_mask = with_mask
+        self.poly2mask = poly2mask
 
     def __call__(self, results: dict) -> dict:
         ann_info = results["ann_info"]
@@ -90,7 +115,37 @@ class LoadAnnotations:
                 results["bbox_fields"].append("gt_bboxes_ignore")
         if self.with_label:
             results["gt_labels"] = ann_info["labels"].copy()
+        if self.with_mask:
+            results["gt_masks"] = self._load_masks(results)
+            results.setdefault("mask_fields", [])
+            results["mask_fields"].append("gt_masks")
         return results
 
+    @staticmethod
+    def _load_masks(results: dict) -> np.ndarray:
+        height, width = results["img_info"]["height"], results["img_info"]["width"]
+        segmentations = results["ann_info"].get("masks")
+        if segmentations is None:
+            raise ConfigValueError(
+                "LoadAnnotations(with_mask=True): the annotation info carries no 'masks' (the dataset does not parse "
+                "segmentations)"
+            )
+        masks = np.zeros((len(segmentations), height, width), dtype=np.uint8)
+        name = results["img_info"].get("filename", results["img_info"].get("id"))
+        for i, segmentation in enumerate(segmentations):
+            if segmentation is None:
+                raise AnnotationMaskError(
+                    f"LoadAnnotations(with_mask=True): an annotation of image {name} has no 'segmentation'; "
+                    "mask training needs instance masks in the annotation file"
+                )
+            try:
+                masks[i] = segmentation_to_bitmap(segmentation, height, width)
+            except ValueError as err:
+                raise AnnotationMaskError(f"LoadAnnotations(with_mask=True), image {name}: {err}") from err
+        return masks
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(with_bbox={self.with_bbox}, with_label={self.with_label})"
+        return (
+            f"{type(self).__name__}(with_bbox={self.with_bbox}, with_label={self.with_label}, "
+            f"with_mask={self.with_mask}, poly2mask={self.poly2mask})"
+        )

@@ -42,6 +42,14 @@ def as_scale_list(img_scale) -> list:
     return [tuple(scale) for scale in scales]
 
 
+def resize_masks(masks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, H, W) uint8 masks resized to (N, height, width) with OpenCV nearest-neighbour, one mask at a time."""
+    resized = np.zeros((masks.shape[0], height, width), dtype=masks.dtype)
+    for i, mask in enumerate(masks):
+        resized[i] = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return resized
+
+
 @PIPELINES.register_module()
 class Resize:
     """Resize the image (OpenCV, on the uint8 image) and boxes.
@@ -110,6 +118,13 @@ class Resize:
                 bboxes[:, 0::2] = np.clip(bboxes[:, 0::2], 0, new_w)
                 bboxes[:, 1::2] = np.clip(bboxes[:, 1::2], 0, new_h)
             results[key] = bboxes
+        for key in results.get("mask_fields", []):
+            masks = results[key]
+            if self.keep_ratio:
+                mask_w, mask_h = rescale_size(masks.shape[2], masks.shape[1], scale)
+            else:
+                mask_w, mask_h = new_w, new_h
+            results[key] = resize_masks(masks, mask_w, mask_h)
         return results
 
     def __repr__(self) -> str:
@@ -172,6 +187,9 @@ class RandomFlip:
                 results[key] = np.ascontiguousarray(np.flip(results[key], axis=_FLIP_AXES[direction]))
             for key in results.get("bbox_fields", []):
                 results[key] = flip_bboxes(results[key], results["img_shape"], direction)
+            mask_axes = tuple(axis + 1 for axis in _FLIP_AXES[direction])  # masks are (N, H, W)
+            for key in results.get("mask_fields", []):
+                results[key] = np.ascontiguousarray(np.flip(results[key], axis=mask_axes))
         return results
 
     def __repr__(self) -> str:
@@ -217,7 +235,11 @@ class Normalize:
 
 @PIPELINES.register_module()
 class Pad:
-    """Pad bottom/right with `pad_val` to a fixed `size` (h, w) or to multiples of `size_divisor`."""
+    """Pad bottom/right with `pad_val` to a fixed `size` (h, w) or to multiples of `size_divisor`.
+
+    Masks (`mask_fields`) are padded to the image's padded size with `pad_val['masks']` (0 by default; a number
+    `pad_val` pads images and masks alike, as mmdetection 2.28).
+    """
 
     def __init__(
         self,
@@ -232,6 +254,7 @@ class Pad:
         self.size = size
         self.size_divisor = size_divisor
         self.pad_val = pad_val.get("img", 0) if isinstance(pad_val, dict) else pad_val
+        self.mask_pad_val = pad_val.get("masks", 0) if isinstance(pad_val, dict) else pad_val
 
     def _target(self, height: int, width: int) -> tuple[int, int]:
         if self.size is not None:
@@ -251,6 +274,12 @@ class Pad:
             padded[:height, :width] = img
             results[key] = padded
         results["pad_shape"] = results["img"].shape
+        pad_h, pad_w = results["pad_shape"][:2]
+        for key in results.get("mask_fields", []):
+            masks = results[key]
+            padded = np.full((masks.shape[0], pad_h, pad_w), self.mask_pad_val, dtype=masks.dtype)
+            padded[:, : masks.shape[1], : masks.shape[2]] = masks
+            results[key] = padded
         results["pad_fixed_size"] = self.size
         results["pad_size_divisor"] = self.size_divisor
         return results

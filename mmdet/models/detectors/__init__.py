@@ -4,6 +4,7 @@ from .cascade_rcnn import CascadeRCNN
 from .faster_rcnn import FasterRCNN
 from .fcos import FCOS
 from .gfl import GFL
+from .mask_rcnn import MaskRCNN
 from .retinanet import RetinaNet
 from .single_stage import SingleStageDetector
 from .two_stage import TwoStageDetector
@@ -15,6 +16,7 @@ __all__ = [
     "FasterRCNN",
     "FCOS",
     "GFL",
+    "MaskRCNN",
     "RetinaNet",
     "SingleStageDetector",
     "TwoStageDetector",

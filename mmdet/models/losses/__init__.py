@@ -1,5 +1,5 @@
 from .accuracy import accuracy
-from .cross_entropy_loss import CrossEntropyLoss, binary_cross_entropy, cross_entropy
+from .cross_entropy_loss import CrossEntropyLoss, binary_cross_entropy, cross_entropy, mask_cross_entropy
 from .focal_loss import FocalLoss, sigmoid_focal_loss
 from .gfocal_loss import DistributionFocalLoss, QualityFocalLoss, distribution_focal_loss, quality_focal_loss
 from .iou_loss import GIoULoss, IoULoss, aligned_iou_giou, giou_loss, iou_loss
@@ -11,6 +11,7 @@ __all__ = [
     "CrossEntropyLoss",
     "binary_cross_entropy",
     "cross_entropy",
+    "mask_cross_entropy",
     "FocalLoss",
     "sigmoid_focal_loss",
     "DistributionFocalLoss",

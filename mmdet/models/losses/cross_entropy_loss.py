@@ -1,4 +1,4 @@
-"""Softmax cross-entropy (RoI head) and sigmoid binary cross-entropy (RPN)."""
+"""Softmax cross-entropy (RoI head), sigmoid binary cross-entropy (RPN) and the mask head's per-class BCE."""
 
 from collections.abc import Sequence
 from typing import Optional
@@ -53,6 +53,23 @@ def binary_cross_entropy(
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
+def mask_cross_entropy(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    label: torch.Tensor,
+    reduction: str = "mean",
+    avg_factor: Optional[float] = None,
+    class_weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Sigmoid BCE between each RoI's mask logits of its own class, `pred[i, label[i]]` of `pred (N, C, h, w)`,
+    and its target `(N, h, w)`; the mean over all pixels of all RoIs, shaped `(1,)` (mmdetection's)."""
+    if reduction != "mean" or avg_factor is not None:
+        raise ValueError("mask_cross_entropy: only reduction='mean' without avg_factor is supported")
+    rows = torch.arange(pred.size(0), dtype=torch.long, device=pred.device)
+    pred_slice = pred[rows, label.long()]
+    return F.binary_cross_entropy_with_logits(pred_slice, target.float(), weight=class_weight, reduction="mean")[None]
+
+
 @MODELS.register_module()
 class CrossEntropyLoss(nn.Module):
     def __init__(
@@ -64,13 +81,17 @@ class CrossEntropyLoss(nn.Module):
         loss_weight: float = 1.0,
     ):
         super().__init__()
-        if use_mask:
-            raise ValueError("CrossEntropyLoss: use_mask=True (mask heads) is not supported")
+        if use_sigmoid and use_mask:
+            raise ValueError("CrossEntropyLoss: use_sigmoid and use_mask cannot both be True")
         self.use_sigmoid = use_sigmoid
+        self.use_mask = use_mask
         self.reduction = check_reduction(reduction, "CrossEntropyLoss")
         self.class_weight = class_weight
         self.loss_weight = loss_weight
-        self.criterion = binary_cross_entropy if use_sigmoid else cross_entropy
+        if use_mask:
+            self.criterion = mask_cross_entropy
+        else:
+            self.criterion = binary_cross_entropy if use_sigmoid else cross_entropy
 
     def forward(
         self,

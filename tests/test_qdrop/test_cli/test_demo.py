@@ -74,3 +74,23 @@ def test_demo_script_ends_through_the_command_wrapper(tmp_path):
     )
     assert result.returncode == 2
     assert "retinanet_tiny_synth.pth is missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mask_rcnn_gets_a_segm_row_and_a_title_that_says_so():
+    from mmengine.config import Config
+
+    assert demo.metric_names(
+        Config(dict(model=dict(type="MaskRCNN", roi_head=dict(mask_head=dict(type="FCNMaskHead")))))
+    ) == [
+        "bbox",
+        "segm",
+    ]
+    assert demo.metric_names(Config(dict(model=dict(type="RetinaNet")))) == ["bbox"]
+    summary = {
+        demo.row_name("mask_rcnn", metric): {column: 0.5 for column in demo.COLUMNS} for metric in ("bbox", "segm")
+    }
+    table = demo.format_table(summary)
+    assert table.splitlines()[0] == "bbox mAP (%; rows '<model> segm': mask mAP) on the synthetic val set"
+    assert "mask_rcnn segm" in table
+    only_boxes = demo.format_table({"retinanet": {column: 0.5 for column in demo.COLUMNS}})
+    assert only_boxes.splitlines()[0] == "bbox mAP (%) on the synthetic val set"

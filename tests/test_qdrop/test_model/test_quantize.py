@@ -11,11 +11,13 @@ from torch import nn
 
 from helpers.qdrop_models import (
     atss_cfg,
+    cascade_rcnn_cfg,
     faster_rcnn_cfg,
     fcos_cfg,
     fused_detector,
     gfl_cfg,
     image_meta,
+    mask_rcnn_cfg,
     q_config,
     random_batches,
     regnet_backbone_cfg,
@@ -40,11 +42,20 @@ from qdrop.model import (
     quantize_detector,
     quantized_state_dict,
 )
+from qdrop.model.errors import PlacementError
 from qdrop.model.quantize import CHILD_ROLES, HEADS, KEPT_FLOAT, TRUNK
 from qdrop.ptq.cache import ReconCache
-from qdrop.ptq.calibration import calibrate
+from qdrop.ptq.calibration import calibrate, observe_weights
 from qdrop.ptq.reconstruction import float_reference, reconstruct_unit, unit_output_error
-from qdrop.quantization import AdaRoundFakeQuantize, QuantizedLayer, disable_all, fake_quantizers
+from qdrop.quantization import (
+    AdaRoundFakeQuantize,
+    QConvTranspose2d,
+    QuantizedLayer,
+    disable_all,
+    enable_calibration,
+    enable_quantization,
+    fake_quantizers,
+)
 
 
 def _relu(layer) -> bool:
@@ -179,7 +190,18 @@ def test_units_and_table():
 
 
 def _tiny_detectors():
-    return [fused_detector(cfg) for cfg in (faster_rcnn_cfg(50), retinanet_cfg(18), fcos_cfg(), atss_cfg(), gfl_cfg())]
+    return [
+        fused_detector(cfg)
+        for cfg in (
+            faster_rcnn_cfg(50),
+            retinanet_cfg(18),
+            fcos_cfg(),
+            atss_cfg(),
+            gfl_cfg(),
+            cascade_rcnn_cfg(50),
+            mask_rcnn_cfg(50),
+        )
+    ]
 
 
 def test_child_roles_name_existing_children_and_functional_relus():
@@ -193,7 +215,13 @@ def test_child_roles_name_existing_children_and_functional_relus():
             for name, role in roles.items():
                 assert isinstance(getattr(parent, name, None), nn.Module), f"{parent_type.__name__}.{name}"
                 if role.relu_after:
-                    assert re.search(rf"F\.relu\(self\.{name}\(", source), f"F.relu after {name}"
+                    functional = rf"F\.relu\(self\.{name}\("
+                    # or the head's own ReLU module on the child's output (FCNMaskHead: only after a deconv)
+                    module = rf"(\w+) = self\.{name}\(\1\)\s*\n(?:\s*if [^\n]*:\s*\n)?\s*\1 = self\.relu\(\1\)"
+                    assert re.search(functional, source) or re.search(module, source), f"ReLU after {name}"
+                if role.applied_elsewhere:
+                    assert isinstance(getattr(parent, name), nn.ReLU), f"{parent_type.__name__}.{name} is a ReLU"
+                    assert re.search(rf"self\.{name}\(", source), f"{parent_type.__name__} calls {name}"
                 if role.relu_after_each:
                     loop = rf"for (\w+) in self\.{name}:\s*\n\s*\w+ = F\.relu\(\1\("
                     assert re.search(loop, source), f"F.relu after each of {name}"
@@ -204,7 +232,13 @@ def test_child_roles_name_existing_children_and_functional_relus():
 
 def _head_outputs(model, feats, rois):
     if hasattr(model, "rpn_head"):
-        return model.rpn_head(feats), model.roi_head.bbox_head(rois)
+        roi_head = model.roi_head
+        stages = roi_head.bbox_head if isinstance(roi_head.bbox_head, nn.ModuleList) else [roi_head.bbox_head]
+        outputs = [model.rpn_head(feats)] + [head(rois) for head in stages]
+        if getattr(roi_head, "with_mask", False):
+            mask_rois = torch.randn(3, 16, 14, 14, generator=torch.Generator().manual_seed(4))
+            outputs.append(roi_head.mask_head(mask_rois))
+        return outputs
     return model.bbox_head(feats)
 
 
@@ -225,6 +259,8 @@ FULL_MODELS = {
     "gfl": gfl_cfg(),
     "retina_resnext": with_backbone(retinanet_cfg(18), resnext_backbone_cfg()),
     "retina_regnet": with_backbone(retinanet_cfg(18), regnet_backbone_cfg()),
+    "cascade_r50": cascade_rcnn_cfg(50),
+    "mask_r50": mask_rcnn_cfg(50),
 }
 
 
@@ -403,3 +439,124 @@ def test_overrides_reach_the_group_norm_units():
     assert type(model.bbox_head.reg_convs[0]).__name__ == "ConvModule"
     kept = {part.module: part.reason for part in float_parts(model)}
     assert "overrides" in kept["bbox_head.reg_convs.0"]
+
+
+# ----------------------------------------------------------------------------------- Cascade R-CNN and Mask R-CNN
+def test_cascade_rcnn_published_placement_keeps_the_heads_float(repo_root):
+    model = quantize_detector(fused_detector(cascade_rcnn_cfg(50)), load_q_config(repo_root / "exp" / "config.yaml"))
+    assert not any(isinstance(m, QuantizedLayer) for head in HEADS[:2] for m in getattr(model, head).modules())
+    assert not any(row.startswith(("rpn_head", "roi_head")) for row in _rows_by_name(model))
+    assert [(part.module, part.kind) for part in float_parts(model)] == [
+        ("rpn_head", "RPNHead"),
+        ("roi_head", "CascadeRoIHead"),
+    ]
+
+
+def test_quant_head_cascade_rcnn_quantizes_every_stage(repo_root):
+    float_model = fused_detector(cascade_rcnn_cfg(50))
+    model = quantize_detector(copy.deepcopy(float_model), _published_q_config(repo_root, quant_head=True))
+    rows = _rows_by_name(model)
+    assert len(model.roi_head.bbox_head) == 3
+    for stage, head in enumerate(model.roi_head.bbox_head):
+        assert all(isinstance(fc, QuantizedLayer) and _relu(fc) and fc.qoutput for fc in head.shared_fcs)
+        for final in (head.fc_cls, head.fc_reg):
+            assert isinstance(final, QuantizedLayer) and not final.qoutput and final.activation is None
+        prefix = f"roi_head.bbox_head.{stage}"
+        assert rows[f"{prefix}.shared_fcs.0.module.weight_fake_quant"].module == f"{prefix}.shared_fcs.0"
+        assert rows[f"{prefix}.shared_fcs.1.block_post_act_fake_quantize"].bits == 4
+        assert rows[f"{prefix}.fc_reg.module.weight_fake_quant"].bits == 2
+        assert f"{prefix}.fc_cls.block_post_act_fake_quantize" not in rows
+    assert sum(row.startswith("roi_head.") for row in rows) == 3 * 6
+    assert float_parts(model) == []
+    state = quantized_state_dict(model)
+    assert {"roi_head.bbox_head.2.fc_cls.module.weight", "roi_head.bbox_head.1.shared_fcs.0.module.weight"} <= set(
+        state
+    )
+    fresh = quantize_detector(copy.deepcopy(float_model), _published_q_config(repo_root, quant_head=True))
+    load_quantized_state(fresh, state)
+
+
+def test_quant_head_mask_rcnn_quantizes_the_mask_head(repo_root):
+    float_model = fused_detector(mask_rcnn_cfg(50))
+    model = quantize_detector(copy.deepcopy(float_model), _published_q_config(repo_root, quant_head=True))
+    head = model.roi_head.mask_head
+    assert all(isinstance(conv, QuantizedLayer) and _relu(conv) and conv.qoutput for conv in head.convs)
+    upsample = head.upsample
+    assert isinstance(upsample, QuantizedLayer) and isinstance(upsample.module, QConvTranspose2d)
+    assert _relu(upsample) and upsample.qoutput  # the ReLU the head applies after the deconv, folded
+    logits = head.conv_logits
+    assert isinstance(logits, QuantizedLayer) and not logits.qoutput and logits.activation is None
+    assert type(head.relu) is nn.ReLU  # the head's own ReLU module stays (a no-op on the quantized output)
+    rows = _rows_by_name(model)
+    weight_row = rows["roi_head.mask_head.upsample.module.weight_fake_quant"]
+    assert weight_row.granularity == "per-channel (axis 1)" and weight_row.bits == 2
+    assert rows["roi_head.mask_head.upsample.block_post_act_fake_quantize"].module == "roi_head.mask_head.upsample"
+    assert "roi_head.mask_head.conv_logits.block_post_act_fake_quantize" not in rows
+    assert sum(row.startswith("roi_head.mask_head.") for row in rows) == 2 * 2 + 2 + 1
+    observe_weights(model)
+    state = quantized_state_dict(model)
+    assert {"roi_head.mask_head.upsample.module.weight", "roi_head.mask_head.convs.0.module.weight"} <= set(state)
+    assert state["roi_head.mask_head.upsample.module.weight_fake_quant.scale"].shape == (16,)
+    fresh = quantize_detector(copy.deepcopy(float_model), _published_q_config(repo_root, quant_head=True))
+    load_quantized_state(fresh, state)
+
+
+def test_mask_rcnn_calibrates_and_tests_with_quantized_heads():
+    model = quantize_detector(fused_detector(mask_rcnn_cfg(50)), q_config(w_bit=4, a_bit=4, quant_head=True))
+    metas = [image_meta(64, 96)] * 2
+    batches = [dict(batch, img_metas=metas) for batch in random_batches(num_batches=1)]
+    calibrate(model, batches, torch.device("cpu"), run_heads=True, show_progress=False)
+    for _, quantizer in fake_quantizers(model.roi_head):
+        assert quantizer.fake_quant_enabled and bool(torch.isfinite(quantizer.scale).all())
+    with torch.no_grad():
+        results = model.simple_test(batches[0]["img"], metas)
+    bbox_results, segm_results = results[0]
+    assert len(bbox_results) == len(segm_results) == 6
+    assert [len(boxes) for boxes in bbox_results] == [len(masks) for masks in segm_results]
+
+
+def test_transposed_conv_layer_reconstructs_with_adaround():
+    """One reconstruction of Mask R-CNN's upsample as a layer: ConvTranspose2d + folded ReLU + output quantizer;
+    AdaRound's alpha (on the weight's layout, scales per output channel on axis 1) moves, the weights end
+    hard-rounded."""
+    torch.manual_seed(0)
+    deconv = nn.ConvTranspose2d(8, 8, 2, stride=2)
+    config = QConfig.from_mapping(q_config(w_bit=2, a_bit=4, iters=4, drop_prob=0.5), "test.yaml")
+    unit = QuantizedLayer(deconv, nn.ReLU(), config.w_qconfig, config.a_qconfig)
+    inputs = [torch.relu(torch.randn(2, 8, 7, 7, generator=torch.Generator().manual_seed(i))) for i in range(2)]
+    enable_calibration(unit)
+    with torch.no_grad():
+        for x in inputs:
+            unit(x)
+        unit.module.weight_fake_quant(deconv.weight)
+    enable_quantization(unit)
+    cache = ReconCache(torch.device("cpu"), keep_on_device=True, keep_fp_input=True)
+    for x in inputs:
+        with torch.no_grad():
+            cache.add(x, x, torch.relu(deconv(x)))
+    quantizer = unit.module.weight_fake_quant
+    assert quantizer.ch_axis == 1 and quantizer.scale.shape == (8,)
+    error_before = unit_output_error(unit, cache)
+    rec_loss, loss, _ = reconstruct_unit(unit, cache, config.recon, seed=0, show_progress=False)
+    assert np.isfinite(rec_loss) and np.isfinite(loss)
+    assert quantizer.alpha is not None and quantizer.alpha.shape == deconv.weight.shape
+    assert not quantizer.soft_targets
+    hard = quantizer(deconv.weight).detach()
+    s, z = quantizer.scale.reshape(1, 8, 1, 1), quantizer.zero_point.reshape(1, 8, 1, 1)
+    levels = hard / s + z
+    torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)
+    assert levels.min() >= 0 and levels.max() <= 3
+    assert np.isfinite(error_before) and np.isfinite(unit_output_error(unit, cache))
+
+
+class _GroupedDeconvNeck(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2)
+
+
+def test_grouped_transposed_conv_per_channel_is_a_placement_error():
+    model = _ToyDetector()
+    model.neck = _GroupedDeconvNeck()
+    with pytest.raises(PlacementError, match=r"neck\.up: a grouped ConvTranspose2d \(groups=2\)"):
+        quantize_detector(model, q_config())

@@ -225,3 +225,16 @@ def test_user_errors_print_one_message_and_debug_shows_the_traceback(tiny_run, t
     assert plain.stderr.strip().splitlines()[-1].startswith("error: metric 'bboxx' is not supported")
     debug = subprocess.run(command + ["--debug"], cwd=REPO_ROOT, capture_output=True, text=True, env=ENV)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_segm_metric_of_a_detector_without_masks_is_refused_before_the_data(tmp_path):
+    from qdrop.solver.preflight import RunInputError
+
+    config = write_tiny_config(tmp_path / "retinanet.py", tmp_path / "no_such_data")
+    q_path = tmp_path / "q.yaml"
+    q_path.write_text(yaml.safe_dump(q_config()))
+    argv = quant_coco_argv(config, tmp_path / "none.pth", q_path, tmp_path / "wd")
+    argv[argv.index("bbox")] = "segm"
+    with pytest.raises(RunInputError, match=r"--eval segm: the RetinaNet of this config predicts no masks"):
+        quant_coco.main(argv)
+    assert not (tmp_path / "wd").exists()
