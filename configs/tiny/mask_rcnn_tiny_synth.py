@@ -108,8 +108,8 @@ model = dict(
 # From scratch on a few thousand images, AdamW gets much further than SGD in the same few epochs.
 optimizer = dict(type="AdamW", lr=0.002, weight_decay=0.05)
 optimizer_config = dict(grad_clip=dict(max_norm=35, norm_type=2))
-lr_config = dict(policy="step", warmup="linear", warmup_iters=300, warmup_ratio=0.001, step=[5])
-runner = dict(type="EpochBasedRunner", max_epochs=6)
+lr_config = dict(policy="step", warmup="linear", warmup_iters=300, warmup_ratio=0.001, step=[10])
+runner = dict(type="EpochBasedRunner", max_epochs=12)
 checkpoint_config = dict(interval=1, max_keep_ckpts=3)
 log_config = dict(interval=50, hooks=[dict(type="TextLoggerHook")])
 dist_params = dict(backend="nccl")
