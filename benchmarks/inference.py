@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 import torch
 import torchvision
-from mmengine.config import Config
 
 from mmdet.models import build_detector
+from mmdet.utils import load_config
 from timing import time_interleaved
 
 CONFIGS = {
@@ -30,7 +30,7 @@ CONFIGS = {
 
 
 def ours(config: str, img: torch.Tensor) -> Callable[[], list]:
-    cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / config))
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / config))
     cfg.model.train_cfg = None
     model = build_detector(cfg.model).eval()
     height, width = img.shape[-2:]

@@ -10,6 +10,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import UnknownConfigKeyError, apply_cfg_options, load_config, update_data_root
+from .config_file import ConfigFileError, ConfigSyntaxError, UnsafeConfigError, read_config_file
 from .device import default_device
 from .dist_utils import all_reduce_mean_, barrier, get_dist_info, init_dist, is_main_process
 from .errors import ConfigKeyError, ConfigValueError, InputFileNotFoundError, UserError
@@ -28,6 +29,10 @@ __all__ = [
     "read_checkpoint",
     "save_checkpoint",
     "fuse_conv_bn",
+    "ConfigFileError",
+    "ConfigSyntaxError",
+    "UnsafeConfigError",
+    "read_config_file",
     "UnknownConfigKeyError",
     "apply_cfg_options",
     "load_config",

@@ -1,20 +1,22 @@
-"""Config loading: mmengine's Config.fromfile plus the MMDET_DATASETS data-root override and --cfg-options.
+"""Config loading: the file read as data (:mod:`mmdet.utils.config_file`) into an mmengine Config, then the
+MMDET_DATASETS data-root override and --cfg-options.
 
 A ``--cfg-options`` key must name an entry the config already has (``data.test.ann_file=...``,
 ``data.train.pipeline.2.img_scale=...`` for a list element); a typo is an error listing the nearest existing keys.
 A key written with a leading ``+`` (``+model.test_cfg.new_key=1``) adds an entry the config does not have yet.
 """
 
-import ast
 import difflib
 import os
 import os.path as osp
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Optional
 
 from mmengine.config import Config
+from mmengine.config.config import RESERVED_KEYS
 
-from mmdet.utils.errors import ConfigKeyError, InputFileNotFoundError, UserError
+from mmdet.utils.config_file import ConfigFileError, read_config_file
+from mmdet.utils.errors import ConfigKeyError, InputFileNotFoundError
 
 _PATH_KEYS = ("ann_file", "img_prefix", "seg_prefix", "proposal_file")
 
@@ -57,31 +59,6 @@ class UnknownConfigKeyError(ConfigKeyError):
 
     A ``KeyError`` whose ``str()`` is the message itself (see :class:`~mmdet.utils.errors.ConfigKeyError`).
     """
-
-
-class ConfigSyntaxError(UserError, SyntaxError):
-    """The config file or one of its local base files does not parse; the message names the file and the line."""
-
-
-def _check_syntax(path: str, seen: Sequence[str] = ()) -> None:
-    """Compile `path` and the local files its `_base_` names, raising SyntaxError with the file and line."""
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
-    try:
-        tree = ast.parse(source, filename=path)
-    except SyntaxError as err:
-        line = (err.text or "").strip()
-        raise ConfigSyntaxError(f"config file {path}, line {err.lineno}: {err.msg}: {line!r}") from None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_base_" for t in node.targets):
-            try:
-                bases = ast.literal_eval(node.value)
-            except ValueError:
-                return
-            for base in [bases] if isinstance(bases, str) else list(bases):
-                base_path = osp.normpath(osp.join(osp.dirname(path), base))
-                if isinstance(base, str) and base.endswith(".py") and osp.isfile(base_path) and base_path not in seen:
-                    _check_syntax(base_path, (*seen, path))
 
 
 def _key_paths(node: Any, prefix: str = "") -> Iterator[str]:
@@ -162,7 +139,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """Load an mmdetection-format config; apply MMDET_DATASETS, then the --cfg-options dict (dotted keys).
 
     Args:
-        path: the config file (Python, with optional `_base_` inheritance).
+        path: the config file (mmdetection's Python format, read as data; or JSON / YAML), `_base_` inheritance.
         cfg_options: dotted key -> value, see :func:`apply_cfg_options`.
 
     Returns:
@@ -170,14 +147,18 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
 
     Raises:
         FileNotFoundError: no file at `path`.
-        SyntaxError: the config or one of its local base files does not parse; the message names file and line.
+        ConfigSyntaxError: the config or one of its base files does not parse; the message names file and line.
+        UnsafeConfigError: the config uses a construct that would run code (an import, a call, an attribute).
+        ConfigFileError: a config that cannot be read (an undefined name, a missing base, a key in two bases).
         UnknownConfigKeyError: a --cfg-options key the config does not have.
     """
     if not osp.isfile(path):
         raise InputFileNotFoundError(f"config file not found: {path}")
-    if path.endswith(".py"):
-        _check_syntax(path)
-    cfg = Config.fromfile(path)
+    entries = read_config_file(path)
+    reserved = sorted(set(entries) & set(RESERVED_KEYS))
+    if reserved:
+        raise ConfigFileError(f"config file {path}: {', '.join(reserved)} cannot be a top-level key (reserved)")
+    cfg = Config(entries, filename=path)
     update_data_root(cfg)
     if cfg_options:
         apply_cfg_options(cfg, cfg_options)

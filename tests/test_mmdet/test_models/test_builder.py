@@ -4,12 +4,11 @@ import copy
 from pathlib import Path
 
 import pytest
-from mmengine.config import Config
 
 from mmdet.models import MODELS, build_detector, build_loss
 from mmdet.models.backbones import ResNet
 from mmdet.models.builder import UnsupportedModelError, check_model_types, supported_types
-from mmdet.utils import UserError
+from mmdet.utils import UserError, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RETINANET = str(REPO_ROOT / "configs/retinanet/retinanet_r50_fpn_1x_coco.py")
@@ -17,7 +16,7 @@ FASTER_RCNN = str(REPO_ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.p
 
 
 def _model(path: str) -> dict:
-    return copy.deepcopy(Config.fromfile(path).model.to_dict())
+    return copy.deepcopy(load_config(path).model.to_dict())
 
 
 def _unregistered(name: str) -> str:

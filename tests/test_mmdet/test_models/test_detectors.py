@@ -10,6 +10,7 @@ import torch
 from mmengine.config import Config
 
 from mmdet.models import FasterRCNN, RetinaNet, build_detector
+from mmdet.utils import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = {
@@ -50,7 +51,7 @@ RETINA_SHAPES = {
 
 
 def _load_cfg(name: str) -> Config:
-    return Config.fromfile(str(REPO_ROOT / CONFIGS[name]))
+    return load_config(str(REPO_ROOT / CONFIGS[name]))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -17,6 +17,7 @@ from mmdet.models import MaskRCNN, build_detector
 from mmdet.models.builder import build_head, build_loss
 from mmdet.models.roi_heads import FCNMaskHead, paste_masks_in_image
 from mmdet.models.roi_heads.mask_heads import paste_mask_region
+from mmdet.utils import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ZOO_CONFIG = "configs/mask_rcnn/mask_rcnn_r50_fpn_1x_coco.py"
@@ -34,7 +35,7 @@ TEST_CFG = dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per
 
 
 def _zoo_cfg() -> Config:
-    return Config.fromfile(str(REPO_ROOT / ZOO_CONFIG))
+    return load_config(str(REPO_ROOT / ZOO_CONFIG))
 
 
 # ----------------------------------------------------------------------------------------------- zoo config
@@ -42,7 +43,7 @@ def test_state_dict_matches_the_model_zoo():
     with torch.device("meta"):
         model = build_detector(_zoo_cfg().model)
         faster = build_detector(
-            Config.fromfile(str(REPO_ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py")).model
+            load_config(str(REPO_ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_2x_coco.py")).model
         )
     assert isinstance(model, MaskRCNN) and model.with_mask and not faster.with_mask
     state = model.state_dict()
@@ -383,7 +384,7 @@ def test_mask_branch_may_share_the_box_extractor():
 
 
 def test_tiny_synthetic_config_builds_a_narrow_mask_rcnn():
-    cfg = Config.fromfile(str(REPO_ROOT / "configs/tiny/mask_rcnn_tiny_synth.py"))
+    cfg = load_config(str(REPO_ROOT / "configs/tiny/mask_rcnn_tiny_synth.py"))
     model = build_detector(cfg.model)
     assert isinstance(model, MaskRCNN) and model.roi_head.mask_head.num_classes == 6
     assert model.roi_head.mask_head.conv_logits.weight.shape == (6, 32, 1, 1)
