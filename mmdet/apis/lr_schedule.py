@@ -86,9 +86,12 @@ class StepLrSchedule:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the schedule's `lr` on every group, times the group's `lr_mult` (from `paramwise_cfg`) where it has one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_mult"] if "lr_mult" in group else lr
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
+    """The schedule's lr: the first group's, without its `lr_mult`."""
+    group = optimizer.param_groups[0]
+    return float(group["lr"] / group.get("lr_mult", 1.0))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from mmdet.apis.lr_schedule import current_lr, set_lr
 from mmdet.apis.train import train_detector
 from mmdet.apis.training.log import LogWindow
 from mmdet.apis.training.optimizer import build_optimizer, train_step
@@ -129,12 +130,77 @@ def test_build_optimizer_from_config():
     [
         (dict(type="Sgd", lr=0.1), "torch.optim"),
         (dict(type="SGD"), "lr"),
-        (dict(type="SGD", lr=0.1, paramwise_cfg=dict(norm_decay_mult=0)), "paramwise_cfg"),
+        (dict(type="SGD", lr=0.1, paramwise_cfg=dict(norm_decay_mult=0)), "paramwise_cfg sets .* no weight_decay"),
+        (dict(type="SGD", lr=0.1, paramwise_cfg=dict(dcn_offset_lr_mult=0.1)), "unknown keys .*dcn_offset_lr_mult"),
     ],
 )
 def test_build_optimizer_rejects_bad_config(config, match):
     with pytest.raises(ValueError, match=match):
         build_optimizer(torch.nn.Linear(1, 1), config)
+
+
+def _conv_gn_conv() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.GroupNorm(2, 4),
+        torch.nn.Conv2d(4, 4, 3, groups=4),
+        torch.nn.Conv2d(4, 2, 1),
+    )
+
+
+def _group_of(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter) -> dict:
+    (group,) = [group for group in optimizer.param_groups if any(p is param for p in group["params"])]
+    return group
+
+
+def test_paramwise_cfg_gives_biases_norms_and_depthwise_convs_their_multipliers():
+    model = _conv_gn_conv()
+    paramwise = dict(bias_lr_mult=2.0, bias_decay_mult=0.0, norm_decay_mult=0.5, dwconv_decay_mult=0.25)
+    optimizer = build_optimizer(model, dict(type="SGD", lr=0.01, weight_decay=1e-4, paramwise_cfg=paramwise))
+    conv, norm, dwconv, pointwise = model
+    expected = {
+        conv.weight: (0.01, 1e-4),
+        conv.bias: (0.02, 0.0),  # FCOS's rule: biases learn twice as fast and do not decay
+        norm.weight: (0.01, 0.5e-4),
+        norm.bias: (0.01, 0.5e-4),  # a norm's bias is a norm parameter, not a bias
+        dwconv.weight: (0.01, 0.25e-4),
+        dwconv.bias: (0.02, 0.25e-4),
+        pointwise.bias: (0.02, 0.0),
+    }
+    for param, (lr, weight_decay) in expected.items():
+        group = _group_of(optimizer, param)
+        assert group["lr"] == pytest.approx(lr) and group["weight_decay"] == pytest.approx(weight_decay)
+
+
+def test_paramwise_custom_keys_take_precedence_longest_first():
+    model = _conv_gn_conv()
+    custom = {"1": dict(lr_mult=0.1), "1.bias": dict(lr_mult=0.0, decay_mult=0.0)}
+    optimizer = build_optimizer(
+        model, dict(type="AdamW", lr=0.01, weight_decay=0.05, paramwise_cfg=dict(bias_lr_mult=2.0, custom_keys=custom))
+    )
+    assert _group_of(optimizer, model[1].bias)["lr"] == 0.0 and _group_of(optimizer, model[1].bias)["weight_decay"] == 0
+    assert _group_of(optimizer, model[1].weight)["lr"] == pytest.approx(0.001)
+    assert _group_of(optimizer, model[0].bias)["lr"] == pytest.approx(0.02)
+
+
+def test_the_schedule_scales_every_group_by_its_multiplier():
+    model = _conv_gn_conv()
+    optimizer = build_optimizer(
+        model, dict(type="SGD", lr=0.01, weight_decay=1e-4, paramwise_cfg=dict(bias_lr_mult=2.0))
+    )
+    set_lr(optimizer, 0.5)
+    assert _group_of(optimizer, model[0].weight)["lr"] == 0.5 and _group_of(optimizer, model[0].bias)["lr"] == 1.0
+    assert current_lr(optimizer) == 0.5
+
+
+def test_a_shared_parameter_needs_bypass_duplicate():
+    conv = torch.nn.Conv2d(2, 2, 1)
+    model = torch.nn.Sequential(conv, conv)
+    config = dict(type="SGD", lr=0.01, weight_decay=1e-4, paramwise_cfg=dict(bias_decay_mult=0.0))
+    with pytest.raises(ValueError, match="parameter 1.weight is shared .*bypass_duplicate"):
+        build_optimizer(model, config)
+    config["paramwise_cfg"]["bypass_duplicate"] = True
+    assert len(build_optimizer(model, config).param_groups) == 2
 
 
 # ----------------------------------------------------------------------------------------------- config checks
