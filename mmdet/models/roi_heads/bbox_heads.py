@@ -203,3 +203,42 @@ class Shared2FCBBoxHead(nn.Module):
             require(cfg, "nms", where),
             require(cfg, "max_per_img", where),
         )
+
+    def get_bboxes_per_image(
+        self,
+        rois: torch.Tensor,
+        cls_score: torch.Tensor,
+        bbox_pred: torch.Tensor,
+        counts: Sequence[int],
+        img_metas: Sequence[dict],
+        rescale: bool,
+        cfg: Mapping,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`get_bboxes` image by image over a batch of RoIs.
+
+        Args:
+            rois: (sum(counts), 5) RoIs of every image, in image order.
+            cls_score: (sum(counts), num_classes + 1) logits.
+            bbox_pred: (sum(counts), 4 * num_classes) deltas.
+            counts: the number of RoIs of each image.
+            img_metas: per image, with `img_shape` and `scale_factor`.
+            rescale: boxes in the original image's coordinates.
+            cfg: the rcnn test config (score_thr, nms, max_per_img).
+
+        Returns:
+            Per image `det_bboxes (k, 5)` and `det_labels (k,)`.
+        """
+        det_bboxes, det_labels = [], []
+        for img_rois, img_scores, img_deltas, img_meta in zip(
+            rois.split(counts), cls_score.split(counts), bbox_pred.split(counts), img_metas
+        ):
+            if img_rois.size(0) == 0:
+                det_bboxes.append(rois.new_zeros((0, 5)))
+                det_labels.append(rois.new_zeros((0,), dtype=torch.long))
+                continue
+            bboxes, labels = self.get_bboxes(
+                img_rois, img_scores, img_deltas, img_meta["img_shape"], img_meta["scale_factor"], rescale, cfg
+            )
+            det_bboxes.append(bboxes)
+            det_labels.append(labels)
+        return det_bboxes, det_labels

@@ -199,26 +199,7 @@ class CascadeRoIHead(nn.Module):
         mean_score = sum(stage_scores) / float(self.num_stages)
 
         last_head = self.bbox_head[-1]
-        det_bboxes, det_labels = [], []
-        for i, (img_rois, img_scores, img_deltas) in enumerate(
-            zip(rois.split(counts), mean_score.split(counts), bbox_pred.split(counts))
-        ):
-            if img_rois.size(0) == 0:
-                det_bboxes.append(rois.new_zeros((0, 5)))
-                det_labels.append(rois.new_zeros((0,), dtype=torch.long))
-                continue
-            bboxes, labels = last_head.get_bboxes(
-                img_rois,
-                img_scores,
-                img_deltas,
-                img_metas[i]["img_shape"],
-                img_metas[i]["scale_factor"],
-                rescale=rescale,
-                cfg=rcnn_test_cfg,
-            )
-            det_bboxes.append(bboxes)
-            det_labels.append(labels)
-        return det_bboxes, det_labels
+        return last_head.get_bboxes_per_image(rois, mean_score, bbox_pred, counts, img_metas, rescale, rcnn_test_cfg)
 
     def simple_test(
         self, x: Sequence[torch.Tensor], proposal_list: list[torch.Tensor], img_metas: list[dict], rescale: bool = False

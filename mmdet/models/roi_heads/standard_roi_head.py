@@ -135,26 +135,9 @@ class StandardRoIHead(nn.Module):
             return [empty_bboxes] * len(proposals), [empty_labels] * len(proposals)
         cls_score, bbox_pred = self._bbox_forward(x, rois)
         counts = [p.size(0) for p in proposals]
-        det_bboxes, det_labels = [], []
-        for i, (img_rois, img_scores, img_deltas) in enumerate(
-            zip(rois.split(counts), cls_score.split(counts), bbox_pred.split(counts))
-        ):
-            if img_rois.size(0) == 0:
-                det_bboxes.append(rois.new_zeros((0, 5)))
-                det_labels.append(rois.new_zeros((0,), dtype=torch.long))
-                continue
-            bboxes, labels = self.bbox_head.get_bboxes(
-                img_rois,
-                img_scores,
-                img_deltas,
-                img_metas[i]["img_shape"],
-                img_metas[i]["scale_factor"],
-                rescale=rescale,
-                cfg=rcnn_test_cfg,
-            )
-            det_bboxes.append(bboxes)
-            det_labels.append(labels)
-        return det_bboxes, det_labels
+        return self.bbox_head.get_bboxes_per_image(
+            rois, cls_score, bbox_pred, counts, img_metas, rescale, rcnn_test_cfg
+        )
 
     def simple_test_mask(
         self,
