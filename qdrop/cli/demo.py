@@ -52,8 +52,9 @@ MODELS = {  # name: (config under the project root, checkpoint file name under -
     "faster_rcnn": ("configs/tiny/faster_rcnn_tiny_synth.py", "faster_rcnn_tiny_synth.pth"),
     "fcos": ("configs/tiny/fcos_tiny_synth.py", "fcos_tiny_synth.pth"),
     "mask_rcnn": ("configs/tiny/mask_rcnn_tiny_synth.py", "mask_rcnn_tiny_synth.pth"),
+    "cascade_rcnn": ("configs/tiny/cascade_rcnn_tiny_synth.py", "cascade_rcnn_tiny_synth.pth"),
 }
-DEFAULT_MODELS = ["retinanet", "faster_rcnn"]  # what `make demo` runs; --models fcos mask_rcnn adds the others
+DEFAULT_MODELS = ["retinanet", "faster_rcnn"]  # what `make demo` runs; --models names the others
 SETTINGS = {"W4A4": "exp/demo/w4a4.yaml", "W2A4": "exp/demo/w2a4.yaml"}  # under the project root
 COLUMNS = (
     ["FP"]
