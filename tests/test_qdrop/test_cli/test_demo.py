@@ -52,6 +52,15 @@ def test_the_tiny_fcos_is_chosen_by_name(tmp_path, capsys):
     assert "fcos_tiny_synth.pth is missing" in message and "configs/tiny/fcos_tiny_synth.py" in message
 
 
+def test_every_demo_model_has_its_config_and_committed_checkpoint():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    for name, (config, checkpoint) in demo.MODELS.items():
+        assert (root / config).is_file(), name
+        assert (root / "checkpoints" / checkpoint).is_file(), name
+
+
 @pytest.mark.parametrize("flag", [["--jobs", "0"], ["--threads", "0"]])
 def test_demo_refuses_zero_jobs_or_threads(flag, capsys):
     with pytest.raises(SystemExit):
