@@ -145,12 +145,14 @@ def plot_sensitivity(records: Sequence[Mapping], path: str, metric: str = "outpu
     _save(plt, figure, path)
 
 
-def plot_summary(summary: Mapping[str, Mapping[str, float]], path: str) -> None:
-    """bbox mAP of every column for every model as grouped bars (one group per column, one bar per model).
+def plot_summary(summary: Mapping[str, Mapping[str, float]], path: str, metric: str = "bbox mAP") -> None:
+    """mAP of every column for every row as grouped bars (one group per column, one bar per row).
 
     Args:
-        summary: model name -> {column name: bbox mAP in [0, 1]}; every model has the same columns.
+        summary: row name (a model, or a model's metric) -> {column name: mAP in [0, 1]}; every row has the same
+            columns.
         path: PNG file to write.
+        metric: what the values are, for the axis and the title.
     """
     if not summary:
         raise ValueError("nothing to plot: no models in the summary")
@@ -169,9 +171,9 @@ def plot_summary(summary: Mapping[str, Mapping[str, float]], path: str) -> None:
         axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     axes.set_xticks(range(len(columns)))
     axes.set_xticklabels(columns, rotation=30, ha="right", fontsize=9)
-    axes.set_ylabel("bbox mAP (%)")
+    axes.set_ylabel(f"{metric} (%)")
     axes.set_xlabel("setting")
-    axes.set_title("bbox mAP on the val set")
+    axes.set_title(f"{metric} on the val set")
     axes.margins(y=0.12)
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)

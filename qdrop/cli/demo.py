@@ -291,9 +291,13 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
     lines = [" | ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in [header] + rows]
     lines.insert(1, "-+-".join("-" * width for width in widths))
+    return f"{metric_title(summary)} (%) on the synthetic val set\n" + "\n".join(lines)
+
+
+def metric_title(summary: dict[str, dict[str, float]]) -> str:
+    """What the table's and the figure's values are: bbox mAP, and mask mAP in the '<model> segm' rows."""
     masks = any(name.endswith(" segm") for name in summary)
-    title = "bbox mAP (%; rows '<model> segm': mask mAP)" if masks else "bbox mAP (%)"
-    return f"{title} on the synthetic val set\n" + "\n".join(lines)
+    return "mAP (bbox; rows '<model> segm': mask)" if masks else "bbox mAP"
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
@@ -345,7 +349,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
     atomic_write_text(osp.join(args.work_dir, "summary.txt"), table + "\n")
     print(table)
     try:
-        plot_summary(summary, osp.join(args.work_dir, "summary.png"))
+        plot_summary(summary, osp.join(args.work_dir, "summary.png"), metric=metric_title(summary))
         print(f"figure: {osp.join(args.work_dir, 'summary.png')}")
     except ImportError as error:
         print(f"summary.png not drawn: {error}")

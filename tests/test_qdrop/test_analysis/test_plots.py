@@ -131,6 +131,14 @@ def test_summary_groups_bars_by_column(tmp_path, figures):
     _png(path)
 
 
+def test_summary_names_its_metric(tmp_path, figures):
+    summary = {"mask_rcnn": {"FP": 0.7}, "mask_rcnn segm": {"FP": 0.45}}
+    plots.plot_summary(summary, str(tmp_path / "summary.png"), metric="mAP (bbox; rows '<model> segm': mask)")
+    axes = figures[0].axes[0]
+    assert axes.get_ylabel() == "mAP (bbox; rows '<model> segm': mask) (%)"
+    assert axes.get_title() == "mAP (bbox; rows '<model> segm': mask) on the val set"
+
+
 def test_detections_below_the_threshold_are_not_drawn(tmp_path, figures):
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
     detections = [

@@ -99,7 +99,7 @@ def test_mask_rcnn_gets_a_segm_row_and_a_title_that_says_so():
         demo.row_name("mask_rcnn", metric): {column: 0.5 for column in demo.COLUMNS} for metric in ("bbox", "segm")
     }
     table = demo.format_table(summary)
-    assert table.splitlines()[0] == "bbox mAP (%; rows '<model> segm': mask mAP) on the synthetic val set"
+    assert table.splitlines()[0] == "mAP (bbox; rows '<model> segm': mask) (%) on the synthetic val set"
     assert "mask_rcnn segm" in table
     only_boxes = demo.format_table({"retinanet": {column: 0.5 for column in demo.COLUMNS}})
     assert only_boxes.splitlines()[0] == "bbox mAP (%) on the synthetic val set"
