@@ -45,10 +45,15 @@ def main(argv=None) -> dict:
     model, quantized, _ = load_detector(cfg, args.checkpoint, kind="quantized" if args.require_quantized else "any")
     graphs = export_detector(model, opset=args.opset, shape=args.shape)
     files = save_graphs(graphs, args.out)
-    kind = "quantized (QDQ)" if quantized else "float"
     for part, path in files.items():
-        print(f"{kind} {part} graph written to {path}")
+        print(f"{graph_kind(graphs[part])} {part} graph written to {path}")
     return files
+
+
+def graph_kind(graph) -> str:
+    """'quantized (QDQ)' for a graph with quantize/dequantize nodes, else 'float' (e.g. heads left float)."""
+    has_qdq = any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.graph.node)
+    return "quantized (QDQ)" if has_qdq else "float"
 
 
 def cli() -> int:

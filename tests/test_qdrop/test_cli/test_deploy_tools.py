@@ -56,10 +56,11 @@ def checkpoints(tmp_path_factory, data_root):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_onnx_evaluation_equals_pytorch(tmp_path, checkpoints, name):
+def test_onnx_evaluation_equals_pytorch(tmp_path, checkpoints, name, capsys):
     config, quantized, _ = checkpoints[name]
     onnx_file = tmp_path / f"{name}.onnx"
     files = export_onnx.main([str(config), str(quantized), "--out", str(onnx_file), "--require-quantized"])
+    assert f"quantized (QDQ) network graph written to {onnx_file}" in capsys.readouterr().out
     assert Path(files["network"]).is_file() and (("bbox_head" in files) == (name == "faster_rcnn"))
 
     cfg = prepare_test_config(load_config(str(config)))
@@ -92,12 +93,14 @@ def test_onnx_evaluation_equals_pytorch(tmp_path, checkpoints, name):
     assert record["config"] == str(config) and record["metric"]["bbox_mAP"] == metric["bbox_mAP"]
 
 
-def test_float_checkpoint_refused_when_quantized_required(tmp_path, checkpoints):
+def test_float_checkpoint_refused_when_quantized_required(tmp_path, checkpoints, capsys):
     config, _, float_checkpoint = checkpoints["retinanet"]
     with pytest.raises(ValueError, match=r"is a float checkpoint, but a quantized one .* is required"):
         export_onnx.main([str(config), str(float_checkpoint), "--out", str(tmp_path / "x.onnx"), "--require-quantized"])
+    capsys.readouterr()
     files = export_onnx.main([str(config), str(float_checkpoint), "--out", str(tmp_path / "float.onnx")])
     assert Path(files["network"]).is_file()
+    assert capsys.readouterr().out.startswith("float network graph written to")
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path, checkpoints):
