@@ -351,6 +351,8 @@ def _parse(path: str) -> ast.Module:
     except SyntaxError as err:
         line = (err.text or "").strip()
         raise ConfigSyntaxError(f"config file {path}, line {err.lineno}: {err.msg}: {line!r}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigSyntaxError(f"config file {path}: an expression is nested too deeply to parse") from None
 
 
 def _read_data_file(path: str) -> dict[str, Any]:

@@ -84,6 +84,19 @@ def test_a_config_cannot_make_the_reader_allocate_without_bound(tmp_path, source
         read_config_file(str(config))
 
 
+@pytest.mark.parametrize(
+    "source, error",
+    [
+        ("x = " + "-" * 100_000 + "1\n", ConfigSyntaxError),  # too deep for Python's parser
+        ("x = " + "-" * 2_000 + "1\n", ConfigFileError),  # parses, too deep to evaluate
+    ],
+)
+def test_a_deeply_nested_expression_is_an_error_naming_the_file(tmp_path, source, error):
+    config = _write(tmp_path / "deep.py", source)
+    with pytest.raises(error, match=r"deep\.py"):
+        read_config_file(str(config))
+
+
 # ---------------------------------------------------------------------------------------- mmdetection's format
 def test_the_constructs_of_mmdetection_configs_evaluate_as_in_python(tmp_path):
     source = """
