@@ -241,7 +241,10 @@ def _read(path: str, seen: set[str]) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise QConfigError(f"{path}: q_config file not found")
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:  # a syntax error, or a tag such as !!python/object that plain data never needs
+            raise QConfigError(f"{path}: not a YAML file of plain data: {err}") from None
     if not isinstance(data, Mapping):
         raise QConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data = dict(data)

@@ -4,6 +4,8 @@ import pytest
 import torch
 import yaml
 
+from mmdet.utils import UserError
+from qdrop.config.errors import QConfigError
 from qdrop.config.q_config import QConfig, ReconConfig, load_q_config
 from qdrop.quantization import QuantizerConfig
 
@@ -167,3 +169,20 @@ def test_quantizer_config_validates_and_builds():
     assert QuantizerConfig.from_mapping(cfg) is cfg
     with pytest.raises(ValueError, match=r"w_qconfig\.bits: unknown key"):
         QuantizerConfig.from_mapping({**PUBLISHED["w_qconfig"], "bits": 2}, "w_qconfig")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('extra_config:\n  w_qscheme: !!python/object/apply:os.system ["touch {marker}"]\n', "python/object/apply"),
+        ("extra_config: [unclosed\n", "not a YAML file of plain data"),
+    ],
+)
+def test_q_config_that_is_not_plain_yaml_data_is_refused_and_nothing_runs(tmp_path, text, match):
+    marker = tmp_path / "ran"
+    path = tmp_path / "q.yaml"
+    path.write_text(text.format(marker=marker))
+    with pytest.raises(QConfigError, match=match) as raised:
+        load_q_config(str(path))
+    assert isinstance(raised.value, UserError) and str(path) in str(raised.value)
+    assert not marker.exists()
