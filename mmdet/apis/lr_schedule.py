@@ -92,6 +92,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The schedule's lr: the first group's, without its `lr_mult`."""
-    group = optimizer.param_groups[0]
-    return float(group["lr"] / group.get("lr_mult", 1.0))
+    """The schedule's lr: the lr of the first group that learns, without its `lr_mult` (0 when no group learns)."""
+    for group in optimizer.param_groups:
+        lr_mult = group.get("lr_mult", 1.0)
+        if lr_mult != 0:
+            return float(group["lr"] / lr_mult)
+    return 0.0

@@ -193,6 +193,17 @@ def test_the_schedule_scales_every_group_by_its_multiplier():
     assert current_lr(optimizer) == 0.5
 
 
+def test_the_logged_lr_skips_groups_that_do_not_learn():
+    model = _conv_gn_conv()
+    custom = {"0.": dict(lr_mult=0.0)}  # the first conv frozen by its learning rate
+    optimizer = build_optimizer(
+        model, dict(type="SGD", lr=0.01, weight_decay=1e-4, paramwise_cfg=dict(custom_keys=custom))
+    )
+    set_lr(optimizer, 0.5)
+    assert _group_of(optimizer, model[0].weight)["lr"] == 0.0
+    assert current_lr(optimizer) == 0.5
+
+
 def test_a_shared_parameter_needs_bypass_duplicate():
     conv = torch.nn.Conv2d(2, 2, 1)
     model = torch.nn.Sequential(conv, conv)
