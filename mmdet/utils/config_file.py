@@ -170,8 +170,7 @@ class _Interpreter:
             receiver = self.name(node.value.func.value, scope)
             if not isinstance(receiver, dict):
                 raise self.refuse(node, f"'.update' on a {type(receiver).__name__}")
-            args = [self.expr(arg, scope) for arg in node.value.args]
-            receiver.update(*args, **self.keywords(node.value.keywords, scope))
+            receiver.update(*self.elements(node.value.args, scope), **self.keywords(node.value.keywords, scope))
         else:
             raise self.refuse(node, f"a statement of type '{type(node).__name__}'")
 
